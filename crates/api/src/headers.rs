@@ -1,0 +1,11 @@
+//! Header names shared by every service.
+
+/// Correlates one client request across every service it touches; taken from the client or made.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The id of the instance that answered (`gateway-1`, `service-2`, ...): lets clients and the
+/// load generator see how requests spread over instances.
+pub const SERVED_BY: &str = "x-served-by";
+/// `HIT` or `MISS` on every cache-aside answer of the gateway.
+pub const CACHE: &str = "x-cache";
+/// The alternative token header the lab's scripts send.
+pub const X_TOKEN: &str = "x-token";
