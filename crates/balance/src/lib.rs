@@ -1,1 +1,25 @@
-//! balance
+//! Backend pools, shared by the load balancer (`lb`, over the gateways) and the gateway (over the
+//! `service` instances): which backend takes the next request, which backends are healthy, and how a
+//! request reaches one over a pooled keep-alive connection.
+//!
+//! Start with [`Pool`]: it holds the [`Backend`]s, asks its [`Selection`] strategy for one,
+//! sends the request through that backend's connection pool ([`conn`]) and retries on the next
+//! healthy backend when the request never left, or when an idempotent request without a body failed
+//! on a broken connection. [`health`] runs the active checks; passive checks happen in [`Pool::send`]
+//! (a connect error or timeout marks the backend down at once).
+//!
+//! Invariants:
+//! - a backend's `in_flight` counts requests from selection until their response body is finished
+//!   or dropped (that is what least-connections compares);
+//! - a request whose body may have been partly sent is never retried.
+
+pub mod backend;
+pub mod conn;
+pub mod health;
+pub mod pool;
+pub mod selection;
+
+pub use backend::{Backend, BackendStats};
+pub use health::HealthConfig;
+pub use pool::{Pool, PoolConfig, PoolError};
+pub use selection::{LeastConnections, PowerOfTwoChoices, RoundRobin, Selection, Strategy};

@@ -1,0 +1,177 @@
+//! Pooled keep-alive HTTP/1 connections to one backend.
+//!
+//! Written on hyper's connection API rather than a ready-made client because the pool must know
+//! whether a request left: `try_send_request` hands the request back when it was never written, which
+//! is what lets [`crate::Pool`] retry it on another backend without buffering the body.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// How a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailKind {
+    /// The TCP connection could not be made (refused, unreachable).
+    Connect,
+    /// The TCP connection took longer than the connect timeout.
+    ConnectTimeout,
+    /// The connection broke while the request or response was on it.
+    Broken,
+}
+
+/// A failed send.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Nothing of the request was written: it comes back, to be tried elsewhere.
+    NotSent {
+        request: Request<Body>,
+        kind: FailKind,
+        detail: String,
+    },
+    /// The request may have been written, at least in part.
+    Failed { detail: String },
+}
+
+/// Idle connections to one backend, most recently used first.
+#[derive(Debug)]
+pub(crate) struct ConnPool {
+    authority: String,
+    /// Shared with the tasks that wait for a connection to finish its response and put it back.
+    idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
+    max_idle: usize,
+}
+
+impl ConnPool {
+    pub(crate) fn new(authority: String, max_idle: usize) -> Self {
+        Self {
+            authority,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            max_idle,
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    /// Sends `req` on an idle connection, or on a new one.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        // An idle connection may have been closed by the backend since its last use; such a
+        // connection hands the request back untouched and the next one is tried.
+        while let Some(mut sender) = self.take_idle() {
+            if sender.is_closed() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => {
+                        return Err(SendError::Failed {
+                            detail: e.into_error().to_string(),
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = match connect(&self.authority, connect_timeout).await {
+            Ok(s) => s,
+            Err((kind, detail)) => {
+                return Err(SendError::NotSent {
+                    request: req,
+                    kind,
+                    detail,
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                self.recycle(sender);
+                Ok(resp)
+            }
+            Err(mut e) => {
+                let detail = e.error().to_string();
+                match e.take_message() {
+                    Some(request) => Err(SendError::NotSent {
+                        request,
+                        kind: FailKind::Broken,
+                        detail,
+                    }),
+                    None => Err(SendError::Failed { detail }),
+                }
+            }
+        }
+    }
+
+    /// Puts a connection back once its response has been read to the end (HTTP/1 carries one
+    /// request at a time). A response dropped half-read closes the connection instead.
+    fn recycle(&self, mut sender: SendRequest<Body>) {
+        let idle = self.idle.clone();
+        let max_idle = self.max_idle;
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Ok(mut idle) = idle.lock()
+                && idle.len() < max_idle
+            {
+                idle.push(sender);
+            }
+        });
+    }
+}
+
+/// Opens a new connection to `authority` and runs its HTTP/1 state machine in a task.
+async fn connect(
+    authority: &str,
+    timeout: Duration,
+) -> Result<SendRequest<Body>, (FailKind, String)> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err((FailKind::Connect, e.to_string())),
+        Err(_) => {
+            return Err((
+                FailKind::ConnectTimeout,
+                format!("no connection within {timeout:?}"),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (FailKind::Connect, e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// One active health probe: a fresh connection, `GET path`, `Connection: close`; healthy on 2xx.
+pub(crate) async fn probe(authority: &str, path: &str, timeout: Duration) -> bool {
+    let attempt = async {
+        let mut sender = connect(authority, timeout).await.ok()?;
+        let req = Request::get(path)
+            .header(http::header::HOST, authority)
+            .header(http::header::CONNECTION, "close")
+            .header(http::header::USER_AGENT, "scalelab-health-check")
+            .body(Body::empty())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        Some(resp.status().is_success())
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}

@@ -1,0 +1,344 @@
+//! A pool of backends: selection, passive health, retry.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, InFlight};
+use crate::conn::SendError;
+use crate::health::{self, HealthConfig, HealthTask};
+use crate::selection::{Selection, Strategy};
+
+/// How a pool picks, reaches and checks its backends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `round_robin` (default), `least_connections` or `power_of_two_choices`.
+    pub strategy: Strategy,
+    /// Longest wait for a TCP connection to a backend, milliseconds (then the next backend).
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a backend's response headers, milliseconds (then `504`).
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per backend.
+    pub max_idle_per_backend: usize,
+    /// Most backends tried for one request.
+    pub max_attempts: u32,
+    /// Active health checks.
+    pub health: HealthConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 30_000,
+            max_idle_per_backend: 256,
+            max_attempts: 3,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// Why a request could not be served by any backend.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    /// Every backend is marked down (or there are none).
+    #[error("no healthy backend in pool {pool}")]
+    NoHealthyBackend {
+        /// The pool's name.
+        pool: String,
+    },
+    /// Backends were tried and none could be reached.
+    #[error("no backend of pool {pool} could be reached: {detail}")]
+    Unreachable {
+        /// The pool's name.
+        pool: String,
+        /// The last transport error (for logs).
+        detail: String,
+    },
+    /// The backend did not answer in time.
+    #[error("backend {backend} did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// The backend's URL.
+        backend: String,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The connection broke after the request was (maybe partly) sent, and it could not be replayed.
+    #[error("connection to {backend} broke: {detail}")]
+    Broken {
+        /// The backend's URL.
+        backend: String,
+        /// The transport error (for logs).
+        detail: String,
+    },
+}
+
+impl PoolError {
+    /// The status a proxy answers with: `503` (none healthy), `502` (unreachable, broken), `504`.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PoolError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::Unreachable { .. } | PoolError::Broken { .. } => StatusCode::BAD_GATEWAY,
+            PoolError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable error code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PoolError::NoHealthyBackend { .. } => "no_healthy_backend",
+            PoolError::Unreachable { .. } => "backend_unreachable",
+            PoolError::Timeout { .. } => "backend_timeout",
+            PoolError::Broken { .. } => "backend_connection_broken",
+        }
+    }
+
+    /// A message safe to show a client (no addresses or transport details).
+    pub fn public_message(&self) -> String {
+        match self {
+            PoolError::NoHealthyBackend { pool } => {
+                format!("no healthy {pool} instance is available; try again shortly")
+            }
+            PoolError::Unreachable { pool, .. } => format!("no {pool} instance could be reached"),
+            PoolError::Timeout { timeout_ms, .. } => {
+                format!("the upstream instance did not answer within {timeout_ms} ms")
+            }
+            PoolError::Broken { .. } => "the connection to the upstream instance broke".into(),
+        }
+    }
+}
+
+/// A response from a backend, and which backend gave it.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The response; its body keeps the backend's in-flight count until it ends.
+    pub response: Response<Body>,
+    /// The backend that answered.
+    pub backend: Arc<Backend>,
+    /// How many backends were tried (1 when the first one answered).
+    pub attempts: u32,
+}
+
+/// A set of backends behind one selection strategy.
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    backends: Vec<Arc<Backend>>,
+    selection: Arc<dyn Selection>,
+    config: PoolConfig,
+}
+
+impl Pool {
+    /// A pool named `name` (used in errors: `gateway`, `service`) over `urls`.
+    pub fn new(name: &str, urls: &[String], config: PoolConfig) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            backends: urls
+                .iter()
+                .map(|u| Backend::new(u, config.max_idle_per_backend))
+                .collect(),
+            selection: config.strategy.build(),
+            config,
+        })
+    }
+
+    /// Its backends, in configuration order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Its strategy's name.
+    pub fn strategy(&self) -> &'static str {
+        self.selection.name()
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the active health checks; they stop when the returned task is dropped.
+    pub fn spawn_health_checks(self: &Arc<Self>) -> HealthTask {
+        health::spawn(self.clone())
+    }
+
+    /// Sends `req` to one backend and returns its response.
+    ///
+    /// Backends are chosen by the strategy among the healthy ones. A backend that cannot be
+    /// reached is marked down and the request goes to the next one (the request had not left, so
+    /// this is always safe). A connection that breaks after the request left is retried only for
+    /// an idempotent method with an empty body, which can be replayed exactly. A response that
+    /// does not start within the response timeout ends in [`PoolError::Timeout`], not a retry, so
+    /// that a slow backend does not get the same work twice.
+    pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
+        let replay = Replay::of(&req);
+        let mut req = Some(req);
+        let mut tried: Vec<usize> = Vec::with_capacity(2);
+        let mut last: Option<PoolError> = None;
+        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let response_timeout = Duration::from_millis(self.config.response_timeout_ms);
+
+        for attempt in 1..=self.config.max_attempts.max(1) {
+            let candidates: Vec<usize> = (0..self.backends.len())
+                .filter(|i| !tried.contains(i) && self.backends[*i].is_healthy())
+                .collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let i = self.selection.select(&self.backends, &candidates);
+            tried.push(i);
+            let backend = &self.backends[i];
+            let Some(request) = req.take().or_else(|| replay.as_ref().map(Replay::build)) else {
+                break;
+            };
+            let guard = backend.start();
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(
+                response_timeout,
+                backend.conns.send(request, connect_timeout),
+            )
+            .await;
+            match outcome {
+                Ok(Ok(resp)) => {
+                    backend.record_latency(started.elapsed());
+                    let response = resp.map(|inner| {
+                        Body::new(Guarded {
+                            inner,
+                            _guard: guard,
+                        })
+                    });
+                    return Ok(Forwarded {
+                        response,
+                        backend: backend.clone(),
+                        attempts: attempt,
+                    });
+                }
+                Ok(Err(SendError::NotSent {
+                    request,
+                    kind,
+                    detail,
+                })) => {
+                    // Refused, timed out, or closed before the request was written: all say
+                    // the backend is gone or going, so it leaves selection until checks pass.
+                    backend.record_error();
+                    backend.mark_down();
+                    tracing::debug!(?kind, "send failed before the request left");
+                    tracing::warn!(pool = %self.name, backend = %backend.url, %detail, "backend unreachable, trying the next one");
+                    metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
+                        .increment(1);
+                    req = Some(request);
+                    last = Some(PoolError::Unreachable {
+                        pool: self.name.clone(),
+                        detail,
+                    });
+                }
+                Ok(Err(SendError::Failed { detail })) => {
+                    backend.record_error();
+                    backend.mark_down();
+                    let err = PoolError::Broken {
+                        backend: backend.url.clone(),
+                        detail,
+                    };
+                    if replay.is_none() {
+                        return Err(err);
+                    }
+                    tracing::warn!(pool = %self.name, backend = %backend.url, "connection broke; replaying the idempotent request on the next backend");
+                    metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
+                        .increment(1);
+                    last = Some(err);
+                }
+                Err(_elapsed) => {
+                    backend.record_error();
+                    backend.mark_down();
+                    return Err(PoolError::Timeout {
+                        backend: backend.url.clone(),
+                        timeout_ms: self.config.response_timeout_ms,
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| PoolError::NoHealthyBackend {
+            pool: self.name.clone(),
+        }))
+    }
+}
+
+/// What is needed to send an idempotent, bodiless request again.
+#[derive(Debug)]
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Body>) -> Option<Self> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let empty = req.body().size_hint().exact() == Some(0);
+        (idempotent && empty).then(|| Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn build(&self) -> Request<Body> {
+        let mut r = Request::new(Body::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// A backend's response body that holds the backend's in-flight count until it ends or is dropped.
+struct Guarded {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
