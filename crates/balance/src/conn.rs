@@ -30,7 +30,7 @@ pub(crate) enum FailKind {
 pub(crate) enum SendError {
     /// Nothing of the request was written: it comes back, to be tried elsewhere.
     NotSent {
-        request: Request<Body>,
+        request: Box<Request<Body>>,
         kind: FailKind,
         detail: String,
     },
@@ -91,7 +91,7 @@ impl ConnPool {
             Ok(s) => s,
             Err((kind, detail)) => {
                 return Err(SendError::NotSent {
-                    request: req,
+                    request: Box::new(req),
                     kind,
                     detail,
                 });
@@ -106,7 +106,7 @@ impl ConnPool {
                 let detail = e.error().to_string();
                 match e.take_message() {
                     Some(request) => Err(SendError::NotSent {
-                        request,
+                        request: Box::new(request),
                         kind: FailKind::Broken,
                         detail,
                     }),

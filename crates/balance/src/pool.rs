@@ -241,7 +241,7 @@ impl Pool {
                     tracing::warn!(pool = %self.name, backend = %backend.url, %detail, "backend unreachable, trying the next one");
                     metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
                         .increment(1);
-                    req = Some(request);
+                    req = Some(*request);
                     last = Some(PoolError::Unreachable {
                         pool: self.name.clone(),
                         detail,
