@@ -73,7 +73,11 @@ impl JsonClient {
     }
 
     /// A client that shares an existing connection pool.
-    pub fn with_http(service: &'static str, base: impl Into<String>, http: reqwest::Client) -> Self {
+    pub fn with_http(
+        service: &'static str,
+        base: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Self {
         Self {
             http,
             base: base.into().trim_end_matches('/').to_string(),
@@ -143,7 +147,9 @@ pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -158,7 +164,9 @@ impl CacheClient {
     /// `GET /cache/{key}`.
     pub async fn get(&self, key: &str, rid: &str) -> Result<cache::CacheEntry, ClientError> {
         let path = format!("/cache/{}", encode_segment(key));
-        self.0.call::<(), _>(http::Method::GET, &path, None, rid).await
+        self.0
+            .call::<(), _>(http::Method::GET, &path, None, rid)
+            .await
     }
 
     /// `PUT /cache/{key}`.
@@ -213,7 +221,11 @@ impl DbClient {
     /// `GET /db/{key}`; `Ok(None)` when the key does not exist.
     pub async fn get(&self, key: &str, rid: &str) -> Result<Option<db::Record>, ClientError> {
         let path = format!("/db/{}", encode_segment(key));
-        match self.0.call::<(), db::Record>(http::Method::GET, &path, None, rid).await {
+        match self
+            .0
+            .call::<(), db::Record>(http::Method::GET, &path, None, rid)
+            .await
+        {
             Ok(r) => Ok(Some(r)),
             Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
             Err(e) => Err(e),
@@ -231,7 +243,9 @@ impl DbClient {
         let body = db::PutRecord {
             value: value.clone(),
         };
-        self.0.call(http::Method::PUT, &path, Some(&body), rid).await
+        self.0
+            .call(http::Method::PUT, &path, Some(&body), rid)
+            .await
     }
 }
 
@@ -246,7 +260,9 @@ impl AuthClient {
         req: &auth::LoginRequest,
         rid: &str,
     ) -> Result<auth::TokenResponse, ClientError> {
-        self.0.call(http::Method::POST, "/login", Some(req), rid).await
+        self.0
+            .call(http::Method::POST, "/login", Some(req), rid)
+            .await
     }
 
     /// `POST /register`.
@@ -255,7 +271,9 @@ impl AuthClient {
         req: &auth::RegisterRequest,
         rid: &str,
     ) -> Result<auth::Account, ClientError> {
-        self.0.call(http::Method::POST, "/register", Some(req), rid).await
+        self.0
+            .call(http::Method::POST, "/register", Some(req), rid)
+            .await
     }
 
     /// `POST /guest-token`: a short-lived token for an anonymous `guest`.

@@ -74,12 +74,16 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonSyntaxError(e) => {
-                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {}", inner(&e)))
-            }
+            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {}", inner(&e)),
+            ),
             JsonRejection::JsonDataError(e) => ApiError::bad_request(
                 "invalid_body",
-                format!("the body does not have the expected fields and types: {}", inner(&e)),
+                format!(
+                    "the body does not have the expected fields and types: {}",
+                    inner(&e)
+                ),
             ),
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -28,6 +28,8 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Metrics recorded before the recorder exists are lost; install it before the first request.
+    metrics::handle();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -90,6 +90,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 /// 5. timeout: a handler slower than `limits.timeout` is answered `504`;
 /// 6. body limit: extractors refuse bodies over `limits.body_bytes` with `413`.
 pub fn wrap(routes: Router, instance: &Instance, limits: Limits) -> Router {
+    crate::metrics::handle();
     let health_id = instance.id.clone();
     let health_role = instance.role;
     let routes = routes
@@ -168,7 +169,11 @@ async fn record(instance: Instance, req: Request, next: Next) -> Response {
 
 /// The JSON `404` every service answers for an unknown route.
 pub async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 /// The JSON `405` every service answers for a known route and a wrong method.

@@ -8,7 +8,8 @@ use sqlx::Connection;
 
 /// Where the test PostgreSQL server is (`SCALELAB_TEST_PG`, default `postgres://root@127.0.0.1:5432/test`).
 pub fn pg_admin_url() -> String {
-    std::env::var("SCALELAB_TEST_PG").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+    std::env::var("SCALELAB_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 /// Where the test Redis server is (`SCALELAB_TEST_REDIS`, default `redis://127.0.0.1:6379`).
@@ -69,14 +70,18 @@ impl Drop for TestDb {
         let name = self.name.clone();
         let admin = pg_admin_url();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
                 }
             });
         })

@@ -1,1 +1,157 @@
-//! lb
+//! The load balancer (`lb`): an L7 reverse proxy in front of the gateways.
+//!
+//! Every request outside the reserved admin prefix [`ADMIN_PREFIX`] is forwarded whole — method,
+//! path, query, headers, streamed body — to one gateway picked by a [`balance::Pool`], which also
+//! runs the active health checks, marks a backend down on a connect error or timeout, and retries a
+//! request that never left on the next healthy backend. Before that, [`edge`] applies the optional
+//! client allow/deny lists and per-client-IP rate limit; [`proxy`] rewrites the headers (hop-by-hop
+//! out, `X-Forwarded-*` in). [`admin`] serves per-backend stats and Prometheus metrics.
+//!
+//! Start reading at [`router`].
+
+pub mod admin;
+pub mod edge;
+pub mod proxy;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use balance::{Pool, PoolConfig};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// Admin routes live under this prefix; nothing under it is ever proxied.
+pub const ADMIN_PREFIX: &str = "/_lb";
+
+/// The `[lb]` section of the topology.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Base URLs of the gateways (`http://127.0.0.1:5000`); `scalelab up` fills them from
+    /// `[instances] gateway` when left empty.
+    pub backends: Vec<String>,
+    /// How a gateway is chosen, reached and health-checked (`[lb.pool]`: `strategy`,
+    /// `connect_timeout_ms`, `response_timeout_ms`, `max_attempts`, `[lb.pool.health]`).
+    pub pool: PoolConfig,
+    /// Client networks allowed in (CIDR, e.g. `"10.0.0.0/8"`); empty allows everyone not denied.
+    pub allow: Vec<IpNet>,
+    /// Client networks refused with `403`; checked before `allow`.
+    pub deny: Vec<IpNet>,
+    /// Optional per-client-IP rate limit (`429` beyond), like nginx's `limit_req`.
+    pub rate_limit: Option<edge::EdgeRateLimit>,
+    /// Largest request body forwarded, in bytes (`413` beyond), like nginx's `client_max_body_size`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            pool: PoolConfig::default(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rate_limit: None,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the balancer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration names no backend.
+    #[error("the load balancer has no backends: set [lb] backends or [instances] gateway")]
+    NoBackends,
+    /// A backend URL is not `http://host:port`.
+    #[error("backend URL {0:?} is not of the form http://host:port")]
+    BadBackend(String),
+    /// Serving failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every request handler of the balancer shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The gateways.
+    pub pool: Arc<Pool>,
+    /// Access lists and rate limit.
+    pub edge: Arc<edge::Edge>,
+    /// Who this instance is.
+    pub instance: common::Instance,
+    /// Body size limit.
+    pub max_body_bytes: u64,
+}
+
+impl AppState {
+    /// Builds the state; does not start health checks (see [`serve`]).
+    pub fn new(config: Config, instance: common::Instance) -> Result<Self, Error> {
+        if config.backends.is_empty() {
+            return Err(Error::NoBackends);
+        }
+        if let Some(bad) = config
+            .backends
+            .iter()
+            .find(|u| !u.starts_with("http://") || u.len() <= "http://".len())
+        {
+            return Err(Error::BadBackend(bad.clone()));
+        }
+        Ok(Self {
+            pool: Pool::new("gateway", &config.backends, config.pool.clone()),
+            edge: Arc::new(edge::Edge::new(&config)),
+            instance,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+}
+
+/// The balancer's routes: admin under [`ADMIN_PREFIX`], everything else proxied.
+///
+/// Layers, outermost first: request id (kept from the client or made, sent on to the gateway and
+/// echoed back), then the edge checks (deny/allow, rate limit) which run before any proxying.
+pub fn router(state: AppState) -> Router {
+    common::metrics::handle();
+    let admin = Router::new()
+        .route("/health", get(admin::health))
+        .route("/stats", get(admin::stats))
+        .route("/metrics", get(admin::metrics))
+        .fallback(common::stack::not_found)
+        .method_not_allowed_fallback(common::stack::method_not_allowed);
+    Router::new()
+        .nest(ADMIN_PREFIX, admin)
+        .fallback(proxy::forward)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::check,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+        .with_state(state)
+}
+
+/// Runs the balancer on `listener` until `shutdown`, with active health checks on the gateways.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    instance: common::Instance,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = AppState::new(config, instance)?;
+    let _checks = state.pool.spawn_health_checks();
+    let _sweeper = state.edge.spawn_sweeper();
+    tracing::info!(
+        strategy = state.pool.strategy(),
+        backends = ?state.pool.backends().iter().map(|b| b.url.as_str()).collect::<Vec<_>>(),
+        "load balancer ready"
+    );
+    common::serve(listener, router(state), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The balancer in front of real HTTP backends, all on ephemeral ports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::routing::any;
+use balance::{HealthConfig, PoolConfig};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct Server {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn kill(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A backend that echoes what it received as JSON, with its name in `X-Served-By`.
+async fn echo_backend(name: &'static str) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app =
+        Router::new().fallback(any(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap,
+                  body: Bytes| async move {
+                let hs: HashMap<String, String> = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                (
+                    [("x-served-by", name)],
+                    axum::Json(json!({
+                        "name": name, "method": method.as_str(), "uri": uri.to_string(),
+                        "headers": hs, "body_len": body.len(),
+                    })),
+                )
+            },
+        ));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Server {
+        url,
+        stop: Some(tx),
+        task,
+    }
+}
+
+async fn start_lb(config: lb::Config) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        lb::serve(
+            listener,
+            config,
+            common::Instance::new("lb", "lb-1"),
+            async {
+                let _ = rx.await;
+            },
+        )
+        .await
+        .unwrap();
+    });
+    Server {
+        url,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn lb_config(backends: &[&Server]) -> lb::Config {
+    lb::Config {
+        backends: backends.iter().map(|b| b.url.clone()).collect(),
+        pool: PoolConfig {
+            connect_timeout_ms: 500,
+            response_timeout_ms: 2000,
+            health: HealthConfig {
+                interval_ms: 100,
+                ..HealthConfig::default()
+            },
+            ..PoolConfig::default()
+        },
+        ..lb::Config::default()
+    }
+}
+
+#[tokio::test]
+async fn forwards_the_whole_request_and_rewrites_headers() {
+    let a = echo_backend("a").await;
+    let lb = start_lb(lb_config(&[&a])).await;
+    let body = vec![b'x'; 300_000];
+    let resp = reqwest::Client::new()
+        .post(format!("{}/some/path?q=1&r=two", lb.url))
+        .header("x-custom", "kept")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "secret")
+        .header("x-request-id", "req-123")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "req-123");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["uri"], "/some/path?q=1&r=two");
+    assert_eq!(v["body_len"], 300_000);
+    let h = &v["headers"];
+    assert_eq!(h["x-custom"], "kept");
+    assert!(h.get("x-drop-me").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-request-id"], "req-123");
+    assert!(
+        h["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+}
+
+#[tokio::test]
+async fn spreads_round_robin_and_survives_a_dead_backend() {
+    let a = echo_backend("a").await;
+    let b = echo_backend("b").await;
+    let lb = start_lb(lb_config(&[&a, &b])).await;
+    let client = reqwest::Client::new();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..10 {
+        let r = client.get(format!("{}/x", lb.url)).send().await.unwrap();
+        *seen
+            .entry(r.headers()["x-served-by"].to_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+    a.kill().await;
+    for _ in 0..10 {
+        let r = client.get(format!("{}/x", lb.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-served-by"], "b");
+    }
+    let stats: Value = client
+        .get(format!("{}/_lb/stats", lb.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["strategy"], "round_robin");
+    assert_eq!(stats["backends"][0]["healthy"], false, "{stats}");
+    assert_eq!(stats["backends"][1]["healthy"], true);
+    assert!(stats["backends"][1]["requests"].as_u64().unwrap() >= 15);
+    assert!(stats["backends"][1]["latency_p99_ms"].as_f64().unwrap() > 0.0);
+    let metrics = client
+        .get(format!("{}/_lb/metrics", lb.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("scalelab_lb_backend_healthy"), "{metrics}");
+    b.kill().await;
+}
+
+#[tokio::test]
+async fn no_backend_left_is_a_json_error() {
+    let a = echo_backend("a").await;
+    let lb = start_lb(lb_config(&[&a])).await;
+    a.kill().await;
+    let client = reqwest::Client::new();
+    let first = client.get(format!("{}/x", lb.url)).send().await.unwrap();
+    assert_eq!(first.status(), 502);
+    let second = client.get(format!("{}/x", lb.url)).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    let v: Value = second.json().await.unwrap();
+    assert_eq!(v["error"], "no_healthy_backend");
+    assert!(!v["message"].as_str().unwrap().contains("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn admin_prefix_is_never_proxied() {
+    let a = echo_backend("a").await;
+    let lb = start_lb(lb_config(&[&a])).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/_lb/nope", lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    let r = client
+        .get(format!("{}/_lb/health", lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["role"], "lb");
+    // Everything else, /health included, belongs to the gateways.
+    let r = client
+        .get(format!("{}/health", lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-served-by"], "a");
+}
+
+#[tokio::test]
+async fn edge_acl_rate_limit_and_body_limit() {
+    let a = echo_backend("a").await;
+    let mut cfg = lb_config(&[&a]);
+    cfg.deny = vec!["127.0.0.0/8".parse().unwrap()];
+    let denied = start_lb(cfg).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/x", denied.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "forbidden");
+
+    let mut cfg = lb_config(&[&a]);
+    cfg.rate_limit = Some(lb::edge::EdgeRateLimit {
+        requests_per_second: 1,
+        burst: 3,
+    });
+    cfg.max_body_bytes = 1000;
+    let limited = start_lb(cfg).await;
+    let r = client
+        .post(format!("{}/x", limited.url))
+        .body(vec![0u8; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "payload_too_large"
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = client
+            .get(format!("{}/x", limited.url))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            assert_eq!(r.json::<Value>().await.unwrap()["error"], "rate_limited");
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let _ = Duration::ZERO;
+}
