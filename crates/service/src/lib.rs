@@ -1,1 +1,116 @@
-//! service
+//! The business microservice: `GET /process` does a fixed amount of waiting and real CPU work, at
+//! most [`Config::max_concurrency`] requests at a time, so that one instance has a bounded
+//! throughput and adding instances behind the gateways visibly raises it.
+//!
+//! [`Config`] is the role's section of the topology file; [`AppState::new`] builds the semaphore
+//! that bounds concurrency; [`router`] holds the routes (`routes.rs`) inside the standard stack of
+//! `common`; [`serve`] runs it on a socket. Start reading at `routes.rs`; the CPU work is in
+//! `work.rs`.
+
+mod error;
+mod routes;
+#[cfg(test)]
+mod tests;
+mod work;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use error::Error;
+
+/// The `[service]` section of the topology file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Simulated wait per request, in milliseconds, like a call to something slow; it holds one
+    /// of the `max_concurrency` slots.
+    pub work_ms: u64,
+    /// Rounds of real CPU work (a cheap hash over a small buffer) per request, run on the
+    /// blocking thread pool; 0 for none.
+    pub cpu_iterations: u64,
+    /// Requests processed at once by this instance; the others wait for a free slot. This bounds
+    /// one instance's throughput to about `max_concurrency / (work_ms + cpu time)`.
+    pub max_concurrency: usize,
+    /// Longest a request waits for a free slot, in milliseconds, before it is answered
+    /// `503 overloaded` with `Retry-After: 1`; 0 refuses at once when every slot is busy.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            work_ms: 20,
+            cpu_iterations: 20_000,
+            max_concurrency: 4,
+            queue_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings the service cannot honour, so that a typo fails at start.
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_concurrency == 0 || self.max_concurrency > Semaphore::MAX_PERMITS {
+            return Err(Error::Config(format!(
+                "max_concurrency must be between 1 and {}; got {}",
+                Semaphore::MAX_PERMITS,
+                self.max_concurrency
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The amounts of work and the queue timeout, read on every request.
+    config: Arc<Config>,
+    /// One permit per slot of [`Config::max_concurrency`]: what makes an instance's throughput
+    /// bounded, and so what makes scaling out visible.
+    permits: Arc<Semaphore>,
+    /// Answered as `service_id`, labels the metrics, and is needed by the standard stack.
+    instance: common::Instance,
+}
+
+impl AppState {
+    /// Validates `config` and builds the slots. Fails with [`Error::Config`] when
+    /// `max_concurrency` is 0 (no request could ever run).
+    pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
+        config.validate()?;
+        let permits = Arc::new(Semaphore::new(config.max_concurrency));
+        Ok(AppState {
+            config: Arc::new(config),
+            permits,
+            instance,
+        })
+    }
+}
+
+/// The service's routes inside the standard stack of `common`.
+pub fn router(state: AppState) -> Router {
+    let instance = state.instance.clone();
+    common::stack::wrap(
+        routes::routes(state),
+        &instance,
+        common::stack::Limits::default(),
+    )
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    instance: common::Instance,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = AppState::new(config, instance).await?;
+    common::serve(listener, router(state), shutdown)
+        .await
+        .map_err(Error::Io)
+}
