@@ -1,1 +1,115 @@
-fn main() {}
+//! `scalelab`: the one binary. It parses arguments, loads the topology, sets up logging and hands
+//! over to a crate: `up` runs the whole topology under the [`supervisor`], `serve ROLE` runs one
+//! instance, `config` prints the default topology, `bench` runs the load generator.
+//!
+//! This is the only crate that reads argv, environment variables and files.
+
+mod serve;
+mod supervisor;
+mod topology;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// scalelab: a horizontally scalable system you can run, read and measure.
+#[derive(Debug, Parser)]
+#[command(name = "scalelab", version, about, long_about = None)]
+struct Cli {
+    /// Log line format of this process (and, under `up`, of every instance).
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true)]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the whole topology on this machine: every instance as a child process, supervised.
+    Up(up::UpArgs),
+    /// Run one instance of one role (what `up` runs, and what a deployment runs).
+    Serve(serve::ServeArgs),
+    /// Print the default topology file, every field documented.
+    Config {
+        /// Print the effective topology instead: FILE (or the default) with derived URLs filled in.
+        #[arg(long)]
+        effective: bool,
+        /// A topology file to read instead of the built-in one (with --effective).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Load generator: send requests to a URL and report latency, throughput and distribution.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    common::telemetry::init(match cli.log_format {
+        LogFormatArg::Text => common::telemetry::LogFormat::Text,
+        LogFormatArg::Json => common::telemetry::LogFormat::Json,
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Config { effective, config } => print_config(effective, config),
+            Command::Bench(args) => bench_cmd(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
+    if !effective {
+        match path {
+            None => print!("{}", topology::DEFAULT_TOML),
+            Some(p) => print!("{}", std::fs::read_to_string(p)?),
+        }
+        return Ok(());
+    }
+    let mut t = topology::Topology::load(path.as_deref())?;
+    t.resolve(None);
+    print!("{}", t.to_toml()?);
+    Ok(())
+}
+
+async fn bench_cmd(args: bench::BenchArgs) -> anyhow::Result<()> {
+    bench::run(args, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

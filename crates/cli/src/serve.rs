@@ -1,0 +1,97 @@
+//! `scalelab serve ROLE`: one instance of one role.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::topology::Topology;
+
+/// The roles an instance can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Role {
+    /// The load balancer (L7 reverse proxy over the gateways).
+    Lb,
+    /// The public API: tokens, rate limits, cache-aside, routing.
+    Gateway,
+    /// Credentials, login, token signing, public keys.
+    Auth,
+    /// The cache service shared by the gateways.
+    Cache,
+    /// The data service (records in SQLite or PostgreSQL, with a latency knob).
+    Db,
+    /// The business microservice (`GET /process`).
+    Service,
+}
+
+impl Role {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Role::Lb => "lb",
+            Role::Gateway => "gateway",
+            Role::Auth => "auth",
+            Role::Cache => "cache",
+            Role::Db => "db",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// Arguments of `scalelab serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The role to run.
+    #[arg(value_enum)]
+    role: Role,
+    /// Instance id, unique in the topology (shown in `X-Served-By` and logs). Default: `<role>-1`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Port to listen on (0 picks a free one). Default: the role's first port in the topology.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind. Default: `[instances] host` of the topology.
+    #[arg(long)]
+    host: Option<String>,
+    /// Topology file (default: the built-in scalelab.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite files, keys). Default: `data_dir` of the topology.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut topo = Topology::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        topo.data_dir = d;
+    }
+    topo.resolve(std::env::var("SCALELAB_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()));
+    let role = args.role.name();
+    let id = args.id.unwrap_or_else(|| format!("{role}-1"));
+    let port = match args.port {
+        Some(p) => p,
+        None => *topo
+            .ports(role)
+            .first()
+            .with_context(|| format!("give --port: the topology has no {role} instance"))?,
+    };
+    let host = args.host.unwrap_or_else(|| topo.instances.host.clone());
+    let listener = TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port} for {role} {id}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, role, id, "starting");
+    let instance = common::Instance::new(role, id);
+    let shutdown = crate::shutdown_signal();
+    match args.role {
+        Role::Lb => lb::serve(listener, topo.lb, instance, shutdown).await?,
+        Role::Gateway => gateway::serve(listener, topo.gateway, instance, shutdown).await?,
+        Role::Auth => auth::serve(listener, topo.auth, instance, shutdown).await?,
+        Role::Cache => cache::serve(listener, topo.cache, instance, shutdown).await?,
+        Role::Db => db::serve(listener, topo.db, instance, shutdown).await?,
+        Role::Service => service::serve(listener, topo.service, instance, shutdown).await?,
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

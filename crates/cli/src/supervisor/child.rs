@@ -1,0 +1,348 @@
+//! One child's whole life: spawn, wait for health, restart with backoff, stop on request.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::output::{self, Tail};
+use super::{ChildSpec, Ctx};
+
+/// How long to wait for a dead child's last output lines before reporting its failure.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs `spec` until told to stop: reports the first health (or the start-up failure) on `ready`, then
+/// restarts the child whenever it exits, until `stop` brings the SIGKILL deadline.
+///
+/// During start-up (before `ready` is sent) a failure is not retried: it is reported and the task
+/// ends, leaving it to [`super::run`] to stop the others.
+pub(super) async fn supervise(
+    spec: ChildSpec,
+    ctx: Arc<Ctx>,
+    ready: oneshot::Sender<Result<(), String>>,
+    mut stop: oneshot::Receiver<Instant>,
+) {
+    let mut ready = Some(ready);
+    let tail = Tail::default();
+    let mut backoff = Backoff::new(ctx.opts.backoff_base, ctx.opts.backoff_max);
+    let mut restarts = 0u32;
+    let mut shutting_down = ctx.shutting_down.clone();
+    let id = spec.id.as_str();
+
+    loop {
+        let mut proc = match Proc::spawn(&spec, &ctx, &tail) {
+            Ok(proc) => proc,
+            Err(e) => {
+                let message = format!(
+                    "cannot start {id}: {} failed to run: {e}",
+                    spec.program.display()
+                );
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(message));
+                    return;
+                }
+                let what = message;
+                if !pause(
+                    &ctx,
+                    &mut stop,
+                    &mut shutting_down,
+                    &mut backoff,
+                    &mut restarts,
+                    what,
+                )
+                .await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = ctx.registry.set_pid(id, proc.pid) {
+            ctx.log
+                .line(format!("[up] cannot update the instances file: {e}"));
+        }
+
+        let health_url = spec.health_url();
+        let health = tokio::select! {
+            biased;
+            deadline = &mut stop => {
+                proc.terminate(&ctx, id, deadline.ok()).await;
+                return;
+            }
+            health = proc.until_healthy(&ctx, &health_url) => health,
+        };
+        let exit = match health {
+            Health::Healthy => {
+                match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Ok(()));
+                    }
+                    None => ctx.log.line(format!(
+                        "[up] {id} is healthy again (pid {}, restart #{restarts})",
+                        proc.pid
+                    )),
+                }
+                let up_since = Instant::now();
+                let exit = tokio::select! {
+                    biased;
+                    deadline = &mut stop => {
+                        proc.terminate(&ctx, id, deadline.ok()).await;
+                        return;
+                    }
+                    exit = proc.wait() => exit,
+                };
+                if up_since.elapsed() >= ctx.opts.backoff_reset {
+                    backoff.reset();
+                }
+                exit
+            }
+            Health::Exited(exit) => {
+                if let Some(ready) = ready.take() {
+                    proc.drain(DRAIN_TIMEOUT).await;
+                    let _ = ready.send(Err(format!(
+                        "{id} exited during start-up ({exit}); its last lines:\n{}",
+                        tail.render()
+                    )));
+                    return;
+                }
+                exit
+            }
+            Health::TimedOut => {
+                let message = format!(
+                    "{id} did not answer GET {} with 200 within {:?}",
+                    health_url, ctx.opts.start_timeout
+                );
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(message));
+                    // Keep the child until `run` stops everyone in order.
+                    let deadline = (&mut stop).await;
+                    proc.terminate(&ctx, id, deadline.ok()).await;
+                    return;
+                }
+                ctx.log.line(format!("[up] {message}; killing it"));
+                proc.kill().await
+            }
+        };
+
+        let what = format!("{id} exited ({exit})");
+        if !pause(
+            &ctx,
+            &mut stop,
+            &mut shutting_down,
+            &mut backoff,
+            &mut restarts,
+            what,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+/// Logs `what` happened and waits out the restart delay. False means the task must end: shutdown has
+/// begun.
+async fn pause(
+    ctx: &Ctx,
+    stop: &mut oneshot::Receiver<Instant>,
+    shutting_down: &mut tokio::sync::watch::Receiver<bool>,
+    backoff: &mut Backoff,
+    restarts: &mut u32,
+    what: String,
+) -> bool {
+    if *shutting_down.borrow() {
+        // Never restart during shutdown; `run` will send the stop, which finds nothing to stop.
+        ctx.log.line(format!("[up] {what}"));
+        let _ = stop.await;
+        return false;
+    }
+    *restarts += 1;
+    let delay = backoff.next_delay();
+    ctx.log.line(format!(
+        "[up] {what}; restarting in {delay:?} (restart #{restarts})"
+    ));
+    // The watch's guard is not `Send`: drop it inside the branch future.
+    let shutdown_begins = async {
+        let _ = shutting_down.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        biased;
+        _ = &mut *stop => return false,
+        () = shutdown_begins => {}
+        () = sleep(delay) => return true,
+    }
+    let _ = stop.await;
+    false
+}
+
+/// Exponential backoff: `base`, `2 base`, `4 base`, ... up to `max`.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            next: base.min(max),
+        }
+    }
+
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = self.base.min(self.max);
+    }
+}
+
+enum Health {
+    Healthy,
+    Exited(String),
+    TimedOut,
+}
+
+/// A spawned child and the tasks forwarding its output.
+struct Proc {
+    child: Child,
+    pid: u32,
+    output: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(spec: &ChildSpec, ctx: &Ctx, tail: &Tail) -> std::io::Result<Self> {
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A Ctrl-C in the terminal goes to the whole foreground process group. Children in their
+            // own group do not see it, so they do not exit on their own before `up` has marked the
+            // shutdown (it would restart them) and they stop in order instead.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+        let mut output = Vec::with_capacity(2);
+        if let Some(stdout) = child.stdout.take() {
+            output.push(output::forward(
+                stdout,
+                spec.id.clone(),
+                ctx.id_width,
+                ctx.log.clone(),
+                tail.clone(),
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            output.push(output::forward(
+                stderr,
+                spec.id.clone(),
+                ctx.id_width,
+                ctx.log.clone(),
+                tail.clone(),
+            ));
+        }
+        Ok(Self { child, pid, output })
+    }
+
+    /// Polls `GET health_url` until it answers 200, the child exits, or the start timeout passes.
+    async fn until_healthy(&mut self, ctx: &Ctx, health_url: &str) -> Health {
+        let deadline = Instant::now() + ctx.opts.start_timeout;
+        let poll = async {
+            loop {
+                let healthy = ctx
+                    .http
+                    .get(health_url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+                if healthy {
+                    return;
+                }
+                sleep(ctx.opts.health_interval).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            exit = self.child.wait() => Health::Exited(describe(exit)),
+            () = poll => Health::Healthy,
+            () = sleep_until(deadline) => Health::TimedOut,
+        }
+    }
+
+    async fn wait(&mut self) -> String {
+        describe(self.child.wait().await)
+    }
+
+    /// SIGKILL, then reap.
+    async fn kill(&mut self) -> String {
+        let _ = self.child.start_kill();
+        self.wait().await
+    }
+
+    /// Waits (bounded) for the output tasks to reach the end of the child's pipes.
+    async fn drain(&mut self, timeout: Duration) {
+        let tasks = futures::future::join_all(self.output.drain(..));
+        let _ = tokio::time::timeout(timeout, tasks).await;
+    }
+
+    /// SIGTERM, then SIGKILL at `deadline` (at once without one), then reap.
+    async fn terminate(mut self, ctx: &Ctx, id: &str, deadline: Option<Instant>) {
+        // The child is not reaped yet (only `wait` reaps), so its pid cannot have been reused.
+        let pid = Pid::from_raw(self.pid as i32);
+        let exit = match deadline {
+            Some(deadline) => {
+                // An error here means the child has already exited; `wait` then returns at once.
+                let _ = kill(pid, Signal::SIGTERM);
+                tokio::select! {
+                    exit = self.child.wait() => Some(describe(exit)),
+                    () = sleep_until(deadline) => None,
+                }
+            }
+            None => None,
+        };
+        let exit = match exit {
+            Some(exit) => exit,
+            None => {
+                if deadline.is_some() {
+                    ctx.log.line(format!(
+                        "[up] {id} did not stop within the grace period; sending SIGKILL"
+                    ));
+                }
+                self.kill().await
+            }
+        };
+        self.drain(DRAIN_TIMEOUT).await;
+        ctx.log.line(format!("[up] {id} stopped ({exit})"));
+    }
+}
+
+/// `status 1`, `signal 9`, or why waiting failed.
+pub(super) fn describe(exit: std::io::Result<ExitStatus>) -> String {
+    match exit {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("status {code}"),
+            (None, Some(signal)) => format!("signal {signal}"),
+            (None, None) => status.to_string(),
+        },
+        Err(e) => format!("waiting for it failed: {e}"),
+    }
+}

@@ -1,0 +1,483 @@
+//! The supervisor against a stand-in child: a few lines of Python serving `/health`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::child::{Backoff, describe};
+use super::{ChildSpec, SupervisorOptions, run, table};
+
+/// Serves `GET /health` on the port given as its argument, prints a line to stdout and one to
+/// stderr, and on SIGTERM prints `got SIGTERM` and exits 0 (unless `IGNORE_TERM` is set).
+const STAND_IN: &str = r#"
+import http.server, os, signal, sys
+port = int(sys.argv[1])
+def on_term(*_):
+    print("got SIGTERM", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("IGNORE_TERM") else on_term)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *_):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Health)
+print(f"listening on {port}", flush=True)
+print("a line on stderr", file=sys.stderr, flush=True)
+server.serve_forever()
+"#;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system's temporary directory, removed on drop (`cli` has no
+/// `tempfile` dependency).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("scalelab-supervisor-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn spec(role: &str, id: &str, port: u16, script: &str) -> ChildSpec {
+    ChildSpec {
+        role: role.to_owned(),
+        id: id.to_owned(),
+        port,
+        url: format!("http://127.0.0.1:{port}"),
+        health_path: "/health".to_owned(),
+        program: PathBuf::from("python3"),
+        args: vec![
+            "-u".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+            port.to_string(),
+        ],
+        env: Vec::new(),
+    }
+}
+
+/// Options for tests: short timeouts, no signal handlers, lines collected in memory.
+fn options(instances_file: Option<PathBuf>) -> (SupervisorOptions, Lines) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let lines = Lines::default();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            sink.0.lock().unwrap().push(line);
+        }
+    });
+    let opts = SupervisorOptions {
+        start_timeout: Duration::from_secs(15),
+        grace: Duration::from_secs(5),
+        backoff_base: Duration::from_millis(50),
+        instances_file,
+        handle_signals: false,
+        hints: vec!["curl -s http://example/health".to_owned()],
+        log: Some(tx),
+        ..SupervisorOptions::default()
+    };
+    (opts, lines)
+}
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+/// Polls `condition` until it holds, failing the test with `what` after [`DEADLINE`].
+async fn eventually<T>(what: &str, lines: &Lines, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; output so far:\n{}",
+            lines.all()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `(id, pid)` of every instance in the instances file, once it exists and parses.
+fn read_pids(path: &Path) -> Option<Vec<(String, u32)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let records: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    records
+        .iter()
+        .map(|r| Some((r["id"].as_str()?.to_owned(), r["pid"].as_u64()? as u32)))
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+async fn healthy(port: u16) -> bool {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+struct Started {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(specs: Vec<ChildSpec>, opts: SupervisorOptions) -> Started {
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(specs, opts, async {
+        let _ = rx.await;
+    }));
+    Started { shutdown, task }
+}
+
+impl Started {
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run does not panic")
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_refused_with_its_role_and_id() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let specs = vec![
+        spec("auth", "auth-1", free_port(), STAND_IN),
+        spec("gateway", "gateway-1", port, STAND_IN),
+    ];
+    let (opts, lines) = options(None);
+
+    let err = run(specs, opts, std::future::pending()).await.unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        format!("port {port} (gateway gateway-1) is already in use")
+    );
+    assert!(
+        !lines.contains("auth-1"),
+        "nothing may start: {}",
+        lines.all()
+    );
+}
+
+#[tokio::test]
+async fn a_port_given_twice_is_refused() {
+    let port = free_port();
+    let specs = vec![
+        spec("gateway", "gateway-1", port, STAND_IN),
+        spec("gateway", "gateway-2", port, STAND_IN),
+    ];
+    let (opts, _lines) = options(None);
+
+    let err = run(specs, opts, std::future::pending()).await.unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        format!("port {port} is given to both gateway-1 (gateway) and gateway-2 (gateway)")
+    );
+}
+
+#[tokio::test]
+async fn starts_every_child_prints_the_table_and_writes_instances_json() {
+    let dir = TempDir::new();
+    let file = dir.0.join("data").join("instances.json");
+    let (db, gw1, gw2) = (free_port(), free_port(), free_port());
+    let specs = vec![
+        spec("db", "db-1", db, STAND_IN),
+        spec("gateway", "gateway-1", gw1, STAND_IN),
+        spec("gateway", "gateway-2", gw2, STAND_IN),
+    ];
+    let (opts, lines) = options(Some(file.clone()));
+
+    let started = start(specs, opts);
+    let pids = eventually("instances.json", &lines, || read_pids(&file)).await;
+
+    let ids: Vec<&str> = pids.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["db-1", "gateway-1", "gateway-2"]);
+    for port in [db, gw1, gw2] {
+        assert!(healthy(port).await, "port {port} answers /health");
+    }
+    for (_, pid) in &pids {
+        assert!(alive(*pid), "pid {pid} is a live child");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str::<Vec<serde_json::Value>>(&std::fs::read_to_string(&file).unwrap())
+            .unwrap()[1]
+            .clone();
+    assert_eq!(record["role"], "gateway");
+    assert_eq!(record["url"], format!("http://127.0.0.1:{gw1}"));
+    assert_eq!(record["port"], gw1);
+
+    // The table, the hints and the prefixed child output (ids padded to one width).
+    eventually("the table", &lines, || {
+        lines
+            .contains("curl -s http://example/health")
+            .then_some(())
+    })
+    .await;
+    let output = lines.all();
+    assert!(output.contains("ROLE     ID         URL"), "{output}");
+    assert!(
+        output.contains(&format!(
+            "gateway  gateway-1  http://127.0.0.1:{gw1}  {}",
+            pids[1].1
+        )),
+        "{output}"
+    );
+    eventually("prefixed output", &lines, || {
+        (lines.contains(&format!("db-1      | listening on {db}"))
+            && lines.contains("gateway-2 | a line on stderr"))
+        .then_some(())
+    })
+    .await;
+
+    started.stop().await.expect("shutdown returns Ok");
+    for (_, pid) in &pids {
+        assert!(!alive(*pid), "pid {pid} was stopped");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_child_is_restarted_and_healthy_again_with_a_new_pid() {
+    let dir = TempDir::new();
+    let file = dir.0.join("instances.json");
+    let port = free_port();
+    let (opts, lines) = options(Some(file.clone()));
+
+    let started = start(vec![spec("gateway", "gateway-1", port, STAND_IN)], opts);
+    let pids = eventually("instances.json", &lines, || read_pids(&file)).await;
+    let old = pids[0].1;
+
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+
+    let new = eventually("a new pid in instances.json", &lines, || {
+        read_pids(&file).map(|p| p[0].1).filter(|&pid| pid != old)
+    })
+    .await;
+    eventually("the restart to be healthy", &lines, || {
+        lines.contains("gateway-1 is healthy again").then_some(())
+    })
+    .await;
+    assert!(healthy(port).await);
+    assert!(alive(new));
+    let output = lines.all();
+    assert!(
+        output.contains("[up] gateway-1 exited (signal 9); restarting in 50ms (restart #1)"),
+        "{output}"
+    );
+
+    started.stop().await.expect("shutdown returns Ok");
+    assert!(!alive(new));
+}
+
+#[tokio::test]
+async fn shutdown_sends_sigterm_in_reverse_order_and_returns_ok() {
+    let (db, lb) = (free_port(), free_port());
+    let specs = vec![
+        spec("db", "db-1", db, STAND_IN),
+        spec("lb", "lb-1", lb, STAND_IN),
+    ];
+    let (opts, lines) = options(None);
+
+    let started = start(specs, opts);
+    eventually("start-up", &lines, || {
+        lines.contains("instances healthy").then_some(())
+    })
+    .await;
+    started.stop().await.expect("shutdown returns Ok");
+
+    let output = lines.all();
+    let position = |needle: &str| {
+        output
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from:\n{output}"))
+    };
+    assert!(position("lb-1 | got SIGTERM") < position("db-1 | got SIGTERM"));
+    assert!(position("[up] lb-1 stopped (status 0)") < position("[up] db-1 stopped (status 0)"));
+    assert!(!output.contains("restarting"), "{output}");
+}
+
+#[tokio::test]
+async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let port = free_port();
+    let mut stubborn = spec("service", "service-1", port, STAND_IN);
+    stubborn
+        .env
+        .push(("IGNORE_TERM".to_owned(), "1".to_owned()));
+    let (mut opts, lines) = options(None);
+    opts.grace = Duration::from_millis(300);
+
+    let started = start(vec![stubborn], opts);
+    eventually("start-up", &lines, || {
+        lines.contains("instances healthy").then_some(())
+    })
+    .await;
+    started.stop().await.expect("shutdown returns Ok");
+
+    let output = lines.all();
+    assert!(
+        output.contains("[up] service-1 did not stop within the grace period; sending SIGKILL"),
+        "{output}"
+    );
+    assert!(
+        output.contains("[up] service-1 stopped (signal 9)"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_exiting_during_start_up_fails_the_start_and_stops_the_others() {
+    let (db, gw) = (free_port(), free_port());
+    let specs = vec![
+        spec("db", "db-1", db, STAND_IN),
+        spec(
+            "gateway",
+            "gateway-1",
+            gw,
+            "import sys; print('bad config', file=sys.stderr); sys.exit(3)",
+        ),
+    ];
+    let (opts, lines) = options(None);
+
+    let err = tokio::time::timeout(DEADLINE, run(specs, opts, std::future::pending()))
+        .await
+        .expect("run gives up")
+        .unwrap_err()
+        .to_string();
+
+    assert!(
+        err.starts_with("gateway-1 exited during start-up (status 3)"),
+        "{err}"
+    );
+    assert!(err.contains("bad config"), "{err}");
+    assert!(lines.contains("[up] db-1 stopped"), "{}", lines.all());
+    assert!(!healthy(db).await);
+}
+
+#[tokio::test]
+async fn a_child_that_never_gets_healthy_fails_the_start() {
+    let port = free_port();
+    let specs = vec![spec(
+        "cache",
+        "cache-1",
+        port,
+        "import time; time.sleep(60)",
+    )];
+    let (mut opts, lines) = options(None);
+    opts.start_timeout = Duration::from_millis(500);
+
+    let err = tokio::time::timeout(DEADLINE, run(specs, opts, std::future::pending()))
+        .await
+        .expect("run gives up")
+        .unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        format!("cache-1 did not answer GET http://127.0.0.1:{port}/health with 200 within 500ms")
+    );
+    assert!(lines.contains("[up] cache-1 stopped"), "{}", lines.all());
+}
+
+#[tokio::test]
+async fn a_missing_program_is_reported_with_the_instance() {
+    let mut missing = spec("auth", "auth-1", free_port(), STAND_IN);
+    missing.program = PathBuf::from("/nonexistent/scalelab");
+    let (opts, _lines) = options(None);
+
+    let err = run(vec![missing], opts, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert!(
+        err.starts_with("cannot start auth-1: /nonexistent/scalelab failed to run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_the_maximum_and_resets() {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+    let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 500, 500]);
+    backoff.reset();
+    assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+}
+
+#[test]
+fn exits_are_described_by_status_or_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let exit = |raw| describe(Ok(std::process::ExitStatus::from_raw(raw)));
+    assert_eq!(exit(1 << 8), "status 1");
+    assert_eq!(exit(9), "signal 9");
+    assert_eq!(exit(0), "status 0");
+}
+
+#[test]
+fn the_table_aligns_columns() {
+    let rows = [
+        [
+            "lb".to_owned(),
+            "lb-1".to_owned(),
+            "http://127.0.0.1:8000".to_owned(),
+        ],
+        [
+            "gateway".to_owned(),
+            "gateway-1".to_owned(),
+            "http://127.0.0.1:5000".to_owned(),
+        ],
+    ];
+    assert_eq!(
+        table(["ROLE", "ID", "URL"], &rows),
+        [
+            "ROLE     ID         URL",
+            "lb       lb-1       http://127.0.0.1:8000",
+            "gateway  gateway-1  http://127.0.0.1:5000",
+        ]
+    );
+}

@@ -1,0 +1,289 @@
+//! The topology file: which instances run where, and each role's settings.
+//!
+//! `scalelab.toml` at the repository root is the default and is built into the binary, so that
+//! `scalelab up` needs no file. Each role's section is that crate's own `Config`; the URLs by which
+//! roles find each other are derived from `[instances]` here ([`Topology::resolve`]) unless a section
+//! sets them, so that a topology names every port once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The default topology, as shipped: `scalelab.toml` at the repository root.
+pub(crate) const DEFAULT_TOML: &str = include_str!("../../../scalelab.toml");
+
+/// The roles in start order: dependencies before the roles that call them.
+pub(crate) const ROLES: [&str; 6] = ["auth", "db", "cache", "service", "gateway", "lb"];
+
+/// The whole topology file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Topology {
+    /// Where SQLite files and keys live (relative to the working directory); `--data-dir` overrides.
+    pub(crate) data_dir: PathBuf,
+    /// Which instances run, by role: their ports on `host`.
+    pub(crate) instances: Instances,
+    /// The load balancer.
+    pub(crate) lb: lb::Config,
+    /// The gateways.
+    pub(crate) gateway: gateway::Config,
+    /// The auth instances.
+    pub(crate) auth: auth::Config,
+    /// The cache service.
+    pub(crate) cache: cache::Config,
+    /// The data service.
+    pub(crate) db: db::Config,
+    /// The business services.
+    pub(crate) service: service::Config,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            instances: Instances::default(),
+            lb: lb::Config::default(),
+            gateway: gateway::Config::default(),
+            auth: auth::Config::default(),
+            cache: cache::Config::default(),
+            db: db::Config::default(),
+            service: service::Config::default(),
+        }
+    }
+}
+
+/// `[instances]`: the host every instance binds, and each role's ports. Instance ids are
+/// `<role>-<n>` in the order of the ports (`gateway-1` is the first gateway port).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Instances {
+    /// The address every instance binds and every URL names.
+    pub(crate) host: String,
+    /// Ports by role name.
+    #[serde(flatten)]
+    pub(crate) ports: BTreeMap<String, Vec<u16>>,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            ports: BTreeMap::new(),
+        }
+    }
+}
+
+/// One instance of the topology.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InstanceRef {
+    pub(crate) role: &'static str,
+    pub(crate) id: String,
+    pub(crate) port: u16,
+    pub(crate) url: String,
+}
+
+impl Topology {
+    /// The built-in default topology.
+    pub(crate) fn builtin() -> anyhow::Result<Self> {
+        Self::parse(DEFAULT_TOML).context("the built-in scalelab.toml does not parse")
+    }
+
+    /// Parses a topology document.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        let t: Topology = toml::from_str(text)?;
+        for role in t.instances.ports.keys() {
+            if !ROLES.contains(&role.as_str()) {
+                bail!(
+                    "[instances] names an unknown role {role:?}; roles are {}",
+                    ROLES.join(", ")
+                );
+            }
+        }
+        Ok(t)
+    }
+
+    /// Reads `path`, or the built-in default when `None`.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            None => Self::builtin(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the topology file {}", p.display()))?;
+                Self::parse(&text).with_context(|| format!("in the topology file {}", p.display()))
+            }
+        }
+    }
+
+    /// The ports of `role` (none if the role is absent).
+    pub(crate) fn ports(&self, role: &str) -> &[u16] {
+        self.instances
+            .ports
+            .get(role)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    fn urls(&self, role: &str) -> Vec<String> {
+        self.ports(role)
+            .iter()
+            .map(|p| format!("http://{}:{p}", self.instances.host))
+            .collect()
+    }
+
+    /// Every instance, roles in start order.
+    pub(crate) fn instances(&self) -> Vec<InstanceRef> {
+        ROLES
+            .iter()
+            .flat_map(|&role| {
+                self.ports(role).iter().enumerate().map(move |(i, &port)| InstanceRef {
+                    role,
+                    id: format!("{role}-{}", i + 1),
+                    port,
+                    url: format!("http://{}:{port}", self.instances.host),
+                })
+            })
+            .collect()
+    }
+
+    /// Fills what roles need to find each other from `[instances]` (unless a section set it),
+    /// and hands the data directory and environment-given secrets to the roles that use them.
+    pub(crate) fn resolve(&mut self, admin_password: Option<String>) {
+        if self.lb.backends.is_empty() {
+            self.lb.backends = self.urls("gateway");
+        }
+        let g = &mut self.gateway;
+        if g.auth_urls.is_empty() {
+            g.auth_urls = self.urls("auth");
+        }
+        if g.service_urls.is_empty() {
+            g.service_urls = self.urls("service");
+        }
+        if g.cache_url.is_empty() {
+            g.cache_url = self.urls("cache").into_iter().next().unwrap_or_default();
+        }
+        if g.db_url.is_empty() {
+            g.db_url = self.urls("db").into_iter().next().unwrap_or_default();
+        }
+        self.auth.data_dir = self.data_dir.clone();
+        self.db.data_dir = self.data_dir.clone();
+        if admin_password.is_some() {
+            self.auth.admin_password = admin_password;
+        }
+    }
+
+    /// Gives every instance a free ephemeral port instead of its configured one (for tests and for
+    /// running a second copy beside the first).
+    pub(crate) fn use_free_ports(&mut self) -> anyhow::Result<()> {
+        // Hold every listener until all ports are chosen, so that no two instances get the same one.
+        let mut held = Vec::new();
+        for ports in self.instances.ports.values_mut() {
+            for p in ports.iter_mut() {
+                let l = std::net::TcpListener::bind((self.instances.host.as_str(), 0))
+                    .context("cannot find a free port")?;
+                *p = l.local_addr()?.port();
+                held.push(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective topology as TOML (what the children of `up` read).
+    pub(crate) fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_topology_is_the_lab_layout() {
+        let t = Topology::builtin().unwrap();
+        let ids: Vec<(String, u16)> = t.instances().into_iter().map(|i| (i.id, i.port)).collect();
+        let want: Vec<(String, u16)> = [
+            ("auth-1", 5011),
+            ("auth-2", 5012),
+            ("db-1", 5002),
+            ("cache-1", 5004),
+            ("service-1", 5001),
+            ("service-2", 5006),
+            ("service-3", 5007),
+            ("gateway-1", 5000),
+            ("gateway-2", 5003),
+            ("lb-1", 8000),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), *b))
+        .collect();
+        assert_eq!(ids, want);
+    }
+
+    #[test]
+    fn resolve_wires_roles_together_from_the_ports() {
+        let mut t = Topology::builtin().unwrap();
+        t.resolve(Some("s3cret-password".into()));
+        assert_eq!(
+            t.lb.backends,
+            vec!["http://127.0.0.1:5000", "http://127.0.0.1:5003"]
+        );
+        assert_eq!(t.gateway.service_urls.len(), 3);
+        assert_eq!(t.gateway.auth_urls.len(), 2);
+        assert_eq!(t.gateway.cache_url, "http://127.0.0.1:5004");
+        assert_eq!(t.gateway.db_url, "http://127.0.0.1:5002");
+        assert_eq!(t.auth.admin_password.as_deref(), Some("s3cret-password"));
+    }
+
+    #[test]
+    fn the_effective_topology_round_trips() {
+        let mut t = Topology::builtin().unwrap();
+        t.use_free_ports().unwrap();
+        t.resolve(None);
+        let again = Topology::parse(&t.to_toml().unwrap()).unwrap();
+        assert_eq!(again.instances, t.instances);
+        assert_eq!(again.lb.backends, t.lb.backends);
+        let ports: std::collections::HashSet<u16> = t.instances().iter().map(|i| i.port).collect();
+        assert_eq!(ports.len(), t.instances().len(), "free ports must be distinct");
+    }
+
+    #[test]
+    fn unknown_roles_and_fields_are_refused() {
+        assert!(Topology::parse("[instances]\nwebserver = [1]\n").is_err());
+        assert!(Topology::parse("[lb]\nstrategy = \"x\"\n").is_err());
+        let err = Topology::parse("[lb]\nbackendz = []\n").unwrap_err();
+        assert!(format!("{err:#}").contains("backendz"), "{err:#}");
+    }
+
+    /// Every setting the code knows appears in the shipped file, where it is documented.
+    #[test]
+    fn every_field_is_in_the_shipped_file() {
+        let default = toml::Value::try_from(Topology::default()).unwrap();
+        let shipped: toml::Value = toml::from_str(DEFAULT_TOML).unwrap();
+        let mut missing = Vec::new();
+        walk(&default, &shipped, DEFAULT_TOML, "", &mut missing);
+        assert!(missing.is_empty(), "not in scalelab.toml: {missing:?}");
+    }
+
+    fn walk(code: &toml::Value, file: &toml::Value, text: &str, path: &str, missing: &mut Vec<String>) {
+        let toml::Value::Table(t) = code else { return };
+        for (k, v) in t {
+            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if p == "data_dir" || p.starts_with("instances") {
+                continue;
+            }
+            // A key counts as documented when it is set or shown commented out in the file.
+            let present = file.get(k).is_some()
+                || text.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(&format!("{k} =")) || l.starts_with(&format!("[{p}]"))
+                });
+            if !present {
+                missing.push(p.clone());
+            }
+            let sub = file.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
+            walk(v, &sub, text, &p, missing);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `scalelab up`: the whole topology on this machine.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::supervisor::{self, ChildSpec, SupervisorOptions};
+use crate::topology::Topology;
+
+/// Arguments of `scalelab up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Topology file (default: the built-in scalelab.toml; see `scalelab config`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory for SQLite files and keys (default: `data_dir` of the topology, `./data`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Give every instance a free ephemeral port instead of its configured one (for tests, or a
+    /// second copy beside the first); the ports chosen are in `<data_dir>/instances.json`.
+    #[arg(long)]
+    free_ports: bool,
+}
+
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let mut topo = Topology::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        topo.data_dir = d;
+    }
+    if args.free_ports {
+        topo.use_free_ports()?;
+    }
+    std::fs::create_dir_all(&topo.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", topo.data_dir.display()))?;
+    // Children may run with another working directory one day; give them absolute paths.
+    topo.data_dir = std::fs::canonicalize(&topo.data_dir)?;
+    // The admin password reaches auth through the inherited environment, never through a file.
+    topo.resolve(None);
+    let effective = topo.data_dir.join("topology.effective.toml");
+    std::fs::write(&effective, topo.to_toml()?)
+        .with_context(|| format!("cannot write {}", effective.display()))?;
+
+    let program = std::env::current_exe().context("cannot find the scalelab binary")?;
+    let specs: Vec<ChildSpec> = topo
+        .instances()
+        .into_iter()
+        .map(|i| ChildSpec {
+            args: vec![
+                "serve".into(),
+                i.role.into(),
+                "--id".into(),
+                i.id.clone(),
+                "--port".into(),
+                i.port.to_string(),
+                "--host".into(),
+                topo.instances.host.clone(),
+                "--config".into(),
+                effective.display().to_string(),
+                "--data-dir".into(),
+                topo.data_dir.display().to_string(),
+            ],
+            health_path: if i.role == "lb" {
+                format!("{}/health", lb::ADMIN_PREFIX)
+            } else {
+                "/health".into()
+            },
+            role: i.role.into(),
+            id: i.id,
+            port: i.port,
+            url: i.url,
+            program: program.clone(),
+            env: Vec::new(),
+        })
+        .collect();
+    anyhow::ensure!(!specs.is_empty(), "the topology has no instances");
+
+    let opts = SupervisorOptions {
+        hints: hints(&topo),
+        instances_file: Some(topo.data_dir.join("instances.json")),
+        ..SupervisorOptions::default()
+    };
+    supervisor::run(specs, opts, std::future::pending()).await
+}
+
+fn hints(topo: &Topology) -> Vec<String> {
+    let base = topo
+        .instances()
+        .into_iter()
+        .find(|i| i.role == "lb")
+        .or_else(|| topo.instances().into_iter().find(|i| i.role == "gateway"))
+        .map(|i| i.url)
+        .unwrap_or_default();
+    let mut lines = vec!["Try:".to_string()];
+    if topo.gateway.auth.anonymous_tokens {
+        lines.push(format!(
+            "  TOKEN=$(curl -s {base}/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')"
+        ));
+    }
+    lines.extend([
+        format!(
+            "  curl -s -X POST {base}/login -H 'content-type: application/json' -d '{{\"username\":\"admin\",\"password\":\"'$SCALELAB_ADMIN_PASSWORD'\"}}'"
+        ),
+        format!("  curl -si {base}/data -H \"Authorization: Bearer $TOKEN\"      # X-Cache: MISS, then HIT"),
+        format!("  curl -s {base}/process -H \"Authorization: Bearer $TOKEN\"    # service_id changes"),
+        format!("  curl -s {base}/_lb/stats"),
+        format!("  scalelab bench {base}/data -c 32 -d 10s --token $TOKEN"),
+    ]);
+    lines
+}
