@@ -1,0 +1,538 @@
+//! The generator: one task per virtual connection, each with its own keep-alive HTTP/1.1
+//! connection (hyper's low-level client), its own scratch buffers and its own per-second [`Chunk`];
+//! chunks go to the aggregator in [`execute`] over a channel, so no lock is taken per request.
+//!
+//! Invariants: a connection has at most one request in flight; in the open model request `k` of
+//! connection `i` is due at `start + i/rate + k*connections/rate`, and when the connection was
+//! still busy at that time its latency is measured from that intended time, however late it was
+//! actually sent.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::plan::{Load, Plan, RunConfig};
+use crate::report::{Aggregate, Chunk, Report, ReportConfig, SIGFIG, new_histogram};
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Reset,
+    Other,
+}
+
+/// The parts of an answer the report needs, taken out of the response without copying.
+struct Answer {
+    status: u16,
+    served_by: Option<HeaderValue>,
+    cache: Option<HeaderValue>,
+}
+
+/// One distinct `host:port` among the plan's URLs.
+struct Target {
+    addr: SocketAddr,
+    /// The plan's headers plus `Host`, built once; cloned into each request.
+    headers: HeaderMap,
+}
+
+/// What every connection task shares (read-only but for the atomics).
+struct Shared {
+    plan: Plan,
+    /// Index into `targets` of each URL template.
+    url_target: Vec<usize>,
+    targets: Vec<Target>,
+    start: Instant,
+    deadline: Option<Instant>,
+    limit: Option<u64>,
+    /// Requests issued so far (for `limit`).
+    issued: AtomicU64,
+    /// The `{seq}` counter.
+    seq: AtomicU64,
+    /// Set when the stop signal fired; checked before every request.
+    stopped: AtomicBool,
+    timeout: Duration,
+    /// Open model: the interval between two sends of one connection and the offset between
+    /// consecutive connections' schedules.
+    pacing: Option<(Duration, Duration)>,
+}
+
+/// Resolves the plan's hosts and pre-builds each target's headers.
+async fn resolve(plan: &Plan) -> Result<(Vec<usize>, Vec<Target>), Error> {
+    let mut names: Vec<String> = Vec::new();
+    let mut url_target = Vec::with_capacity(plan.urls.len());
+    for url in &plan.urls {
+        let name = url.authority.as_str();
+        let index = match names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name.to_owned());
+                names.len() - 1
+            }
+        };
+        url_target.push(index);
+    }
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
+        let addr = lookup(&name).await?;
+        let host = HeaderValue::try_from(name.as_str()).map_err(|_| Error::Url {
+            url: name.clone(),
+            reason: "host is not a valid header value".into(),
+        })?;
+        let mut headers = plan.headers.clone();
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host);
+        }
+        targets.push(Target { addr, headers });
+    }
+    Ok((url_target, targets))
+}
+
+async fn lookup(name: &str) -> Result<SocketAddr, Error> {
+    tokio::net::lookup_host(name)
+        .await
+        .and_then(|mut it| {
+            it.next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+        })
+        .map_err(|source| Error::Resolve {
+            host: name.to_owned(),
+            source,
+        })
+}
+
+/// Opens one keep-alive HTTP/1.1 connection.
+async fn connect(addr: SocketAddr) -> Result<Sender, Failure> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Failure::Connect)?;
+    // Small requests must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| Failure::Connect)?;
+    tokio::spawn(async move {
+        // The connection's errors surface on the requests sent through it.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn classify(e: &hyper::Error) -> Failure {
+    if e.is_canceled() || e.is_incomplete_message() || e.is_closed() {
+        return Failure::Reset;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return Failure::Reset;
+            }
+        }
+        source = s.source();
+    }
+    Failure::Other
+}
+
+/// Sends one request over `slot`'s connection (opening one if needed) and reads the whole answer.
+async fn exchange(
+    slot: &mut Option<Sender>,
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<Answer, Failure> {
+    let sender = match slot {
+        Some(s) if !s.is_closed() => s,
+        _ => slot.insert(connect(addr).await?),
+    };
+    if sender.ready().await.is_err() {
+        // The server ended the keep-alive connection between two requests (nginx does after
+        // `keepalive_requests`): not a failure of this request, so open a new one.
+        let fresh = slot.insert(connect(addr).await?);
+        fresh.ready().await.map_err(|_| Failure::Connect)?;
+    }
+    let Some(sender) = slot.as_mut() else {
+        return Err(Failure::Connect);
+    };
+    let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
+    let (mut parts, mut body) = response.into_parts();
+    while let Some(frame) = body.frame().await {
+        frame.map_err(|e| classify(&e))?;
+    }
+    Ok(Answer {
+        status: parts.status.as_u16(),
+        served_by: parts.headers.remove(api::headers::SERVED_BY),
+        cache: parts.headers.remove(api::headers::CACHE),
+    })
+}
+
+/// One virtual connection: sends until the deadline, the request limit or the stop signal.
+async fn connection(
+    shared: Arc<Shared>,
+    index: usize,
+    mut sender: Option<Sender>,
+    tx: mpsc::UnboundedSender<Chunk>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let plan = &shared.plan;
+    let mut senders: Vec<Option<Sender>> = (0..shared.targets.len()).map(|_| None).collect();
+    // The pre-opened connection belongs to this connection's first URL.
+    let first_url = index % plan.urls.len();
+    senders[shared.url_target[first_url]] = sender.take();
+    let mut next_url = first_url;
+    let mut rng = StdRng::seed_from_u64(0x5ca1_ab1e ^ index as u64);
+    let mut uri_buf = String::with_capacity(256);
+    let mut chunk = Chunk::new(0);
+    let mut k: u32 = 0;
+    loop {
+        if shared.stopped.load(Ordering::Relaxed) {
+            break;
+        }
+        let intended = shared
+            .pacing
+            .map(|(interval, offset)| shared.start + offset * index as u32 + interval * k);
+        if let Some(deadline) = shared.deadline
+            && intended.unwrap_or_else(Instant::now) >= deadline
+        {
+            break;
+        }
+        if let Some(limit) = shared.limit
+            && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            break;
+        }
+        // Where latency is measured from. Open model: from the intended send time when this
+        // connection was still busy with the previous answer at that time (the server held the
+        // request up: coordinated omission corrected); from the actual send when the connection
+        // was idle and slept until its turn, so that the timer's 1 ms resolution is not charged to
+        // the server. Closed model: from the actual send.
+        let mut measure_from = intended;
+        if let Some(at) = intended
+            && at > Instant::now()
+        {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            measure_from = None;
+        }
+        k = k.wrapping_add(1);
+
+        let url = &plan.urls[next_url];
+        let target_index = shared.url_target[next_url];
+        next_url = (next_url + 1) % plan.urls.len();
+        let target = &shared.targets[target_index];
+        let sent_at = measure_from.unwrap_or_else(Instant::now);
+        let result = match url.render(&mut uri_buf, &shared.seq, &mut rng) {
+            Ok(uri) => {
+                let req = build(plan.method.clone(), uri, &target.headers, &plan.body);
+                let slot = &mut senders[target_index];
+                tokio::select! {
+                    biased;
+                    // An early stop abandons the request in flight; it is not counted.
+                    _ = &mut stop => break,
+                    r = tokio::time::timeout(shared.timeout, exchange(slot, target.addr, req)) => r,
+                }
+            }
+            Err(_) => Ok(Err(Failure::Other)),
+        };
+        let done = Instant::now();
+
+        let second = done.saturating_duration_since(shared.start).as_secs();
+        if second != chunk.second {
+            if chunk.is_empty() {
+                chunk.second = second;
+            } else {
+                let full = std::mem::replace(&mut chunk, Chunk::new(second));
+                let _ = tx.send(full);
+            }
+        }
+        match result {
+            Ok(Ok(answer)) => {
+                let us = (done.saturating_duration_since(sent_at).as_micros() as u64).max(1);
+                record(&mut chunk, &answer, us);
+            }
+            Ok(Err(failure)) => {
+                senders[target_index] = None;
+                match failure {
+                    Failure::Connect => {
+                        chunk.errors.connect += 1;
+                        if shared.pacing.is_none() {
+                            // A closed-model loop against a dead port would spin at 100% CPU
+                            // counting refusals; a short pause keeps the machine usable.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Failure::Reset => chunk.errors.reset += 1,
+                    Failure::Other => chunk.errors.other += 1,
+                }
+            }
+            Err(_elapsed) => {
+                // The connection is in an unknown state mid-request: drop it.
+                senders[target_index] = None;
+                chunk.errors.timeout += 1;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk);
+    }
+}
+
+fn build(method: Method, uri: Uri, headers: &HeaderMap, body: &Bytes) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+fn record(chunk: &mut Chunk, answer: &Answer, us: u64) {
+    // Auto-resizing histograms accept any value.
+    let _ = chunk.latency.record(us);
+    chunk.answered += 1;
+    chunk.record_status(answer.status);
+    if let Some(id) = &answer.served_by {
+        chunk.record_served_by(id.as_bytes());
+    }
+    if let Some(cache) = &answer.cache {
+        let v = cache.as_bytes();
+        if v.eq_ignore_ascii_case(b"HIT") {
+            chunk.hits += 1;
+            let _ = chunk
+                .hit
+                .get_or_insert_with(|| new_histogram(SIGFIG))
+                .record(us);
+        } else if v.eq_ignore_ascii_case(b"MISS") {
+            chunk.misses += 1;
+            let _ = chunk
+                .miss
+                .get_or_insert_with(|| new_histogram(SIGFIG))
+                .record(us);
+        }
+    }
+}
+
+/// Runs `plan` as `config` says and returns what was measured. `stop` resolving ends the run
+/// early (requests in flight are abandoned) and the report still comes back, with
+/// `stopped_early` set. Spawns one task per connection on the current runtime: use a
+/// multi-thread runtime so that the generator is not the bottleneck.
+///
+/// Fails only before the first request: bad configuration or a host that does not resolve.
+pub async fn execute(
+    plan: Plan,
+    config: RunConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<Report, Error> {
+    config.validate()?;
+    let (url_target, targets) = resolve(&plan).await?;
+    let connections = config.connections;
+
+    // Open every connection before the clock starts, so that connect time is not charged to the
+    // first requests (a failure here is retried, and counted, by the connection itself).
+    let preopened = futures::future::join_all((0..connections).map(|i| {
+        let addr = targets[url_target[i % plan.urls.len()]].addr;
+        async move { connect(addr).await.ok() }
+    }))
+    .await;
+
+    let pacing = match config.load {
+        Load::Closed => None,
+        Load::Open { rate } => Some((
+            Duration::from_secs_f64(connections as f64 / rate),
+            Duration::from_secs_f64(1.0 / rate),
+        )),
+    };
+    let report_config = ReportConfig {
+        urls: plan.urls(),
+        method: plan.method.to_string(),
+        model: match config.load {
+            Load::Closed => "closed".into(),
+            Load::Open { .. } => "open".into(),
+        },
+        connections: connections as u64,
+        rate: match config.load {
+            Load::Closed => None,
+            Load::Open { rate } => Some(rate),
+        },
+        duration_s: config.effective_duration().map(|d| d.as_secs_f64()),
+        request_limit: config.requests,
+        timeout_s: config.timeout.as_secs_f64(),
+    };
+    let started_at_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        plan,
+        url_target,
+        targets,
+        start,
+        deadline: config.effective_duration().map(|d| start + d),
+        limit: config.requests,
+        issued: AtomicU64::new(0),
+        seq: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
+        timeout: config.timeout,
+        pacing,
+    });
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // One stop channel per connection rather than one shared watch: polling a shared `Notify`
+    // on every request would take its lock, a contended one with many connections. Dropping the
+    // senders is the stop signal.
+    let mut stop_senders = Vec::with_capacity(connections);
+    let tasks: Vec<_> = preopened
+        .into_iter()
+        .enumerate()
+        .map(|(i, sender)| {
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            stop_senders.push(stop_tx);
+            tokio::spawn(connection(shared.clone(), i, sender, tx.clone(), stop_rx))
+        })
+        .collect();
+    // The channel closes when the last connection task ends.
+    drop(tx);
+
+    let mut aggregate = Aggregate::new();
+    // Progress is printed half a second after each second ends, when most connections have
+    // handed in their chunk for it.
+    let mut tick =
+        tokio::time::interval_at(start + Duration::from_millis(1500), Duration::from_secs(1));
+    let mut stopped_early = false;
+    let mut progress_shown = false;
+    // On a terminal the progress line rewrites itself; in a log it is one line per second.
+    let terminal = std::io::stderr().is_terminal();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(chunk) => aggregate.merge(chunk),
+                None => break,
+            },
+            _ = &mut stop, if !stopped_early => {
+                stopped_early = true;
+                shared.stopped.store(true, Ordering::Relaxed);
+                stop_senders.clear();
+            }
+            _ = tick.tick(), if config.progress => {
+                progress_shown = true;
+                print_progress(&aggregate, start, terminal);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    for task in tasks {
+        // A connection task that panicked has lost its last chunk; the rest of the report stands.
+        let _ = task.await;
+    }
+    if progress_shown && terminal {
+        eprintln!();
+    }
+    Ok(aggregate.into_report(
+        report_config,
+        started_at_unix_s,
+        elapsed.as_secs_f64(),
+        stopped_early,
+    ))
+}
+
+fn print_progress(aggregate: &Aggregate, start: Instant, terminal: bool) {
+    let elapsed = start.elapsed();
+    let last_second = elapsed.as_secs().saturating_sub(1);
+    let p99 = aggregate.latency.value_at_quantile(0.99) as f64 / 1000.0;
+    let mut err = std::io::stderr().lock();
+    let (before, after) = if terminal {
+        ("\r\x1b[2K", "")
+    } else {
+        ("", "\n")
+    };
+    let _ = write!(
+        err,
+        "{before}{:>6.1}s  {:>9} req/s  p99 {:>9.2} ms  {} answered  {} errors{after}",
+        elapsed.as_secs_f64(),
+        aggregate.requests_in(last_second),
+        p99,
+        aggregate.answered,
+        aggregate.errors.total(),
+    );
+    let _ = err.flush();
+}
+
+/// Logs in: `POST http://{authority}/login` with `{"username","password"}`, returns the `token`
+/// field of the JSON answer.
+pub(crate) async fn login(url: &str, username: &str, password: &str) -> Result<String, Error> {
+    let template = crate::template::UrlTemplate::parse(url)?;
+    let authority = template.authority.as_str();
+    let addr = lookup(authority).await?;
+    let body = serde_json::to_vec(&api::wire::auth::LoginRequest {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
+    .map_err(|e| Error::Login(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HOST,
+        HeaderValue::try_from(authority).map_err(|_| Error::Login("bad host".into()))?,
+    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let req = build(
+        Method::POST,
+        Uri::from_static("/login"),
+        &headers,
+        &Bytes::from(body),
+    );
+    let mut sender = connect(addr)
+        .await
+        .map_err(|_| Error::Login(format!("cannot connect to {authority}")))?;
+    let fail = |e: hyper::Error| Error::Login(e.to_string());
+    let response = tokio::time::timeout(Duration::from_secs(30), async {
+        let response = sender.send_request(req).await.map_err(fail)?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(fail)?
+            .to_bytes();
+        Ok::<_, Error>((status, bytes))
+    })
+    .await
+    .map_err(|_| Error::Login("no answer within 30 s".into()))??;
+    let (status, bytes) = response;
+    if !status.is_success() {
+        return Err(Error::Login(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Login(e.to_string()))?;
+    value
+        .get("token")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Login("the answer has no `token` field".into()))
+}

@@ -1,0 +1,554 @@
+//! The generator against an in-process axum server with injected latency, stalls and the
+//! `X-Served-By` / `X-Cache` headers. Runs stop by themselves (duration, count or a stop future
+//! fired by the server); the only sleeps are the server's injected latencies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use bench::{BenchArgs, Load, Plan, Report, RunConfig, execute};
+use clap::{Parser, Subcommand};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Server {
+    /// Requests seen by the counting routes.
+    count: AtomicU64,
+    /// `/stall` handles one request at a time, like a single-threaded server.
+    serial: tokio::sync::Mutex<()>,
+    /// Fired once `count` reaches `notify_at` (for the early-stop test).
+    reached: Notify,
+    notify_at: AtomicU64,
+    /// Keys received by `/keys`.
+    keys: std::sync::Mutex<Vec<String>>,
+}
+
+impl Server {
+    fn tick(&self) -> u64 {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.notify_at.load(Ordering::SeqCst) {
+            self.reached.notify_one();
+        }
+        n
+    }
+}
+
+type S = State<Arc<Server>>;
+
+async fn slow(State(s): S) -> &'static str {
+    s.tick();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    "slow"
+}
+
+async fn fast() -> &'static str {
+    "fast"
+}
+
+/// 1 ms per request, one at a time; the 20th request stalls the server for 500 ms.
+async fn stall(State(s): S) -> &'static str {
+    let _one_at_a_time = s.serial.lock().await;
+    let n = s.tick();
+    let pause = if n == 20 { 500 } else { 1 };
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    "stall"
+}
+
+/// Instance `inst-{n % 3}`; every fourth request (n % 4 == 0) is a 5 ms miss, the rest are hits.
+async fn tagged(State(s): S) -> ([(&'static str, String); 2], &'static str) {
+    let n = s.tick();
+    let miss = n % 4 == 0;
+    if miss {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cache = if miss { "MISS" } else { "HIT" };
+    (
+        [
+            ("x-served-by", format!("inst-{}", n % 3)),
+            ("x-cache", cache.to_owned()),
+        ],
+        "tagged",
+    )
+}
+
+async fn keys(
+    State(s): S,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> &'static str {
+    s.tick();
+    s.keys
+        .lock()
+        .unwrap()
+        .push(q.get("key").cloned().unwrap_or_default());
+    "key"
+}
+
+async fn login(body: String) -> (StatusCode, String) {
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if v["username"] == "alice" && v["password"] == "secret" {
+        (
+            StatusCode::OK,
+            r#"{"token":"tok-1","token_type":"Bearer","expires_in":60}"#.into(),
+        )
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"unauthorized"}"#.into(),
+        )
+    }
+}
+
+async fn secure(headers: HeaderMap) -> StatusCode {
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some("Bearer tok-1") => StatusCode::OK,
+        _ => StatusCode::UNAUTHORIZED,
+    }
+}
+
+async fn server() -> (SocketAddr, Arc<Server>) {
+    let state = Arc::new(Server::default());
+    let app = Router::new()
+        .route("/slow", get(slow))
+        .route("/fast", get(fast))
+        .route("/stall", get(stall))
+        .route("/tagged", get(tagged))
+        .route("/keys", get(keys))
+        .route("/login", post(login))
+        .route("/secure", get(secure))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+fn config(connections: usize, load: Load) -> RunConfig {
+    RunConfig {
+        connections,
+        load,
+        timeout: Duration::from_secs(5),
+        ..RunConfig::default()
+    }
+}
+
+async fn run_for(url: &str, cfg: RunConfig) -> Report {
+    execute(Plan::get(url).unwrap(), cfg, std::future::pending())
+        .await
+        .unwrap()
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    Bench(BenchArgs),
+}
+
+fn args(argv: &[&str]) -> BenchArgs {
+    let mut full = vec!["scalelab", "bench"];
+    full.extend_from_slice(argv);
+    let Top::Bench(args) = Cli::try_parse_from(full).unwrap().command;
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percentiles_match_an_injected_latency() {
+    let (addr, _) = server().await;
+    let cfg = RunConfig {
+        duration: Some(Duration::from_secs(1)),
+        ..config(4, Load::Closed)
+    };
+    let r = run_for(&format!("http://{addr}/slow"), cfg).await;
+    assert_eq!(r.errors.total(), 0);
+    assert!(r.requests.answered > 100, "{} answers", r.requests.answered);
+    // 3 significant digits: a value is reported at most 0.1% above itself. The server sleeps at
+    // least 20 ms; tokio's timer (1 ms) and scheduling on a busy 2-core machine add some slack.
+    assert!(r.latency.min_ms >= 19.9, "min {}", r.latency.min_ms);
+    assert!(
+        (20.0..=26.0).contains(&r.latency.p50_ms),
+        "p50 {} ms",
+        r.latency.p50_ms
+    );
+    assert!(r.latency.p50_ms <= r.latency.p90_ms && r.latency.p90_ms <= r.latency.p99_ms);
+    assert!(r.latency.p99_ms <= r.latency.max_ms);
+    // Four connections at ~20 ms each: close to 200 answers per second.
+    assert!((120.0..=205.0).contains(&r.rps), "rps {}", r.rps);
+    assert_eq!(r.status_codes.get("200"), Some(&r.requests.answered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_holds_the_rate() {
+    let (addr, _) = server().await;
+    let cfg = RunConfig {
+        duration: Some(Duration::from_secs(2)),
+        ..config(4, Load::Open { rate: 200.0 })
+    };
+    let r = run_for(&format!("http://{addr}/fast"), cfg).await;
+    assert_eq!(r.errors.total(), 0);
+    assert!(
+        (392..=408).contains(&r.requests.total),
+        "{} requests sent, expected 400 +- 2%",
+        r.requests.total
+    );
+    assert_eq!(r.config.model, "open");
+    let per_second: Vec<u64> = r.timeline.iter().map(|s| s.requests).collect();
+    assert!(
+        per_second.iter().take(2).all(|&n| (190..=210).contains(&n)),
+        "{per_second:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_the_open_model_and_hides_in_the_closed_one() {
+    let (addr, _) = server().await;
+    let url = format!("http://{addr}/stall");
+    let open = run_for(
+        &url,
+        RunConfig {
+            duration: Some(Duration::from_secs(2)),
+            ..config(2, Load::Open { rate: 100.0 })
+        },
+    )
+    .await;
+    let (addr, _) = server().await;
+    let url = format!("http://{addr}/stall");
+    let closed = run_for(
+        &url,
+        RunConfig {
+            duration: Some(Duration::from_secs(2)),
+            ..config(1, Load::Closed)
+        },
+    )
+    .await;
+    // Open model: the ~10 requests due in the stall's first 100 ms waited >= 400 ms from their
+    // intended send time, 5% of 200: the p99 shows it.
+    assert!(
+        open.latency.p99_ms >= 400.0,
+        "open p99 {}",
+        open.latency.p99_ms
+    );
+    assert!(
+        open.latency.max_ms >= 490.0,
+        "open max {}",
+        open.latency.max_ms
+    );
+    // Closed model, one connection: only the request in flight saw the stall; the requests that
+    // were not sent during it are simply missing (coordinated omission), so the p99 is small.
+    assert!(
+        closed.latency.max_ms >= 490.0,
+        "closed max {}",
+        closed.latency.max_ms
+    );
+    assert!(
+        closed.latency.p99_ms < 50.0,
+        "closed p99 {}",
+        closed.latency.p99_ms
+    );
+    assert!(closed.requests.answered > 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_by_and_cache_headers_are_counted() {
+    let (addr, _) = server().await;
+    let cfg = RunConfig {
+        requests: Some(120),
+        ..config(4, Load::Closed)
+    };
+    let r = run_for(&format!("http://{addr}/tagged"), cfg).await;
+    assert_eq!(r.requests.total, 120);
+    assert_eq!(r.requests.answered, 120);
+    let instances: Vec<(&str, u64)> = r
+        .instances
+        .iter()
+        .map(|i| (i.id.as_str(), i.count))
+        .collect();
+    assert_eq!(instances, [("inst-0", 40), ("inst-1", 40), ("inst-2", 40)]);
+    for i in &r.instances {
+        assert!((i.percent - 100.0 / 3.0).abs() < 0.01);
+    }
+    assert_eq!(r.cache.hits, 90);
+    assert_eq!(r.cache.misses, 30);
+    assert_eq!(r.cache.hit_ratio, Some(0.75));
+    let hit = r.cache.hit_latency.clone().unwrap();
+    let miss = r.cache.miss_latency.clone().unwrap();
+    assert_eq!((hit.count, miss.count), (90, 30));
+    assert!(
+        miss.p50_ms >= 5.0 && hit.p50_ms < miss.p50_ms,
+        "hit {hit:?} miss {miss:?}"
+    );
+    assert!(r.cache.speedup_p50.unwrap() > 1.0);
+    let text = bench::summary::render(&r);
+    assert!(text.contains("inst-1") && text.contains("33.33%"), "{text}");
+    assert!(text.contains("hit ratio 75.00%"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_validates_against_the_schema() {
+    let (addr, _) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema: serde_json::Value = serde_json::from_str(bench::REPORT_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    // One run with cache data, one without (the nullable fields).
+    for (path, name) in [("tagged", "a.json"), ("fast", "b.json")] {
+        let file = dir.path().join(name);
+        let a = args(&[
+            &format!("http://{addr}/{path}"),
+            "-c",
+            "2",
+            "-n",
+            "50",
+            "--json",
+            file.to_str().unwrap(),
+        ]);
+        let report = bench::run(a, std::future::pending()).await.unwrap();
+        assert_eq!(report.requests.answered, 50);
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&written)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        assert_eq!(bench::read_json(&file).unwrap().requests.answered, 50);
+    }
+    // The schema is strict: a missing field is caught.
+    let mut broken: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a.json")).unwrap()).unwrap();
+    broken.as_object_mut().unwrap().remove("latency");
+    assert!(!validator.is_valid(&broken));
+    // `compare` reads both and writes its page.
+    let out = dir.path().join("cmp");
+    bench::compare(&bench::CompareArgs {
+        a: dir.path().join("a.json"),
+        b: dir.path().join("b.json"),
+        report: Some(out.clone()),
+    })
+    .unwrap();
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert_eq!(svgs(&html).len(), 3);
+}
+
+/// The `<svg>...</svg>` elements of a page.
+fn svgs(html: &str) -> Vec<&str> {
+    html.match_indices("<svg")
+        .map(|(start, _)| {
+            let end = html[start..].find("</svg>").unwrap() + start;
+            &html[start..end]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_has_every_chart() {
+    let (addr, _) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig {
+        requests: Some(200),
+        ..config(4, Load::Closed)
+    };
+    let r = run_for(&format!("http://{addr}/tagged"), cfg).await;
+    let page = bench::html::write_report(dir.path(), &r).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    let charts = svgs(&html);
+    assert_eq!(
+        charts.len(),
+        5,
+        "latency over time, rps, histogram, instances, hit/miss"
+    );
+    for svg in &charts {
+        let drawn = svg.matches("<rect").count() + svg.matches("<polyline").count();
+        assert!(drawn >= 2, "an empty chart: {}", &svg[..svg.len().min(300)]);
+    }
+    for title in [
+        "Latency per second",
+        "Latency histogram",
+        "Requests per instance",
+        "Cache hit vs miss",
+    ] {
+        assert!(html.contains(title), "missing {title}");
+    }
+    assert!(html.contains("inst-2"));
+    assert!(dir.path().join("report.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_future_ends_the_run_and_still_reports() {
+    let (addr, state) = server().await;
+    state.notify_at.store(40, Ordering::SeqCst);
+    let cfg = RunConfig {
+        duration: Some(Duration::from_secs(60)),
+        ..config(4, Load::Closed)
+    };
+    let stopped = {
+        let state = state.clone();
+        async move { state.reached.notified().await }
+    };
+    let started = std::time::Instant::now();
+    let r = execute(
+        Plan::get(&format!("http://{addr}/slow")).unwrap(),
+        cfg,
+        stopped,
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop was not honoured"
+    );
+    assert!(r.stopped_early);
+    assert!(r.requests.answered >= 30, "{}", r.requests.answered);
+    assert!(r.latency.p50_ms >= 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_are_counted() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = RunConfig {
+        requests: Some(5),
+        ..config(1, Load::Closed)
+    };
+    let r = run_for(&format!("http://127.0.0.1:{port}/"), cfg).await;
+    assert_eq!(r.errors.connect, 5);
+    assert_eq!(r.requests.answered, 0);
+    assert_eq!(r.latency.count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_placeholder_and_round_robin_urls() {
+    let (addr, state) = server().await;
+    let plan = Plan::new(
+        http::Method::GET,
+        &[
+            format!("http://{addr}/keys?key=a-{{seq}}"),
+            format!("http://{addr}/keys?key=b-{{seq}}"),
+        ],
+    )
+    .unwrap();
+    let cfg = RunConfig {
+        requests: Some(40),
+        ..config(3, Load::Closed)
+    };
+    let r = execute(plan, cfg, std::future::pending()).await.unwrap();
+    assert_eq!(r.requests.answered, 40);
+    let mut keys = state.keys.lock().unwrap().clone();
+    // Each connection alternates a, b, a, ...: with 3 connections, |a - b| <= 3.
+    let a = keys.iter().filter(|k| k.starts_with("a-")).count();
+    assert!((18..=22).contains(&a), "{a} of 40 on the first URL");
+    let mut numbers: Vec<u64> = keys.iter_mut().map(|k| k[2..].parse().unwrap()).collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_then_bearer_token() {
+    let (addr, _) = server().await;
+    let ok = bench::run(
+        args(&[
+            &format!("http://{addr}/secure"),
+            "-c",
+            "2",
+            "-n",
+            "10",
+            "--login",
+            "alice:secret",
+        ]),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status_codes.get("200"), Some(&10));
+    let refused = bench::run(
+        args(&[
+            &format!("http://{addr}/secure"),
+            "-n",
+            "1",
+            "--login",
+            "alice:wrong",
+        ]),
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(bench::Error::Login(_))),
+        "{refused:?}"
+    );
+    let without = bench::run(
+        args(&[
+            &format!("http://{addr}/secure"),
+            "-c",
+            "1",
+            "-n",
+            "3",
+            "-H",
+            "X-Test: 1",
+        ]),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(without.status_codes.get("401"), Some(&3));
+}
+
+/// Renders the HTML report in headless Chromium (Debian's `chromium` package) when it is
+/// installed and checks that the screenshot has content; says so and passes when it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_renders_in_headless_chromium() {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("no chromium on PATH: screenshot check not run");
+        return;
+    };
+    let (addr, _) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig {
+        requests: Some(100),
+        ..config(2, Load::Closed)
+    };
+    let r = run_for(&format!("http://{addr}/tagged"), cfg).await;
+    let page = bench::html::write_report(dir.path(), &r).unwrap();
+    let shot = dir.path().join("shot.png");
+    let dom = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg("--window-size=900,2900")
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), dom)
+        .await
+        .expect("chromium hung")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    // A blank 900x2900 page compresses to a few kilobytes; five charts make far more.
+    assert!(png.len() > 40_000, "screenshot of {} bytes", png.len());
+}
