@@ -1,1 +1,124 @@
-//! gateway
+//! The gateway: scalelab's public API. It checks tokens locally against auth's published keys,
+//! applies rate limits, serves `GET /data` cache-aside (cache, then one shared db read per key),
+//! sends `GET /process` to the business services through a balanced pool, and forwards logins and
+//! registrations to `auth`.
+//!
+//! Start reading at [`router`] (the routes and the order of the middleware), then `guard.rs`
+//! (identity, then rate limit, before every business route), `routes.rs` (the handlers),
+//! `tokens.rs` (JWKS and token verification), `single_flight.rs` (one db read per key however many
+//! misses wait for it), [`cache`] (the [`Cache`] trait and its three backends) and
+//! `rate_limit.rs` (GCRA, local and Redis).
+//!
+//! Routes (all answers carry `X-Served-By` and `X-Request-Id`; errors are
+//! `{"error": code, "message": text}`):
+//!
+//! | route | token | what |
+//! |---|---|---|
+//! | `POST /login`, `POST /auth/login` | no | `{"username","password"}` → `{"token","token_type","expires_in"}` |
+//! | `POST /register`, `POST /auth/register` | no (admin for `"role":"admin"`) | a new account |
+//! | `GET /token` | no | a guest token when `auth.anonymous_tokens`, else `404` |
+//! | `GET /data[?key=K][&refresh=true]`, `GET /data/{key}` | yes | cache-aside read, `X-Cache: HIT\|MISS` |
+//! | `PUT /data/{key}` `{"value": any}` | yes | write to db, delete the cached entry |
+//! | `GET /process` | yes | one service instance's answer plus `gateway_id` |
+//! | `GET /cache/stats`, `POST /cache/flush` | admin | the cache backend's counters / empty it |
+//! | `GET /ready` | no | `200` when the JWKS is loaded and cache and db answer, else `503` |
+//! | `GET /health`, `GET /metrics` | no | liveness, Prometheus (from `common::stack`) |
+//!
+//! **Rate limits are per instance with `rate_limit.backend = "local"`** (the embedded default):
+//! every gateway keeps its own counts, so N gateways behind the balancer admit N times a limit.
+//! **With `rate_limit.backend = "redis"` they are global**: one atomic script in Redis keeps one
+//! count per route and client for all gateways sharing `redis_prefix`. If Redis cannot be reached,
+//! the Redis limiter falls back to per-instance limits (and logs it) rather than failing requests.
+//!
+//! Invariants:
+//! - the gateway never talks to a database: the `db` service is its source of truth;
+//! - concurrent cache misses for one key in one gateway make one `db` read;
+//! - a cache outage never fails a read: it is logged and the answer comes from the db (`MISS`);
+//! - a 5xx answer never carries internals; the detail is in the log.
+
+pub mod cache;
+mod config;
+mod error;
+mod guard;
+pub mod rate_limit;
+mod redis_conn;
+mod routes;
+pub mod single_flight;
+mod state;
+#[cfg(test)]
+mod tests;
+pub mod tokens;
+mod upstream;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use cache::Cache;
+pub use config::{AuthConfig, CacheBackend, Config, LimiterBackend, RateLimitConfig, Rule};
+pub use error::Error;
+pub use routes::DEFAULT_KEY;
+pub use state::AppState;
+
+/// The gateway's routes inside the standard stack of `common` (health, metrics, JSON 404/405,
+/// request id, `X-Served-By`, timeout, body limit of [`Config::max_body_bytes`]).
+///
+/// Every business route except `/ready` runs behind the guard (token, then rate limit), installed
+/// as a route layer so that an unknown route or a wrong method gets its `404`/`405` first.
+pub fn router(state: AppState) -> Router {
+    let instance = state.instance().clone();
+    // The stack's own timeout must not cut a `/process` call short of the pool's response
+    // timeout, whose `504 backend_timeout` says more.
+    let default = common::stack::Limits::default();
+    let services = std::time::Duration::from_millis(
+        state
+            .config()
+            .services
+            .response_timeout_ms
+            .saturating_add(5000),
+    );
+    let limits = common::stack::Limits {
+        body_bytes: state.config().max_body_bytes,
+        timeout: default.timeout.max(services),
+    };
+    let routes = Router::new()
+        .route("/login", post(routes::login))
+        .route("/auth/login", post(routes::login))
+        .route("/register", post(routes::register))
+        .route("/auth/register", post(routes::register))
+        .route("/token", get(routes::guest_token))
+        .route("/data", get(routes::get_data))
+        .route(
+            "/data/{key}",
+            get(routes::get_data_path).put(routes::put_data),
+        )
+        .route("/process", get(routes::process))
+        .route("/cache/stats", get(routes::cache_stats))
+        .route("/cache/flush", post(routes::cache_flush))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
+        .route("/ready", get(routes::ready))
+        .with_state(state);
+    common::stack::wrap(routes, &instance, limits)
+}
+
+/// Builds the gateway from `config` and serves it on `listener` until `shutdown` resolves, then
+/// drains in-flight requests. The `service` and `auth` pools' health checks and the JWKS loader run
+/// for as long as the gateway serves.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    instance: common::Instance,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = AppState::new(config, instance).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, id = %state.instance().id, cache = state.cache().name(), "gateway listening");
+    }
+    common::serve(listener, router(state), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! What every handler shares, and how it is built at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::client::{DbClient, JsonClient};
+use balance::{Pool, PoolConfig, Strategy};
+use serde_json::Value;
+
+use crate::Error;
+use crate::cache::{Cache, LocalCache, RedisCache, ServiceCache};
+use crate::config::{CacheBackend, Config, LimiterBackend, Rule};
+use crate::rate_limit::{Limiter, LocalLimiter, RedisLimiter};
+use crate::redis_conn::RedisConn;
+use crate::single_flight::SingleFlight;
+use crate::tokens::{self, Verifier};
+use crate::upstream::Upstream;
+
+/// The result of one shared `db` read: the value, `None` for an absent key, or the error every
+/// waiting caller answers with.
+pub(crate) type DbRead = Result<Option<Value>, Arc<Error>>;
+
+/// The bucket login attempts share when no `routes` entry overrides it.
+pub(crate) const LOGIN_BUCKET: &str = "login";
+
+/// Everything the handlers share; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Aborts a background task when the state that started it is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// The settings (TTL, limits, auth options).
+    pub(crate) config: Config,
+    /// Who this gateway is: `gateway_id` in answers, `X-Served-By`, metric labels.
+    pub(crate) instance: common::Instance,
+    /// Checks tokens against auth's JWKS.
+    pub(crate) verifier: Arc<Verifier>,
+    /// The auth instances (login, register, guest tokens, JWKS).
+    pub(crate) auth: Upstream,
+    /// The service instances behind `/process`.
+    pub(crate) services: Upstream,
+    /// The db service (the source of truth behind the cache).
+    pub(crate) db: DbClient,
+    /// The configured cache backend.
+    pub(crate) cache: Arc<dyn Cache>,
+    /// The configured rate limiter.
+    pub(crate) limiter: Arc<dyn Limiter>,
+    /// Concurrent misses for one key share one db read.
+    pub(crate) flights: SingleFlight<String, DbRead>,
+    /// The JWKS loader and the pools' health checks, stopped with the state.
+    _tasks: Vec<AbortOnDrop>,
+    _health: Vec<balance::health::HealthTask>,
+}
+
+impl AppState {
+    /// Validates `config` and builds the gateway. Nothing here needs `auth`, `cache`, `db` or Redis
+    /// to be up: the JWKS is fetched in the background with retry, connections are opened on
+    /// first use, and `GET /ready` tells when everything answers. Starts the active health checks
+    /// of the `auth` and `service` pools (they stop when the last clone of the state is dropped),
+    /// so that a backend marked down by a failed request comes back even without [`crate::serve`].
+    pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
+        config.validate()?;
+        let upstream_timeout = Duration::from_millis(config.upstream_timeout_ms);
+
+        let auth_pool_config = PoolConfig {
+            strategy: Strategy::RoundRobin,
+            connect_timeout_ms: config.upstream_timeout_ms.min(1000),
+            response_timeout_ms: config.upstream_timeout_ms,
+            ..PoolConfig::default()
+        };
+        let auth = Upstream {
+            service: "auth",
+            pool: Pool::new("auth", &config.auth_urls, auth_pool_config),
+            timeout: upstream_timeout,
+        };
+        let services = Upstream {
+            service: "service",
+            pool: Pool::new("service", &config.service_urls, config.services.clone()),
+            // The pool bounds the wait for headers; this also bounds reading the body.
+            timeout: Duration::from_millis(
+                config.services.response_timeout_ms.saturating_add(1000),
+            ),
+        };
+
+        let redis = match config.redis_url.as_deref() {
+            Some(url) if !url.is_empty() => Some(RedisConn::new(url, upstream_timeout)?),
+            _ => None,
+        };
+        let need_redis = || {
+            redis
+                .clone()
+                .ok_or_else(|| Error::Config("redis_url is required".into()))
+        };
+        let cache: Arc<dyn Cache> = match config.cache {
+            CacheBackend::Service => {
+                Arc::new(ServiceCache::new(&config.cache_url, upstream_timeout))
+            }
+            CacheBackend::Local => Arc::new(LocalCache::new(config.local_cache_max_entries)),
+            CacheBackend::Redis => Arc::new(RedisCache::new(need_redis()?, &config.redis_prefix)),
+        };
+        let limiter: Arc<dyn Limiter> = match config.rate_limit.backend {
+            LimiterBackend::Local => Arc::new(LocalLimiter::default()),
+            LimiterBackend::Redis => {
+                Arc::new(RedisLimiter::new(need_redis()?, &config.redis_prefix))
+            }
+        };
+        let db = DbClient(JsonClient::new(
+            "db",
+            config.db_url.clone(),
+            upstream_timeout,
+        ));
+
+        if config.auth_urls.is_empty() {
+            tracing::warn!(
+                "no auth_urls: logins fail and, unless HS256 is configured, no token can be checked"
+            );
+        }
+        if config.service_urls.is_empty() {
+            tracing::warn!("no service_urls: GET /process answers 503");
+        }
+        if config.auth.anonymous_tokens {
+            tracing::warn!(
+                "GET /token hands out guest tokens to anyone (auth.anonymous_tokens = true)"
+            );
+        }
+        if !config.auth.required {
+            tracing::warn!(
+                "token checks are off (auth.required = false): requests without a token run as an anonymous guest"
+            );
+        }
+        if config.auth.hs256_secret.is_some() {
+            tracing::warn!("HS256 tokens with a shared secret are accepted (compatibility mode)");
+        }
+        if config.rate_limit.backend == LimiterBackend::Local {
+            tracing::info!("rate limits are per gateway instance (rate_limit.backend = \"local\")");
+        }
+
+        let verifier = Arc::new(Verifier::new(config.auth.clone(), auth.clone()));
+        let loader = tokens::spawn_loader(Arc::downgrade(&verifier));
+        let health = vec![
+            auth.pool.spawn_health_checks(),
+            services.pool.spawn_health_checks(),
+        ];
+
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                config,
+                instance,
+                verifier,
+                auth,
+                services,
+                db,
+                cache,
+                limiter,
+                flights: SingleFlight::default(),
+                _tasks: vec![AbortOnDrop(loader)],
+                _health: health,
+            }),
+        })
+    }
+
+    /// Who this gateway is.
+    pub fn instance(&self) -> &common::Instance {
+        &self.inner.instance
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The cache backend in use.
+    pub fn cache(&self) -> Arc<dyn Cache> {
+        self.inner.cache.clone()
+    }
+
+    /// The rate limit bucket and rule of a route (as written in the router), if it is limited.
+    pub(crate) fn rule_for(&self, route: &str) -> Option<(String, Rule)> {
+        let limits = &self.inner.config.rate_limit;
+        if let Some(rule) = limits.routes.get(route) {
+            return Some((route.to_string(), *rule));
+        }
+        if crate::routes::is_login(route) {
+            return (limits.login_per_minute > 0).then(|| {
+                let rule = Rule {
+                    per_minute: limits.login_per_minute,
+                    burst: None,
+                };
+                (LOGIN_BUCKET.to_string(), rule)
+            });
+        }
+        limits.default.map(|rule| (route.to_string(), rule))
+    }
+}

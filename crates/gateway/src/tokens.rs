@@ -1,0 +1,371 @@
+//! Token checks, done locally: no call to `auth` per request.
+//!
+//! `auth` signs tokens with Ed25519 (EdDSA) and publishes its public keys as a JWK set at
+//! `GET /.well-known/jwks.json`. `Verifier` fetches that set in the background at start (with
+//! retry), keeps the keys by `kid`, and fetches again when a token names a `kid` it does not know —
+//! at most once per `jwks_min_refresh_ms`, and concurrent refetches are coalesced into one. A key
+//! that is no longer published is forgotten at the next fetch, so its tokens stop working.
+//!
+//! Accepted algorithms: EdDSA (and ES256 if an EC P-256 key is published); HS256 only when
+//! `auth.hs256_secret` is set. `alg: none` and every other algorithm are refused, as are tokens
+//! whose `alg` does not match the key their `kid` names.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, Method, header};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use api::wire::auth::Claims;
+
+use crate::Error;
+use crate::config::AuthConfig;
+use crate::upstream::Upstream;
+
+/// Who is calling: a user with verified claims, or an anonymous guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A valid token was presented.
+    User(Claims),
+    /// No token (public routes, or `auth.required = false`).
+    Anonymous,
+}
+
+impl Caller {
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        match self {
+            Caller::User(c) => c.roles.iter().any(|r| r == role),
+            Caller::Anonymous => false,
+        }
+    }
+
+    /// The user id, when there is a user.
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Caller::User(c) => Some(&c.sub),
+            Caller::Anonymous => None,
+        }
+    }
+}
+
+/// The token of a request: `Authorization: Bearer <jwt>`, a bare `Authorization: <jwt>`, or
+/// `X-Token: <jwt>` (in that order). `Ok(None)` when there is none.
+pub fn token_from(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let (name, value) = match headers.get(header::AUTHORIZATION) {
+        Some(v) => ("Authorization", v),
+        None => match headers.get(api::headers::X_TOKEN) {
+            Some(v) => ("X-Token", v),
+            None => return Ok(None),
+        },
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Error::InvalidToken(format!("the {name} header is not ASCII")))?
+        .trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, rest)) if name == "Authorization" => {
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Error::InvalidToken(format!(
+                    "the {scheme} authorization scheme is not supported; use Bearer"
+                )));
+            }
+            rest.trim()
+        }
+        Some(_) => return Err(Error::InvalidToken("a token has no spaces".into())),
+        None if value.eq_ignore_ascii_case("bearer") => "",
+        None => value,
+    };
+    if token.is_empty() {
+        return Err(Error::InvalidToken(format!(
+            "the {name} header holds no token"
+        )));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// A scheduled fetch is skipped when another fetch started less than this long ago.
+const SCHEDULED_SKIP: Duration = Duration::from_secs(10);
+
+/// A public key and the one algorithm it verifies.
+struct VerifyKey {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+/// The key and algorithm one JWK publishes, if the gateway accepts it.
+fn accepted_key(jwk: &Jwk) -> Option<VerifyKey> {
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        // RSA is not signed by scalelab's auth, and a symmetric key in a public set would let
+        // anyone who reads the set sign tokens: both are ignored.
+        _ => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyKey { key, alg })
+}
+
+/// Verifies tokens against auth's published keys.
+pub(crate) struct Verifier {
+    config: AuthConfig,
+    /// Keys by `kid`, replaced whole at each successful fetch.
+    keys: RwLock<HashMap<String, Arc<VerifyKey>>>,
+    /// Set by the first successful fetch (what `/ready` checks).
+    loaded: AtomicBool,
+    /// When the last fetch started; the lock also coalesces concurrent fetches.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The auth pool.
+    auth: Upstream,
+    /// The compatibility HS256 key, when configured.
+    hs256: Option<DecodingKey>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .keys
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_struct("Verifier")
+            .field("kids", &kids)
+            .field("loaded", &self.is_loaded())
+            .field("hs256", &self.hs256.is_some())
+            .finish()
+    }
+}
+
+impl Verifier {
+    pub(crate) fn new(config: AuthConfig, auth: Upstream) -> Self {
+        let hs256 = config
+            .hs256_secret
+            .as_deref()
+            .map(|s| DecodingKey::from_secret(s.as_bytes()));
+        Self {
+            config,
+            keys: RwLock::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+            last_fetch: tokio::sync::Mutex::new(None),
+            auth,
+            hs256,
+        }
+    }
+
+    /// Whether a JWK set has been fetched at least once.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        self.keys.read().ok()?.get(kid).cloned()
+    }
+
+    /// Fetches the JWK set and replaces the known keys with it.
+    async fn fetch(&self, rid: &str) -> Result<usize, Error> {
+        let (_, doc): (_, Value) = self
+            .auth
+            .call::<(), _>(Method::GET, "/.well-known/jwks.json", None, rid)
+            .await?;
+        let entries =
+            doc.get("keys")
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::UpstreamFailed {
+                    service: "auth",
+                    detail: "the JWKS has no \"keys\" array".into(),
+                })?;
+        let mut keys = HashMap::new();
+        for entry in entries {
+            // One key we cannot use must not hide the others.
+            let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else {
+                tracing::debug!(%entry, "skipping an unreadable JWK");
+                continue;
+            };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            if let Some(k) = accepted_key(&jwk) {
+                keys.insert(kid, Arc::new(k));
+            }
+        }
+        let n = keys.len();
+        if let Ok(mut known) = self.keys.write() {
+            *known = keys;
+        }
+        if !self.loaded.swap(true, Ordering::AcqRel) {
+            tracing::info!(keys = n, "JWKS loaded from auth");
+        }
+        Ok(n)
+    }
+
+    /// Fetches again because a token names `kid`, unless another caller just did (coalescing) or
+    /// the last fetch is more recent than `jwks_min_refresh_ms`.
+    async fn refetch_for(&self, kid: &str, rid: &str) {
+        let mut last = self.last_fetch.lock().await;
+        if self.key(kid).is_some() {
+            return;
+        }
+        let min = Duration::from_millis(self.config.jwks_min_refresh_ms);
+        if last.is_some_and(|t| t.elapsed() < min) {
+            return;
+        }
+        *last = Some(Instant::now());
+        metrics::counter!("scalelab_gateway_jwks_fetches_total", "reason" => "unknown_kid")
+            .increment(1);
+        if let Err(e) = self.fetch(rid).await {
+            tracing::warn!(error = %e, %kid, "refetching the JWKS failed");
+        }
+    }
+
+    /// A fetch at start or on schedule (takes the same lock as refetches).
+    async fn scheduled_fetch(&self) -> Result<usize, Error> {
+        let mut last = self.last_fetch.lock().await;
+        // A refetch for an unknown kid may just have loaded the set (at start, a first request
+        // can beat the loader): that is as fresh as this fetch would be.
+        if self.is_loaded() && last.is_some_and(|t| t.elapsed() < SCHEDULED_SKIP) {
+            return Ok(self.keys.read().map(|k| k.len()).unwrap_or(0));
+        }
+        *last = Some(Instant::now());
+        metrics::counter!("scalelab_gateway_jwks_fetches_total", "reason" => "scheduled")
+            .increment(1);
+        self.fetch("jwks-refresh").await
+    }
+
+    /// The claims of a valid `token`.
+    pub(crate) async fn verify(&self, token: &str, rid: &str) -> Result<Claims, Error> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::InvalidToken("the token is malformed".into()))?;
+        let key: Arc<VerifyKey> = match header.alg {
+            Algorithm::HS256 => match &self.hs256 {
+                Some(k) => Arc::new(VerifyKey {
+                    key: k.clone(),
+                    alg: Algorithm::HS256,
+                }),
+                None => return Err(Error::InvalidToken("HS256 tokens are not accepted".into())),
+            },
+            Algorithm::EdDSA | Algorithm::ES256 => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| Error::InvalidToken("the token names no key id (kid)".into()))?;
+                match self.key(kid) {
+                    Some(k) => k,
+                    None => {
+                        self.refetch_for(kid, rid).await;
+                        self.key(kid).ok_or_else(|| {
+                            Error::InvalidToken("the token's key id is unknown".into())
+                        })?
+                    }
+                }
+            }
+            other => {
+                return Err(Error::InvalidToken(format!(
+                    "the {other:?} algorithm is not accepted"
+                )));
+            }
+        };
+        if key.alg != header.alg {
+            return Err(Error::InvalidToken(
+                "the token's algorithm does not match its key".into(),
+            ));
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.config.leeway_secs;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => Error::TokenExpired,
+                ErrorKind::InvalidSignature => {
+                    Error::InvalidToken("the signature does not verify".into())
+                }
+                ErrorKind::InvalidIssuer => {
+                    Error::InvalidToken("the token was issued by someone else".into())
+                }
+                ErrorKind::InvalidAlgorithm => {
+                    Error::InvalidToken("the token's algorithm is not accepted".into())
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    Error::InvalidToken(format!("the token has no {c} claim"))
+                }
+                _ => Error::InvalidToken("the token is malformed".into()),
+            })
+    }
+}
+
+/// Loads the JWK set in the background: retries with backoff until the first success, then
+/// refreshes every five minutes (auth's `Cache-Control: max-age=300`). Ends when the verifier is
+/// dropped.
+pub(crate) fn spawn_loader(verifier: Weak<Verifier>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(v) = verifier.upgrade() else { return };
+            let result = v.scheduled_fetch().await;
+            drop(v);
+            let wait = match result {
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    Duration::from_secs(300)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "fetching the JWKS from auth failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_are_found_in_every_accepted_place() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<Option<&'a str>, &'a str>);
+        let cases: &[Case<'_>] = &[
+            (&[("authorization", "Bearer a.b.c")], Ok(Some("a.b.c"))),
+            (&[("authorization", "bearer   a.b.c ")], Ok(Some("a.b.c"))),
+            (&[("authorization", "a.b.c")], Ok(Some("a.b.c"))),
+            (&[("x-token", "a.b.c")], Ok(Some("a.b.c"))),
+            (
+                &[("authorization", "Bearer a.b.c"), ("x-token", "x.y.z")],
+                Ok(Some("a.b.c")),
+            ),
+            (&[], Ok(None)),
+            (&[("authorization", "Basic dXNlcjpwYXNz")], Err("invalid")),
+            (&[("authorization", "Bearer")], Err("invalid")),
+            (&[("authorization", "Bearer ")], Err("invalid")),
+            (&[("x-token", "a b")], Err("invalid")),
+        ];
+        for (h, want) in cases {
+            let got = token_from(&headers(h));
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), *want, "{h:?}"),
+                (Err(Error::InvalidToken(_)), Err(_)) => {}
+                (got, want) => panic!("{h:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
