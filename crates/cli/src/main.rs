@@ -94,7 +94,7 @@ fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn bench_cmd(args: bench::BenchArgs) -> anyhow::Result<()> {
-    bench::run(args, shutdown_signal()).await?;
+    bench::dispatch(args, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -56,8 +56,10 @@ impl Default for Topology {
 
 /// `[instances]`: the host every instance binds, and each role's ports. Instance ids are
 /// `<role>-<n>` in the order of the ports (`gateway-1` is the first gateway port).
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`; `Topology::parse` refuses
+// unknown roles instead.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub(crate) struct Instances {
     /// The address every instance binds and every URL names.
     pub(crate) host: String,
@@ -153,18 +155,21 @@ impl Topology {
         if self.lb.backends.is_empty() {
             self.lb.backends = self.urls("gateway");
         }
+        let (auth, service) = (self.urls("auth"), self.urls("service"));
+        let cache = self.urls("cache").into_iter().next().unwrap_or_default();
+        let db = self.urls("db").into_iter().next().unwrap_or_default();
         let g = &mut self.gateway;
         if g.auth_urls.is_empty() {
-            g.auth_urls = self.urls("auth");
+            g.auth_urls = auth;
         }
         if g.service_urls.is_empty() {
-            g.service_urls = self.urls("service");
+            g.service_urls = service;
         }
         if g.cache_url.is_empty() {
-            g.cache_url = self.urls("cache").into_iter().next().unwrap_or_default();
+            g.cache_url = cache;
         }
         if g.db_url.is_empty() {
-            g.db_url = self.urls("db").into_iter().next().unwrap_or_default();
+            g.db_url = db;
         }
         self.auth.data_dir = self.data_dir.clone();
         self.db.data_dir = self.data_dir.clone();
