@@ -148,7 +148,11 @@ async fn no_healthy_backend_is_a_503_error() {
 #[tokio::test]
 async fn a_slow_backend_times_out_with_504() {
     let a = start("a").await;
-    let pool = Pool::new("test", &[a.url.clone()], config(Strategy::RoundRobin));
+    let pool = Pool::new(
+        "test",
+        std::slice::from_ref(&a.url),
+        config(Strategy::RoundRobin),
+    );
     let err = pool.send(get_req("/slow")).await.unwrap_err();
     assert!(matches!(err, PoolError::Timeout { .. }), "{err:?}");
     assert_eq!(err.status().as_u16(), 504);

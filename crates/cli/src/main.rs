@@ -46,7 +46,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,7 +55,10 @@ fn main() -> std::process::ExitCode {
         LogFormatArg::Text => common::telemetry::LogFormat::Text,
         LogFormatArg::Json => common::telemetry::LogFormat::Json,
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -67,7 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Config { effective, config } => print_config(effective, config),
-            Command::Bench(args) => bench_cmd(args).await,
+            Command::Bench(args) => bench_cmd(*args).await,
         }
     });
     match result {

@@ -66,7 +66,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         topo.data_dir = d;
     }
-    topo.resolve(std::env::var("SCALELAB_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()));
+    topo.resolve(
+        std::env::var("SCALELAB_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    );
     let role = args.role.name();
     let id = args.id.unwrap_or_else(|| format!("{role}-1"));
     let port = match args.port {

@@ -139,12 +139,15 @@ impl Topology {
         ROLES
             .iter()
             .flat_map(|&role| {
-                self.ports(role).iter().enumerate().map(move |(i, &port)| InstanceRef {
-                    role,
-                    id: format!("{role}-{}", i + 1),
-                    port,
-                    url: format!("http://{}:{port}", self.instances.host),
-                })
+                self.ports(role)
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &port)| InstanceRef {
+                        role,
+                        id: format!("{role}-{}", i + 1),
+                        port,
+                        url: format!("http://{}:{port}", self.instances.host),
+                    })
             })
             .collect()
     }
@@ -250,7 +253,11 @@ mod tests {
         assert_eq!(again.instances, t.instances);
         assert_eq!(again.lb.backends, t.lb.backends);
         let ports: std::collections::HashSet<u16> = t.instances().iter().map(|i| i.port).collect();
-        assert_eq!(ports.len(), t.instances().len(), "free ports must be distinct");
+        assert_eq!(
+            ports.len(),
+            t.instances().len(),
+            "free ports must be distinct"
+        );
     }
 
     #[test]
@@ -271,10 +278,20 @@ mod tests {
         assert!(missing.is_empty(), "not in scalelab.toml: {missing:?}");
     }
 
-    fn walk(code: &toml::Value, file: &toml::Value, text: &str, path: &str, missing: &mut Vec<String>) {
+    fn walk(
+        code: &toml::Value,
+        file: &toml::Value,
+        text: &str,
+        path: &str,
+        missing: &mut Vec<String>,
+    ) {
         let toml::Value::Table(t) = code else { return };
         for (k, v) in t {
-            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             if p == "data_dir" || p.starts_with("instances") {
                 continue;
             }
@@ -287,7 +304,10 @@ mod tests {
             if !present {
                 missing.push(p.clone());
             }
-            let sub = file.get(k).cloned().unwrap_or(toml::Value::Table(Default::default()));
+            let sub = file
+                .get(k)
+                .cloned()
+                .unwrap_or(toml::Value::Table(Default::default()));
             walk(v, &sub, text, &p, missing);
         }
     }

@@ -31,8 +31,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.free_ports {
         topo.use_free_ports()?;
     }
-    std::fs::create_dir_all(&topo.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", topo.data_dir.display()))?;
+    std::fs::create_dir_all(&topo.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            topo.data_dir.display()
+        )
+    })?;
     // Children may run with another working directory one day; give them absolute paths.
     topo.data_dir = std::fs::canonicalize(&topo.data_dir)?;
     // The admin password reaches auth through the inherited environment, never through a file.

@@ -40,7 +40,11 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap,
     (status, headers, body)
 }
 
-async fn login(sys: &Running, user: &str, password: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn login(
+    sys: &Running,
+    user: &str,
+    password: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     send(
         sys.client()
             .post(format!("{}/login", sys.lb_url()))
@@ -64,7 +68,8 @@ async fn the_distributed_topology_serves_every_flow_with_global_limits() {
     let token = body["token"].as_str().unwrap().to_string();
 
     // Cache-aside in Redis, shared by both gateways.
-    let (status, h, body) = send(http.get(format!("{lb}/data?key=key-3")).bearer_auth(&token)).await;
+    let (status, h, body) =
+        send(http.get(format!("{lb}/data?key=key-3")).bearer_auth(&token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(h["x-cache"], "MISS");
     let mut gateways = HashSet::new();

@@ -4,7 +4,7 @@
 //! `scalelab` binary for the tests and tell them where it is (`CARGO_BIN_EXE_scalelab`); the harness
 //! itself is `crates/e2e`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::{Running, Topology};
@@ -186,7 +186,10 @@ async fn every_flow_through_the_balancer() {
     assert!(h.contains_key("ratelimit-limit"), "{h:?}");
 
     let status = sys.stop().await.unwrap();
-    assert!(status.success(), "up must exit 0 on SIGTERM, got {status:?}");
+    assert!(
+        status.success(),
+        "up must exit 0 on SIGTERM, got {status:?}"
+    );
 }
 
 async fn bad_input(sys: &Running, token: &str) {
@@ -342,7 +345,12 @@ async fn killing_a_gateway_loses_no_request() {
         clients.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http.get(format!("{lb}/process")).bearer_auth(&token).send().await {
+                match http
+                    .get(format!("{lb}/process"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => {
                         served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

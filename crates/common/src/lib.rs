@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod sqlite;
 pub mod stack;
 pub mod telemetry;
 pub mod testing;

@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqliteRow};
 
-use super::{ACQUIRE_TIMEOUT, CredentialStore, StoredAccount, decode_roles, encode_roles};
+use super::{CredentialStore, StoredAccount, decode_roles, encode_roles};
 use crate::Error;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS accounts (
@@ -53,19 +50,7 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> Result<Self, Error> {
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable across process crashes in WAL mode; only a power cut can lose the
-            // last transactions, which for a lab's accounts is the right trade for speed.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
-        sqlx::query(SCHEMA).execute(&pool).await?;
+        let pool = common::sqlite::open_shared(options, 4, SCHEMA, Duration::from_secs(15)).await?;
         Ok(Self { pool })
     }
 }

@@ -7,9 +7,7 @@ use std::time::Duration;
 use api::wire::db::Record;
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 use super::{Store, record};
 use crate::Error;
@@ -41,20 +39,7 @@ impl SqliteStore {
     }
 
     async fn with_options(options: SqliteConnectOptions) -> Result<Self, Error> {
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL loses at most the last commits on power loss, never consistency;
-            // FULL would add an fsync to every write of a lab service.
-            .synchronous(SqliteSynchronous::Normal)
-            // Writers wait for each other instead of failing with SQLITE_BUSY.
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        sqlx::query(CREATE).execute(&pool).await?;
+        let pool = common::sqlite::open_shared(options, 8, CREATE, Duration::from_secs(15)).await?;
         Ok(Self { pool })
     }
 }
