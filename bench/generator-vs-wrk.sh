@@ -8,7 +8,7 @@ DUR=${1:-10}
 CONNS=${2:-50}
 ROUNDS=${3:-2}
 BIN=${SCALELAB_BIN:-target/release/scalelab}
-[ -x "$BIN" ] || cargo build --release -p cli
+[ -x "$BIN" ] || cargo build --release
 WORK=$(mktemp -d /tmp/scalelab-gen.XXXXXX)
 mkdir -p "$WORK/www" "$WORK/tmp"
 head -c 612 /dev/zero | tr '\0' 'x' > "$WORK/www/index.html"

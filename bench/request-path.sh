@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10s}
 CONNS=${2:-64}
 BIN=${SCALELAB_BIN:-target/release/scalelab}
-[ -x "$BIN" ] || cargo build --release -p cli
+[ -x "$BIN" ] || cargo build --release
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx: apt-get install -y wrk nginx" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/scalelab-bench.XXXXXX)
