@@ -66,6 +66,11 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
 
+    /// Count the values of this top-level JSON field of the answers' bodies (e.g. `service_id`
+    /// to see the spread over the services behind the gateways). Costs a JSON parse per answer.
+    #[arg(long, value_name = "NAME")]
+    pub count_field: Option<String>,
+
     /// Print a progress line on stderr every second even when stderr is not a terminal.
     #[arg(long)]
     pub progress: bool,
@@ -84,6 +89,44 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Print two JSON reports side by side (and plot them with `--report DIR`).
     Compare(CompareArgs),
+    /// Run an experiment on its own topology and report what a tactic buys (`lb`, `cache`,
+    /// `scale`, `async` or `all`). Needs the `scalelab` binary, which starts the topologies.
+    Scenario(ScenarioArgs),
+}
+
+/// Which experiment `scalelab bench scenario` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScenarioName {
+    /// Load balancing: spread over gateways and services, one gateway killed mid-run.
+    Lb,
+    /// Caching: cold vs warm, hit vs miss latency, Zipf hit ratio, local vs shared cache.
+    Cache,
+    /// Scaling out: `/process` throughput and p99 with 1, 2 and 3 service instances.
+    Scale,
+    /// Synchronous vs queued work (needs the task queue).
+    Async,
+    /// Every scenario, one report, ending in the tactic scorecard.
+    All,
+}
+
+/// `scalelab bench scenario NAME [--report DIR] [--json FILE] [--duration D] [--quick]`.
+#[derive(Debug, Clone, Args)]
+pub struct ScenarioArgs {
+    /// The experiment.
+    #[arg(value_enum)]
+    pub name: ScenarioName,
+    /// Write the HTML report (sections with inline SVG charts, the scorecard) to DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Write the scenario results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Length of each measured run (default 10s; 1.5s with --quick).
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Short runs and fewer keys: checks that everything works (tests), figures are rough.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// `scalelab bench compare A.json B.json [--report DIR]`.
@@ -193,6 +236,20 @@ mod tests {
         };
         assert_eq!(c.a, PathBuf::from("a.json"));
         assert_eq!(c.report, Some(PathBuf::from("r")));
+    }
+
+    #[test]
+    fn scenario_subcommand() {
+        let a = bench(&[
+            "scalelab", "bench", "scenario", "all", "--quick", "--report", "out",
+        ]);
+        let Some(BenchCommand::Scenario(s)) = a.command else {
+            panic!("expected scenario")
+        };
+        assert_eq!(s.name, ScenarioName::All);
+        assert!(s.quick);
+        assert_eq!(s.report, Some(PathBuf::from("out")));
+        assert!(Cli::try_parse_from(["scalelab", "bench", "scenario", "nope"]).is_err());
     }
 
     #[test]

@@ -45,6 +45,8 @@ struct Answer {
     status: u16,
     served_by: Option<HeaderValue>,
     cache: Option<HeaderValue>,
+    /// The value of the plan's `count_field` in the body, when asked for and present.
+    field: Option<String>,
 }
 
 /// One distinct `host:port` among the plan's URLs.
@@ -161,6 +163,7 @@ async fn exchange(
     slot: &mut Option<Sender>,
     addr: SocketAddr,
     req: Request<Full<Bytes>>,
+    count_field: Option<&str>,
 ) -> Result<Answer, Failure> {
     let sender = match slot {
         Some(s) if !s.is_closed() => s,
@@ -177,14 +180,31 @@ async fn exchange(
     };
     let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
     let (mut parts, mut body) = response.into_parts();
+    // The body is kept only when a field is to be counted; otherwise it is read and dropped.
+    let mut kept = count_field.map(|_| Vec::new());
     while let Some(frame) = body.frame().await {
-        frame.map_err(|e| classify(&e))?;
+        let frame = frame.map_err(|e| classify(&e))?;
+        if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
+            kept.extend_from_slice(data);
+        }
     }
     Ok(Answer {
         status: parts.status.as_u16(),
         served_by: parts.headers.remove(api::headers::SERVED_BY),
         cache: parts.headers.remove(api::headers::CACHE),
+        field: count_field
+            .zip(kept)
+            .and_then(|(name, body)| json_field(&body, name)),
     })
+}
+
+/// The top-level field `name` of a JSON object body: a string as it is, any other value as JSON.
+fn json_field(body: &[u8], name: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// One virtual connection: sends until the deadline, the request limit or the stop signal.
@@ -253,7 +273,10 @@ async fn connection(
                     biased;
                     // An early stop abandons the request in flight; it is not counted.
                     _ = &mut stop => break,
-                    r = tokio::time::timeout(shared.timeout, exchange(slot, target.addr, req)) => r,
+                    r = tokio::time::timeout(
+                        shared.timeout,
+                        exchange(slot, target.addr, req, plan.count_field.as_deref()),
+                    ) => r,
                 }
             }
             Err(_) => Ok(Err(Failure::Other)),
@@ -316,6 +339,9 @@ fn record(chunk: &mut Chunk, answer: &Answer, us: u64) {
     chunk.record_status(answer.status);
     if let Some(id) = &answer.served_by {
         chunk.record_served_by(id.as_bytes());
+    }
+    if let Some(value) = &answer.field {
+        chunk.record_field(value);
     }
     if let Some(cache) = &answer.cache {
         let v = cache.as_bytes();
@@ -380,6 +406,7 @@ pub async fn execute(
         duration_s: config.effective_duration().map(|d| d.as_secs_f64()),
         request_limit: config.requests,
         timeout_s: config.timeout.as_secs_f64(),
+        count_field: plan.count_field.clone(),
     };
     let started_at_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)

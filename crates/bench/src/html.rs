@@ -41,8 +41,19 @@ fn lines(
     y_desc: &str,
     series: &[Series<'_>],
 ) -> Result<String, Error> {
+    lines_sized(name, (WIDTH, HEIGHT), title, x_desc, y_desc, series)
+}
+
+fn lines_sized(
+    name: &'static str,
+    size: (u32, u32),
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series<'_>],
+) -> Result<String, Error> {
     chart(name, |svg| {
-        let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, size).into_drawing_area();
         root.fill(&WHITE)?;
         let x_max = series
             .iter()
@@ -90,8 +101,19 @@ fn bars(
     categories: &[String],
     groups: &[Group<'_>],
 ) -> Result<String, Error> {
+    bars_sized(name, (WIDTH, HEIGHT), title, y_desc, categories, groups)
+}
+
+fn bars_sized(
+    name: &'static str,
+    size: (u32, u32),
+    title: &str,
+    y_desc: &str,
+    categories: &[String],
+    groups: &[Group<'_>],
+) -> Result<String, Error> {
     chart(name, |svg| {
-        let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, size).into_drawing_area();
         root.fill(&WHITE)?;
         let n = categories.len().max(1);
         let y_max = groups
@@ -196,7 +218,53 @@ fn histogram(report: &Report) -> Result<String, Error> {
     })
 }
 
-fn escape(s: &str) -> String {
+/// The colours of the public chart functions' series, in order (then repeated).
+const PALETTE: [RGBColor; 6] = [
+    BLUE,
+    ORANGE,
+    GREEN,
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// An SVG line chart of named `(x, y)` series, `size` pixels (width, height), from plain numbers;
+/// the axes start at 0. For reports built outside this crate (the `scalelab bench scenario`
+/// experiments).
+pub fn line_chart(
+    size: (u32, u32),
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<String, Error> {
+    let series: Vec<Series<'_>> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, points))| (name.as_str(), PALETTE[i % PALETTE.len()], points.clone()))
+        .collect();
+    lines_sized("line chart", size, title, x_desc, y_desc, &series)
+}
+
+/// An SVG bar chart from plain numbers: one slot per category, one bar per named group in each
+/// slot (each group holds one value per category), `size` pixels (width, height).
+pub fn bar_chart(
+    size: (u32, u32),
+    title: &str,
+    y_desc: &str,
+    categories: &[String],
+    groups: &[(String, Vec<f64>)],
+) -> Result<String, Error> {
+    let groups: Vec<Group<'_>> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (name, values))| (name.as_str(), PALETTE[i % PALETTE.len()], values.clone()))
+        .collect();
+    bars_sized("bar chart", size, title, y_desc, categories, &groups)
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -8,11 +8,14 @@
 //! aggregator), `report.rs` (what is measured; HDR histograms in microseconds, 3 significant
 //! digits), `summary.rs` (the text table) and `html.rs` (the HTML report with SVG charts).
 //! The command line face is [`BenchArgs`], run by [`dispatch`] (or [`run`] and [`compare`]).
+//! `experiment.rs` renders the multi-run report of `scalelab bench scenario` from plain numbers
+//! (the scenarios themselves live in the `cli` crate, which can start topologies).
 //! The JSON layout is described by `schema/report.schema.json` and the crate's README.
 
 mod args;
 mod engine;
 mod error;
+pub mod experiment;
 pub mod html;
 mod plan;
 pub mod report;
@@ -23,7 +26,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::path::Path;
 
-pub use args::{BenchArgs, BenchCommand, CompareArgs, parse_duration};
+pub use args::{BenchArgs, BenchCommand, CompareArgs, ScenarioArgs, ScenarioName, parse_duration};
 pub use engine::execute;
 pub use error::Error;
 pub use plan::{Load, Plan, RunConfig};
@@ -34,9 +37,14 @@ pub const REPORT_SCHEMA: &str = include_str!("../schema/report.schema.json");
 
 /// Runs `scalelab bench` as parsed: a benchmark, or the `compare` subcommand. This is what the
 /// `cli` crate calls; output goes to stdout (summary) and stderr (progress, written files).
+/// `scenario` starts topologies, which only the binary can do: the caller handles it before
+/// calling this (here it is an error).
 pub async fn dispatch(args: BenchArgs, stop: impl Future<Output = ()>) -> Result<(), Error> {
     match &args.command {
         Some(BenchCommand::Compare(c)) => compare(c),
+        Some(BenchCommand::Scenario(_)) => Err(Error::Args(
+            "`bench scenario` is run by the scalelab binary, not by bench::dispatch".into(),
+        )),
         None => run(args, stop).await.map(drop),
     }
 }
@@ -46,6 +54,9 @@ pub async fn plan_from_args(args: &BenchArgs) -> Result<Plan, Error> {
     let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| Error::Args(format!("bad method `{}`", args.method)))?;
     let mut plan = Plan::new(method, &args.urls)?;
+    if let Some(field) = &args.count_field {
+        plan = plan.count_field(field);
+    }
     for line in &args.headers {
         plan = plan.header_line(line)?;
     }

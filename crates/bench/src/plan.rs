@@ -17,6 +17,10 @@ pub struct Plan {
     pub(crate) urls: Vec<UrlTemplate>,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// Opt-in: the top-level JSON field of each answer's body whose values are counted (e.g.
+    /// `service_id`, to see the spread over the instances behind a gateway). Off by default:
+    /// it costs a JSON parse per answer.
+    pub(crate) count_field: Option<String>,
 }
 
 impl Plan {
@@ -35,6 +39,7 @@ impl Plan {
             urls,
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            count_field: None,
         })
     }
 
@@ -76,6 +81,17 @@ impl Plan {
             self.headers
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        self
+    }
+
+    /// Counts the values of the top-level JSON field `name` in the answers' bodies (strings as
+    /// they are, other values as JSON text); they appear in [`Report::field_counts`]
+    /// (`crate::Report`). Answers whose body is not a JSON object with that field are not
+    /// counted.
+    ///
+    /// [`Report::field_counts`]: crate::Report::field_counts
+    pub fn count_field(mut self, name: &str) -> Self {
+        self.count_field = Some(name.to_owned());
         self
     }
 

@@ -46,6 +46,10 @@ pub struct Report {
     pub instances: Vec<InstanceShare>,
     /// Cache outcome from `X-Cache`.
     pub cache: CacheSummary,
+    /// With [`Plan::count_field`](crate::Plan::count_field): answers per value of that JSON body
+    /// field (percent of all answers), sorted by value. Absent from the JSON otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_counts: Vec<InstanceShare>,
 }
 
 /// The parameters of the run, as recorded in the report.
@@ -67,6 +71,9 @@ pub struct ReportConfig {
     pub request_limit: Option<u64>,
     /// Per-request timeout in seconds.
     pub timeout_s: f64,
+    /// The JSON body field whose values are counted ([`Report::field_counts`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_field: Option<String>,
 }
 
 /// Counts of requests.
@@ -205,6 +212,8 @@ pub(crate) struct Chunk {
     pub(crate) served_by: Vec<(Box<str>, u64)>,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
+    /// Values of the plan's counted body field, like `served_by`.
+    pub(crate) fields: Vec<(Box<str>, u64)>,
 }
 
 impl Chunk {
@@ -220,6 +229,7 @@ impl Chunk {
             served_by: Vec::new(),
             hits: 0,
             misses: 0,
+            fields: Vec::new(),
         }
     }
 
@@ -238,6 +248,13 @@ impl Chunk {
         match self.served_by.iter_mut().find(|(s, _)| s.as_bytes() == id) {
             Some((_, n)) => *n += 1,
             None => self.served_by.push((String::from_utf8_lossy(id).into(), 1)),
+        }
+    }
+
+    pub(crate) fn record_field(&mut self, value: &str) {
+        match self.fields.iter_mut().find(|(s, _)| &**s == value) {
+            Some((_, n)) => *n += 1,
+            None => self.fields.push((value.into(), 1)),
         }
     }
 }
@@ -259,6 +276,7 @@ pub(crate) struct Aggregate {
     pub(crate) errors: ErrorCounts,
     status: BTreeMap<u16, u64>,
     served_by: BTreeMap<String, u64>,
+    fields: BTreeMap<String, u64>,
     hits: u64,
     misses: u64,
     seconds: Vec<SecondAgg>,
@@ -274,6 +292,7 @@ impl Aggregate {
             errors: ErrorCounts::default(),
             status: BTreeMap::new(),
             served_by: BTreeMap::new(),
+            fields: BTreeMap::new(),
             hits: 0,
             misses: 0,
             seconds: Vec::new(),
@@ -301,6 +320,9 @@ impl Aggregate {
                     self.served_by.insert(id.into(), n);
                 }
             }
+        }
+        for (value, n) in chunk.fields {
+            *self.fields.entry(value.into()).or_default() += n;
         }
         self.hits += chunk.hits;
         self.misses += chunk.misses;
@@ -332,15 +354,19 @@ impl Aggregate {
     ) -> Report {
         let total_with_header: u64 = self.served_by.values().sum();
         let denominator = self.answered.max(total_with_header).max(1) as f64;
-        let instances = self
-            .served_by
-            .iter()
-            .map(|(id, &count)| InstanceShare {
-                id: id.clone(),
-                count,
-                percent: 100.0 * count as f64 / denominator,
-            })
-            .collect();
+        let shares = |counts: &BTreeMap<String, u64>, denominator: f64| -> Vec<InstanceShare> {
+            counts
+                .iter()
+                .map(|(id, &count)| InstanceShare {
+                    id: id.clone(),
+                    count,
+                    percent: 100.0 * count as f64 / denominator,
+                })
+                .collect()
+        };
+        let instances = shares(&self.served_by, denominator);
+        let field_total: u64 = self.fields.values().sum();
+        let field_counts = shares(&self.fields, self.answered.max(field_total).max(1) as f64);
         let summary = |h: &Histogram<u64>| (!h.is_empty()).then(|| summarize(h));
         let hit_latency = summary(&self.hit);
         let miss_latency = summary(&self.miss);
@@ -394,6 +420,7 @@ impl Aggregate {
                 miss_latency,
                 speedup_p50,
             },
+            field_counts,
         }
     }
 }

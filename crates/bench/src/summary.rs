@@ -87,6 +87,20 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
+    if !r.field_counts.is_empty() {
+        out.push('\n');
+        let name = r.config.count_field.as_deref().unwrap_or("field");
+        let _ = writeln!(out, "Body field `{name}`");
+        let width = r.field_counts.iter().map(|i| i.id.len()).max().unwrap_or(0);
+        for i in &r.field_counts {
+            let bar = "#".repeat((i.percent / 2.5).round() as usize);
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>10}  {:>6.2}%  {bar}",
+                i.id, i.count, i.percent
+            );
+        }
+    }
     let cache = &r.cache;
     if cache.hits + cache.misses > 0 {
         out.push('\n');

@@ -88,6 +88,12 @@ async fn keys(
     "key"
 }
 
+/// A JSON body naming one of two services, like the gateway's `/process`.
+async fn process(State(s): S) -> axum::Json<serde_json::Value> {
+    let n = s.tick();
+    axum::Json(serde_json::json!({"service_id": format!("svc-{}", n % 2), "n": n}))
+}
+
 async fn login(body: String) -> (StatusCode, String) {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     if v["username"] == "alice" && v["password"] == "secret" {
@@ -118,6 +124,7 @@ async fn server() -> (SocketAddr, Arc<Server>) {
         .route("/stall", get(stall))
         .route("/tagged", get(tagged))
         .route("/keys", get(keys))
+        .route("/process", get(process))
         .route("/login", post(login))
         .route("/secure", get(secure))
         .with_state(state.clone());
@@ -515,7 +522,12 @@ async fn html_report_renders_in_headless_chromium() {
                 .is_ok_and(|o| o.status.success())
         })
     else {
-        eprintln!("no chromium on PATH: screenshot check not run");
+        // CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs chromium (apt-get install -y chromium)"
+        );
+        eprintln!("SKIP: no chromium on PATH: screenshot check not run");
         return;
     };
     let (addr, _) = server().await;
@@ -533,6 +545,11 @@ async fn html_report_renders_in_headless_chromium() {
             "--no-sandbox",
             "--disable-gpu",
             "--hide-scrollbars",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
         ])
         .arg("--window-size=900,2900")
         .arg(format!("--screenshot={}", shot.display()))
@@ -551,4 +568,51 @@ async fn html_report_renders_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG"));
     // A blank 900x2900 page compresses to a few kilobytes; five charts make far more.
     assert!(png.len() > 40_000, "screenshot of {} bytes", png.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_field_is_counted_when_asked_for_and_the_json_stays_valid() {
+    let (addr, _) = server().await;
+    let cfg = RunConfig {
+        requests: Some(100),
+        ..config(4, Load::Closed)
+    };
+    // Answers without the field (plain text) are not counted.
+    let plan = Plan::new(
+        http::Method::GET,
+        &[
+            format!("http://{addr}/process"),
+            format!("http://{addr}/fast"),
+        ],
+    )
+    .unwrap()
+    .count_field("service_id");
+    let r = execute(plan, cfg.clone(), std::future::pending())
+        .await
+        .unwrap();
+    let counts: Vec<(&str, u64)> = r
+        .field_counts
+        .iter()
+        .map(|s| (s.id.as_str(), s.count))
+        .collect();
+    assert_eq!(counts, [("svc-0", 25), ("svc-1", 25)]);
+    assert_eq!(r.field_counts[0].percent, 25.0, "percent of all answers");
+    assert_eq!(r.config.count_field.as_deref(), Some("service_id"));
+    let text = bench::summary::render(&r);
+    assert!(text.contains("Body field `service_id`"), "{text}");
+
+    let schema: serde_json::Value = serde_json::from_str(bench::REPORT_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // Off by default: nothing counted, and the field is absent from the JSON.
+    let plain = run_for(&format!("http://{addr}/process"), cfg).await;
+    assert!(plain.field_counts.is_empty());
+    let json = serde_json::to_value(&plain).unwrap();
+    assert!(json.get("field_counts").is_none() && json["config"].get("count_field").is_none());
 }

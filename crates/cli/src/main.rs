@@ -4,6 +4,7 @@
 //!
 //! This is the only crate that reads argv, environment variables and files.
 
+mod scenario;
 mod serve;
 mod supervisor;
 mod topology;
@@ -97,6 +98,10 @@ fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn bench_cmd(args: bench::BenchArgs) -> anyhow::Result<()> {
+    // Scenarios start topologies, which only this crate can do; the rest is the bench crate's.
+    if let Some(bench::BenchCommand::Scenario(s)) = args.command {
+        return scenario::run(s, shutdown_signal()).await;
+    }
     bench::dispatch(args, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `scalelab up`: the whole topology on this machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -31,6 +31,22 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.free_ports {
         topo.use_free_ports()?;
     }
+    let effective = prepare(&mut topo)?;
+    let program = std::env::current_exe().context("cannot find the scalelab binary")?;
+    let specs = child_specs(&topo, &effective, &program);
+    anyhow::ensure!(!specs.is_empty(), "the topology has no instances");
+
+    let opts = SupervisorOptions {
+        hints: hints(&topo),
+        instances_file: Some(topo.data_dir.join("instances.json")),
+        ..SupervisorOptions::default()
+    };
+    supervisor::run(specs, opts, std::future::pending()).await
+}
+
+/// Creates the data directory, makes it absolute, fills in the derived URLs and writes the
+/// effective topology the children read; returns that file's path.
+pub(crate) fn prepare(topo: &mut Topology) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&topo.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -44,10 +60,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let effective = topo.data_dir.join("topology.effective.toml");
     std::fs::write(&effective, topo.to_toml()?)
         .with_context(|| format!("cannot write {}", effective.display()))?;
+    Ok(effective)
+}
 
-    let program = std::env::current_exe().context("cannot find the scalelab binary")?;
-    let specs: Vec<ChildSpec> = topo
-        .instances()
+/// One `scalelab serve ROLE ...` child per instance of `topo` (prepared by [`prepare`]), in start
+/// order; `program` is the scalelab binary.
+pub(crate) fn child_specs(topo: &Topology, effective: &Path, program: &Path) -> Vec<ChildSpec> {
+    topo.instances()
         .into_iter()
         .map(|i| ChildSpec {
             args: vec![
@@ -73,18 +92,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             id: i.id,
             port: i.port,
             url: i.url,
-            program: program.clone(),
+            program: program.to_owned(),
             env: Vec::new(),
         })
-        .collect();
-    anyhow::ensure!(!specs.is_empty(), "the topology has no instances");
-
-    let opts = SupervisorOptions {
-        hints: hints(&topo),
-        instances_file: Some(topo.data_dir.join("instances.json")),
-        ..SupervisorOptions::default()
-    };
-    supervisor::run(specs, opts, std::future::pending()).await
+        .collect()
 }
 
 fn hints(topo: &Topology) -> Vec<String> {
