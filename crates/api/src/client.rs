@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::headers::REQUEST_ID;
-use crate::wire::{auth, cache, db};
+use crate::wire::{auth, cache, db, users};
 
 /// Why a call to another service failed.
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +287,96 @@ impl AuthClient {
     pub async fn jwks(&self, rid: &str) -> Result<serde_json::Value, ClientError> {
         self.0
             .call::<(), _>(http::Method::GET, "/.well-known/jwks.json", None, rid)
+            .await
+    }
+}
+
+/// The `users` service's internal API.
+#[derive(Debug, Clone)]
+pub struct UsersClient(pub JsonClient);
+
+impl UsersClient {
+    /// `POST /users`: a new profile (`409` when the username or the id exists).
+    pub async fn create(
+        &self,
+        req: &users::CreateProfile,
+        rid: &str,
+    ) -> Result<users::Profile, ClientError> {
+        self.0
+            .call(http::Method::POST, "/users", Some(req), rid)
+            .await
+    }
+
+    /// `GET /users/{id}`; `primary` reads the shard's primary (read-your-writes), otherwise a
+    /// replica may answer. `Ok(None)` when there is no such user.
+    pub async fn get(
+        &self,
+        id: &str,
+        primary: bool,
+        rid: &str,
+    ) -> Result<Option<users::Profile>, ClientError> {
+        let mut path = format!("/users/{}", encode_segment(id));
+        if primary {
+            path.push_str("?consistency=primary");
+        }
+        match self
+            .0
+            .call::<(), _>(http::Method::GET, &path, None, rid)
+            .await
+        {
+            Ok(p) => Ok(Some(p)),
+            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PATCH /users/{id}`.
+    pub async fn update(
+        &self,
+        id: &str,
+        req: &users::UpdateProfile,
+        rid: &str,
+    ) -> Result<users::Profile, ClientError> {
+        let path = format!("/users/{}", encode_segment(id));
+        self.0
+            .call(http::Method::PATCH, &path, Some(req), rid)
+            .await
+    }
+
+    /// `DELETE /users/{id}`; `Ok(false)` when there was no such user.
+    pub async fn delete(&self, id: &str, rid: &str) -> Result<bool, ClientError> {
+        let path = format!("/users/{}", encode_segment(id));
+        match self
+            .0
+            .call::<(), serde_json::Value>(http::Method::DELETE, &path, None, rid)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /users?after=&limit=`: one page in id order across every shard.
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        rid: &str,
+    ) -> Result<users::ProfilePage, ClientError> {
+        let mut path = format!("/users?limit={limit}");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", encode_segment(after)));
+        }
+        self.0
+            .call::<(), _>(http::Method::GET, &path, None, rid)
+            .await
+    }
+
+    /// `GET /shards`.
+    pub async fn shards(&self, rid: &str) -> Result<users::ShardsReport, ClientError> {
+        self.0
+            .call::<(), _>(http::Method::GET, "/shards", None, rid)
             .await
     }
 }

@@ -27,6 +27,14 @@ pub mod auth {
         pub role: Option<String>,
     }
 
+    /// `PUT /accounts/{username}/roles`: the account's new roles (effective at its next login).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RolesRequest {
+        /// `user` and/or `admin`; at least one.
+        pub roles: Vec<String>,
+    }
+
     /// A signed token, as `login` and `register` return it.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct TokenResponse {
@@ -168,5 +176,322 @@ pub mod gateway {
         pub data: Value,
         /// The gateway that answered.
         pub gateway_id: String,
+    }
+}
+
+/// `users`: profiles, sharded by user id. Validation lives here so that the gateway can refuse a
+/// bad registration before it creates credentials, with the same rules `users` enforces.
+pub mod users {
+    use serde::{Deserialize, Serialize};
+
+    /// Longest email accepted, in characters (RFC 5321's path limit).
+    pub const MAX_EMAIL_CHARS: usize = 254;
+    /// Longest first or last name accepted, in characters.
+    pub const MAX_NAME_CHARS: usize = 100;
+    /// The roles a profile may hold.
+    pub const ROLES: [&str; 2] = ["user", "admin"];
+
+    /// A profile as `users` stores and returns it. Strings come back exactly as written (SQL and
+    /// HTML included): they are bound as parameters, never spliced into a query or a page.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Profile {
+        /// The user id: the `auth` account id, the token's `sub`, the shard key.
+        pub id: String,
+        /// Unique across all shards.
+        pub username: String,
+        /// `null` when not given at registration.
+        pub email: Option<String>,
+        /// `null` when not given.
+        pub first_name: Option<String>,
+        /// `null` when not given.
+        pub last_name: Option<String>,
+        /// `user` or `admin` (the role the token carries from the next login on).
+        pub role: String,
+        /// RFC 3339 UTC.
+        pub created_at: String,
+        /// RFC 3339 UTC of the last write.
+        pub updated_at: String,
+    }
+
+    /// `POST /users` (internal): a new profile for an existing account.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(deny_unknown_fields)]
+    pub struct CreateProfile {
+        /// The `auth` account id.
+        pub id: String,
+        /// The account name (same rules as `auth`).
+        pub username: String,
+        /// Optional; when present a valid address.
+        #[serde(default)]
+        pub email: Option<String>,
+        /// Optional; when present 1 to 100 characters.
+        #[serde(default)]
+        pub first_name: Option<String>,
+        /// Optional; when present 1 to 100 characters.
+        #[serde(default)]
+        pub last_name: Option<String>,
+        /// `user` when absent.
+        #[serde(default)]
+        pub role: Option<String>,
+    }
+
+    /// `PATCH /users/{id}` (internal) and `PATCH /users/me` (gateway): the fields to change.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(deny_unknown_fields)]
+    pub struct UpdateProfile {
+        /// New email.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub email: Option<String>,
+        /// New first name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub first_name: Option<String>,
+        /// New last name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_name: Option<String>,
+        /// New role; the gateway only lets an admin set it (`PATCH /users/{id}/role`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub role: Option<String>,
+    }
+
+    /// `PATCH /users/{id}/role` at the gateway.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(deny_unknown_fields)]
+    pub struct RoleChange {
+        /// `user` or `admin`.
+        pub role: String,
+    }
+
+    /// `GET /users?after=ID&limit=N`: one page, in id order across every shard.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct ProfilePage {
+        /// At most `limit` profiles, ids ascending.
+        pub users: Vec<Profile>,
+        /// Pass as `after` for the next page; `null` on the last page.
+        pub next_cursor: Option<String>,
+    }
+
+    /// One shard in `GET /shards`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct ShardStatus {
+        /// The shard number (`0..shard_count`).
+        pub shard: u32,
+        /// `sqlite` or `postgres`.
+        pub engine: String,
+        /// Whether the primary answers.
+        pub healthy: bool,
+        /// Profiles on the shard (`null` when it does not answer).
+        pub users: Option<u64>,
+        /// Health of each read replica, in configured order.
+        pub replicas: Vec<bool>,
+    }
+
+    /// `GET /shards`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct ShardsReport {
+        /// How many shards the layout has (ids are placed by jump hash over this count).
+        pub shard_count: u32,
+        /// One entry per shard.
+        pub shards: Vec<ShardStatus>,
+    }
+
+    /// Why a field was refused: a stable code and a sentence.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Invalid {
+        /// `invalid_username`, `invalid_email`, `invalid_name`, `invalid_role`, `invalid_id`.
+        pub code: &'static str,
+        /// For people.
+        pub message: String,
+    }
+
+    impl Invalid {
+        fn new(code: &'static str, message: impl Into<String>) -> Self {
+            Self {
+                code,
+                message: message.into(),
+            }
+        }
+    }
+
+    /// A username is 3 to 64 characters of `[A-Za-z0-9_.-]` (the rule of `auth`).
+    pub fn check_username(name: &str) -> Result<(), Invalid> {
+        let ok = (3..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        ok.then_some(()).ok_or_else(|| {
+            Invalid::new(
+                "invalid_username",
+                "the username must be 3 to 64 characters of letters, digits, '_', '.' or '-'",
+            )
+        })
+    }
+
+    /// An id is 1 to 64 characters of `[A-Za-z0-9_-]` (UUIDs and test ids).
+    pub fn check_id(id: &str) -> Result<(), Invalid> {
+        let ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        ok.then_some(()).ok_or_else(|| {
+            Invalid::new(
+                "invalid_id",
+                "a user id is 1 to 64 characters of letters, digits, '_' or '-'",
+            )
+        })
+    }
+
+    /// An email: at most 254 characters, no spaces or control characters, one `@` with a
+    /// non-empty local part before it and a dotted domain after it. Deliverability is not checked.
+    pub fn check_email(email: &str) -> Result<(), Invalid> {
+        let bad = || {
+            Invalid::new(
+                "invalid_email",
+                format!(
+                    "the email must look like name@example.org (at most {MAX_EMAIL_CHARS} characters)"
+                ),
+            )
+        };
+        if email.chars().count() > MAX_EMAIL_CHARS
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+        let labels_ok = domain
+            .split('.')
+            .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
+        if local.is_empty() || domain.contains('@') || !domain.contains('.') || !labels_ok {
+            return Err(bad());
+        }
+        Ok(())
+    }
+
+    /// A first or last name: 1 to 100 characters, no control characters. Anything else (quotes,
+    /// `<script>`, SQL) is a name as far as storage goes.
+    pub fn check_name(field: &str, value: &str) -> Result<(), Invalid> {
+        let n = value.chars().count();
+        if n == 0
+            || n > MAX_NAME_CHARS
+            || value.chars().any(char::is_control)
+            || value.trim().is_empty()
+        {
+            return Err(Invalid::new(
+                "invalid_name",
+                format!(
+                    "{field} must be 1 to {MAX_NAME_CHARS} characters, not only spaces, without control characters"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `user` or `admin`.
+    pub fn check_role(role: &str) -> Result<(), Invalid> {
+        ROLES
+            .contains(&role)
+            .then_some(())
+            .ok_or_else(|| Invalid::new("invalid_role", "the role must be \"user\" or \"admin\""))
+    }
+
+    fn check_optional(
+        email: Option<&str>,
+        first: Option<&str>,
+        last: Option<&str>,
+        role: Option<&str>,
+    ) -> Result<(), Invalid> {
+        email.map(check_email).transpose()?;
+        first.map(|v| check_name("first_name", v)).transpose()?;
+        last.map(|v| check_name("last_name", v)).transpose()?;
+        role.map(check_role).transpose()?;
+        Ok(())
+    }
+
+    impl CreateProfile {
+        /// Every rule above, first failure wins.
+        pub fn validate(&self) -> Result<(), Invalid> {
+            check_id(&self.id)?;
+            check_username(&self.username)?;
+            check_optional(
+                self.email.as_deref(),
+                self.first_name.as_deref(),
+                self.last_name.as_deref(),
+                self.role.as_deref(),
+            )
+        }
+    }
+
+    impl UpdateProfile {
+        /// Every rule above for the fields present; an update that changes nothing is refused.
+        pub fn validate(&self) -> Result<(), Invalid> {
+            if self == &UpdateProfile::default() {
+                return Err(Invalid::new(
+                    "empty_update",
+                    "give at least one of email, first_name, last_name",
+                ));
+            }
+            check_optional(
+                self.email.as_deref(),
+                self.first_name.as_deref(),
+                self.last_name.as_deref(),
+                self.role.as_deref(),
+            )
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn emails() {
+            for ok in ["a@b.co", "first.last+tag@example.org", "o'hara@x.io"] {
+                assert!(check_email(ok).is_ok(), "{ok}");
+            }
+            let long = format!("{}@example.org", "a".repeat(250));
+            for bad in [
+                "",
+                "plain",
+                "@x.org",
+                "a@",
+                "a@b",
+                "a b@c.org",
+                "a@@b.org",
+                "a@b..org",
+                "a@-b.org",
+                long.as_str(),
+            ] {
+                assert!(check_email(bad).is_err(), "{bad:?}");
+            }
+        }
+
+        #[test]
+        fn names_accept_sql_and_html_but_not_empty_or_long() {
+            for ok in [
+                "Ann",
+                "Robert'); DROP TABLE users;--",
+                "<script>alert(1)</script>",
+                "Zoë",
+            ] {
+                assert!(check_name("first_name", ok).is_ok(), "{ok}");
+            }
+            let long = "x".repeat(MAX_NAME_CHARS + 1);
+            for bad in ["", "   ", "a\u{0}b", long.as_str()] {
+                assert!(check_name("first_name", bad).is_err(), "{bad:?}");
+            }
+            assert!(check_name("last_name", &"é".repeat(MAX_NAME_CHARS)).is_ok());
+        }
+
+        #[test]
+        fn updates_need_a_field() {
+            assert_eq!(
+                UpdateProfile::default().validate().unwrap_err().code,
+                "empty_update"
+            );
+            let u = UpdateProfile {
+                role: Some("root".into()),
+                ..Default::default()
+            };
+            assert_eq!(u.validate().unwrap_err().code, "invalid_role");
+        }
     }
 }

@@ -37,7 +37,7 @@ pub use store::{CredentialStore, StoredAccount};
 ///
 /// - `POST /login`, `POST /register`, `POST /guest-token`: tokens and accounts;
 /// - `GET /.well-known/jwks.json`: the public signing keys;
-/// - `GET`/`DELETE /accounts/{username}`: account administration;
+/// - `GET`/`DELETE /accounts/{username}`, `PUT /accounts/{username}/roles`: account administration;
 /// - `GET /ready`: whether the credential store answers.
 pub fn router(state: AppState) -> Router {
     let instance = state.instance().clone();
@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/accounts/{username}",
             get(routes::get_account).delete(routes::delete_account),
+        )
+        .route(
+            "/accounts/{username}/roles",
+            axum::routing::put(routes::set_roles),
         )
         .route("/ready", get(routes::ready))
         .with_state(state);

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use common::Json;
 use serde_json::{Value, json};
 
-use api::wire::auth::{Account, LoginRequest, RegisterRequest, TokenResponse};
+use api::wire::auth::{Account, LoginRequest, RegisterRequest, RolesRequest, TokenResponse};
 
 use crate::store::StoredAccount;
 use crate::{AppState, Error, validate};
@@ -147,6 +147,30 @@ pub(crate) async fn delete_account(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::AccountNotFound(username))
+    }
+}
+
+/// `PUT /accounts/{username}/roles` `{"roles": [...]}`: replaces the account's roles. Tokens
+/// already issued keep their roles until they expire; the next login carries the new ones.
+pub(crate) async fn set_roles(
+    State(state): State<AppState>,
+    username: Result<Path<String>, PathRejection>,
+    Json(req): Json<RolesRequest>,
+) -> Result<Json<Account>, Error> {
+    let username = path_username(username)?;
+    if req.roles.is_empty() {
+        return Err(Error::InvalidRole);
+    }
+    for role in &req.roles {
+        validate::role(Some(role))?;
+    }
+    if !state.store().set_roles(&username, &req.roles).await? {
+        return Err(Error::AccountNotFound(username));
+    }
+    tracing::info!(%username, roles = ?req.roles, "roles changed");
+    match state.store().find(&username).await? {
+        Some(account) => Ok(Json(account.to_account())),
+        None => Err(Error::AccountNotFound(username)),
     }
 }
 

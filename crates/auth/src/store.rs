@@ -59,6 +59,9 @@ pub trait CredentialStore: Send + Sync + 'static {
     async fn insert(&self, account: &StoredAccount) -> Result<bool, Error>;
     /// Deletes the account named `username`; `Ok(false)` when there was none.
     async fn delete(&self, username: &str) -> Result<bool, Error>;
+    /// Replaces the roles of the account named `username` (effective from its next token);
+    /// `Ok(false)` when there is none.
+    async fn set_roles(&self, username: &str, roles: &[String]) -> Result<bool, Error>;
 }
 
 /// Opens (and creates the schema of) the store `config` names.

@@ -499,6 +499,10 @@ impl CredentialStore for Switchable {
         self.check()?;
         self.inner.delete(username).await
     }
+    async fn set_roles(&self, username: &str, roles: &[String]) -> Result<bool, Error> {
+        self.check()?;
+        self.inner.set_roles(username, roles).await
+    }
 }
 
 #[tokio::test]
@@ -615,4 +619,51 @@ async fn the_same_flow_works_on_postgresql() {
         call(&a, Method::GET, "/accounts/ivan", None).await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn a_role_change_is_in_the_next_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = state(dir.path()).await;
+    assert_eq!(
+        register(&state, "dora", "dora-password").await.0,
+        StatusCode::CREATED
+    );
+    let (_, before) = login(&state, "dora", "dora-password").await;
+    let before = verify(&state, before["token"].as_str().expect("token")).await;
+    assert_eq!(before.roles, ["user"]);
+
+    let (status, _, body) = call(
+        &state,
+        Method::PUT,
+        "/accounts/dora/roles",
+        Some(r#"{"roles": ["admin"]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["roles"], json!(["admin"]));
+    let (_, after) = login(&state, "dora", "dora-password").await;
+    let after = verify(&state, after["token"].as_str().expect("token")).await;
+    assert_eq!(after.roles, ["admin"]);
+
+    for (uri, body, want) in [
+        (
+            "/accounts/dora/roles",
+            r#"{"roles": ["root"]}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/accounts/dora/roles",
+            r#"{"roles": []}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/accounts/nobody/roles",
+            r#"{"roles": ["user"]}"#,
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, _, answer) = call(&state, Method::PUT, uri, Some(body)).await;
+        assert_eq!(status, want, "{uri} {body}: {answer}");
+    }
 }

@@ -595,8 +595,18 @@ async fn a_body_field_is_counted_when_asked_for_and_the_json_stays_valid() {
         .iter()
         .map(|s| (s.id.as_str(), s.count))
         .collect();
-    assert_eq!(counts, [("svc-0", 25), ("svc-1", 25)]);
-    assert_eq!(r.field_counts[0].percent, 25.0, "percent of all answers");
+    // Each connection takes the two URLs in turn on its own, so the split between them (and so
+    // between the two service ids) can be off by a request or two per connection.
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_eq!((counts[0].0, counts[1].0), ("svc-0", "svc-1"));
+    let counted: u64 = counts.iter().map(|c| c.1).sum();
+    assert!((44..=56).contains(&counted), "{counts:?}");
+    assert!(counts.iter().all(|c| (18..=32).contains(&c.1)), "{counts:?}");
+    let want = counts[0].1 as f64 * 100.0 / r.requests.answered as f64;
+    assert!(
+        (r.field_counts[0].percent - want).abs() < 1e-9,
+        "percent of all answers"
+    );
     assert_eq!(r.config.count_field.as_deref(), Some("service_id"));
     let text = bench::summary::render(&r);
     assert!(text.contains("Body field `service_id`"), "{text}");

@@ -6,6 +6,7 @@
 
 mod scenario;
 mod serve;
+mod shards;
 mod supervisor;
 mod topology;
 mod up;
@@ -48,6 +49,8 @@ enum Command {
     },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
     Bench(Box<bench::BenchArgs>),
+    /// The users service's shards: what a new shard count would move.
+    Shards(shards::ShardsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Config { effective, config } => print_config(effective, config),
             Command::Bench(args) => bench_cmd(*args).await,
+            Command::Shards(args) => shards::run(args).await,
         }
     });
     match result {

@@ -23,6 +23,10 @@ pub(crate) enum Role {
     Db,
     /// The business microservice (`GET /process`).
     Service,
+    /// Runs queued tasks (`/health` and `/metrics` on its port).
+    Worker,
+    /// User profiles, sharded over N databases.
+    Users,
 }
 
 impl Role {
@@ -34,6 +38,8 @@ impl Role {
             Role::Cache => "cache",
             Role::Db => "db",
             Role::Service => "service",
+            Role::Worker => "worker",
+            Role::Users => "users",
         }
     }
 }
@@ -95,6 +101,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Role::Cache => cache::serve(listener, topo.cache, instance, shutdown).await?,
         Role::Db => db::serve(listener, topo.db, instance, shutdown).await?,
         Role::Service => service::serve(listener, topo.service, instance, shutdown).await?,
+        Role::Worker => worker::serve(listener, topo.worker, instance, shutdown).await?,
+        Role::Users => users::serve(listener, topo.users, instance, shutdown).await?,
     }
     tracing::info!("stopped");
     Ok(())

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../../scalelab.toml");
 
 /// The roles in start order: dependencies before the roles that call them.
-pub(crate) const ROLES: [&str; 6] = ["auth", "db", "cache", "service", "gateway", "lb"];
+pub(crate) const ROLES: [&str; 8] = [
+    "auth", "db", "worker", "cache", "service", "users", "gateway", "lb",
+];
 
 /// The whole topology file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +39,12 @@ pub(crate) struct Topology {
     pub(crate) db: db::Config,
     /// The business services.
     pub(crate) service: service::Config,
+    /// The task queue store, shared by the gateways (which submit) and the workers (which run).
+    pub(crate) queue: queue::Config,
+    /// The workers.
+    pub(crate) worker: worker::Config,
+    /// The users service (sharded profiles).
+    pub(crate) users: users::Config,
 }
 
 impl Default for Topology {
@@ -50,6 +58,9 @@ impl Default for Topology {
             cache: cache::Config::default(),
             db: db::Config::default(),
             service: service::Config::default(),
+            queue: queue::Config::default(),
+            worker: worker::Config::default(),
+            users: users::Config::default(),
         }
     }
 }
@@ -161,6 +172,7 @@ impl Topology {
         let (auth, service) = (self.urls("auth"), self.urls("service"));
         let cache = self.urls("cache").into_iter().next().unwrap_or_default();
         let db = self.urls("db").into_iter().next().unwrap_or_default();
+        let users = self.urls("users").into_iter().next().unwrap_or_default();
         let g = &mut self.gateway;
         if g.auth_urls.is_empty() {
             g.auth_urls = auth;
@@ -174,8 +186,19 @@ impl Topology {
         if g.db_url.is_empty() {
             g.db_url = db;
         }
+        if g.users_url.is_empty() {
+            g.users_url = users;
+        }
         self.auth.data_dir = self.data_dir.clone();
         self.db.data_dir = self.data_dir.clone();
+        // Gateways and workers must name the same task store: both take it from [queue].
+        self.queue.data_dir = self.data_dir.clone();
+        self.gateway.queue = Some(self.queue.clone());
+        self.worker.queue = self.queue.clone();
+        if self.worker.db_url.is_empty() {
+            self.worker.db_url = self.urls("db").into_iter().next().unwrap_or_default();
+        }
+        self.users.data_dir = self.data_dir.clone();
         if admin_password.is_some() {
             self.auth.admin_password = admin_password;
         }
@@ -215,10 +238,13 @@ mod tests {
             ("auth-1", 5011),
             ("auth-2", 5012),
             ("db-1", 5002),
+            ("worker-1", 5005),
+            ("worker-2", 5008),
             ("cache-1", 5004),
             ("service-1", 5001),
             ("service-2", 5006),
             ("service-3", 5007),
+            ("users-1", 5020),
             ("gateway-1", 5000),
             ("gateway-2", 5003),
             ("lb-1", 8000),
@@ -241,6 +267,10 @@ mod tests {
         assert_eq!(t.gateway.auth_urls.len(), 2);
         assert_eq!(t.gateway.cache_url, "http://127.0.0.1:5004");
         assert_eq!(t.gateway.db_url, "http://127.0.0.1:5002");
+        assert_eq!(t.worker.db_url, "http://127.0.0.1:5002");
+        assert_eq!(t.gateway.queue.as_ref(), Some(&t.worker.queue));
+        assert_eq!(t.worker.queue.data_dir, t.data_dir);
+        assert_eq!(t.gateway.users_url, "http://127.0.0.1:5020");
         assert_eq!(t.auth.admin_password.as_deref(), Some("s3cret-password"));
     }
 

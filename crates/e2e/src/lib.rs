@@ -152,6 +152,10 @@ pub struct Topology {
     start_timeout: Duration,
     /// The program to run instead of [`binary`] (the harness's own tests use a stand-in).
     program: Option<PathBuf>,
+    /// A directory to run in instead of a fresh temporary one (to restart on the same data).
+    dir: Option<PathBuf>,
+    /// The admin password instead of a random one (a restart keeps the first start's).
+    admin_password: Option<String>,
 }
 
 impl Default for Topology {
@@ -172,6 +176,8 @@ impl Topology {
             env: Vec::new(),
             start_timeout: START_TIMEOUT,
             program: None,
+            dir: None,
+            admin_password: None,
         }
     }
 
@@ -208,6 +214,21 @@ impl Topology {
         self
     }
 
+    /// Runs in `dir` (the data directory is `dir/data`) instead of a fresh temporary directory,
+    /// and leaves it in place afterwards: a second start with the same `dir` (and
+    /// [`Topology::admin_password`]) restarts the system on the data of the first.
+    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this admin password instead of a random one (the admin account is created on the
+    /// first start of a data directory only).
+    pub fn admin_password(mut self, password: impl Into<String>) -> Self {
+        self.admin_password = Some(password.into());
+        self
+    }
+
     /// Writes the topology file, runs `scalelab up` and waits until every instance answers
     /// `GET /health` with 200 and is listed with its pid in `instances.json`.
     ///
@@ -233,16 +254,28 @@ impl Topology {
     }
 
     async fn start_once(&self, binary: &Path) -> Result<Running, Failure> {
-        let dir = tempfile::Builder::new()
-            .prefix("scalelab-e2e-")
-            .tempdir()
-            .context("creating the data directory")?;
-        let data_dir = dir.path().join("data");
-        let config_path = dir.path().join("topology.toml");
+        let (dir, base) = match &self.dir {
+            Some(base) => {
+                std::fs::create_dir_all(base).context("creating the directory")?;
+                // The previous run's instance list names dead pids; `up` writes a new one.
+                let _ = std::fs::remove_file(base.join("data").join("instances.json"));
+                (None, base.clone())
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("scalelab-e2e-")
+                    .tempdir()
+                    .context("creating the data directory")?;
+                let base = dir.path().to_path_buf();
+                (Some(dir), base)
+            }
+        };
+        let data_dir = base.join("data");
+        let config_path = base.join("topology.toml");
         let instances = self.pick_ports()?;
         std::fs::write(&config_path, self.config_file(&data_dir, &instances)?)
             .context("writing the topology file")?;
-        let admin_password = random_password();
+        let admin_password = self.admin_password.clone().unwrap_or_else(random_password);
 
         let mut command = Command::new(binary);
         command
@@ -270,7 +303,7 @@ impl Topology {
 
         let running = Running {
             up: Mutex::new(Some(child)),
-            dir: Some(dir),
+            dir,
             data_dir,
             config_path,
             instances,

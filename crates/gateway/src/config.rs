@@ -21,6 +21,13 @@ pub struct Config {
     pub cache_url: String,
     /// Base URL of the `db` service; filled from the topology.
     pub db_url: String,
+    /// Base URL of the `users` service; filled from the topology. Empty: no profiles
+    /// (`/register` only creates credentials, `/users/...` answers `503`).
+    pub users_url: String,
+    /// The role each guarded route needs, by `"METHOD /route"` as written in the router.
+    /// `GET /users/{id}` applies when reading someone else's profile (your own needs no role).
+    /// A route left out needs no role beyond a valid token; setting this replaces the whole map.
+    pub required_roles: BTreeMap<String, String>,
     /// Where `GET /data` caches values: `service` (the cache service, shared by every gateway),
     /// `local` (in this process, per instance) or `redis` (needs `redis_url`).
     pub cache: CacheBackend,
@@ -44,6 +51,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Rate limits.
     pub rate_limit: RateLimitConfig,
+    /// The task store shared with the workers (`POST /tasks`, `/longtask`, `/add`); set by
+    /// `scalelab` from the topology's `[queue]` section. `None`: the task routes answer `503`.
+    #[serde(skip)]
+    pub queue: Option<queue::Config>,
 }
 
 impl Default for Config {
@@ -53,6 +64,17 @@ impl Default for Config {
             service_urls: Vec::new(),
             cache_url: String::new(),
             db_url: String::new(),
+            users_url: String::new(),
+            required_roles: [
+                "GET /users",
+                "GET /users/{id}",
+                "PATCH /users/{id}/role",
+                "GET /cache/stats",
+                "POST /cache/flush",
+            ]
+            .into_iter()
+            .map(|route| (route.to_string(), "admin".to_string()))
+            .collect(),
             cache: CacheBackend::Service,
             cache_ttl_secs: 30,
             local_cache_max_entries: 10_000,
@@ -63,6 +85,7 @@ impl Default for Config {
             services: balance::PoolConfig::default(),
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            queue: None,
         }
     }
 }
@@ -219,6 +242,12 @@ impl Config {
         }
         if self.auth.hs256_secret.as_deref() == Some("") {
             return Err(Error::Config("auth.hs256_secret is empty".into()));
+        }
+        if !self.users_url.is_empty() && !self.users_url.starts_with("http://") {
+            return Err(Error::Config(format!(
+                "{:?}: users_url must be an http:// URL",
+                self.users_url
+            )));
         }
         for url in self.auth_urls.iter().chain(&self.service_urls) {
             if !url.starts_with("http://") {

@@ -15,12 +15,18 @@
 //! | route | token | what |
 //! |---|---|---|
 //! | `POST /login`, `POST /auth/login` | no | `{"username","password"}` → `{"token","token_type","expires_in"}` |
-//! | `POST /register`, `POST /auth/register` | no (admin for `"role":"admin"`) | a new account |
+//! | `POST /register`, `POST /auth/register` | no (admin for `"role":"admin"`) | credentials in auth, then the profile in users |
 //! | `GET /token` | no | a guest token when `auth.anonymous_tokens`, else `404` |
 //! | `GET /data[?key=K][&refresh=true]`, `GET /data/{key}` | yes | cache-aside read, `X-Cache: HIT\|MISS` |
 //! | `PUT /data/{key}` `{"value": any}` | yes | write to db, delete the cached entry |
 //! | `GET /process` | yes | one service instance's answer plus `gateway_id` |
+//! | `GET`/`PATCH`/`DELETE /users/me`, `GET /getUserData` | yes | your profile (`users.rs`) |
+//! | `GET /users`, `GET /users/{id}`, `PATCH /users/{id}/role` | `required_roles` | profiles; `/users/{id}` cached |
 //! | `GET /cache/stats`, `POST /cache/flush` | admin | the cache backend's counters / empty it |
+//! | `POST /tasks`, `POST /longtask`, `POST /add` | yes | submit a task (`tasks.rs`): `202`/`201` |
+//! | `GET /tasks[?status&type&limit&cursor]`, `GET /tasks/{id}`, `GET /task/{id}`, `GET /result/{id}` | yes (owner or admin) | task state |
+//! | `DELETE /tasks/{id}`, `GET /tasks/{id}/events` | yes (owner or admin) | cancel a queued task; SSE of its changes |
+//! | `POST /tasks/{id}/requeue`, `GET /tasks/stats` | admin | re-queue a dead task; queue counts |
 //! | `GET /ready` | no | `200` when the JWKS is loaded and cache and db answer, else `503` |
 //! | `GET /health`, `GET /metrics` | no | liveness, Prometheus (from `common::stack`) |
 //!
@@ -45,10 +51,12 @@ mod redis_conn;
 mod routes;
 pub mod single_flight;
 mod state;
+mod tasks;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
 mod upstream;
+mod users;
 
 use std::future::Future;
 
@@ -86,8 +94,8 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/login", post(routes::login))
         .route("/auth/login", post(routes::login))
-        .route("/register", post(routes::register))
-        .route("/auth/register", post(routes::register))
+        .route("/register", post(users::register))
+        .route("/auth/register", post(users::register))
         .route("/token", get(routes::guest_token))
         .route("/data", get(routes::get_data))
         .route(
@@ -95,6 +103,8 @@ pub fn router(state: AppState) -> Router {
             get(routes::get_data_path).put(routes::put_data),
         )
         .route("/process", get(routes::process))
+        .merge(users::routes())
+        .merge(tasks::routes())
         .route("/cache/stats", get(routes::cache_stats))
         .route("/cache/flush", post(routes::cache_flush))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, Json, RequestId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use api::wire::auth::{Account, LoginRequest, RegisterRequest, TokenResponse};
+use api::wire::auth::{LoginRequest, TokenResponse};
 use api::wire::db::PutRecord;
 use api::wire::gateway::DataResponse;
 
@@ -23,8 +23,6 @@ use crate::{AppState, Error};
 pub const DEFAULT_KEY: &str = "my_data";
 /// Longest `/data` key, in bytes.
 const MAX_KEY_BYTES: usize = 256;
-/// The role admin routes need.
-const ADMIN: &str = "admin";
 
 /// Routes that need no token.
 pub(crate) fn is_public(route: &str) -> bool {
@@ -46,7 +44,7 @@ fn x_cache(hit: bool) -> (HeaderName, HeaderValue) {
     )
 }
 
-fn require(caller: &Caller, role: &str, what: &str) -> Result<(), Error> {
+pub(crate) fn require(caller: &Caller, role: &str, what: &str) -> Result<(), Error> {
     if caller.has_role(role) {
         Ok(())
     } else {
@@ -55,7 +53,7 @@ fn require(caller: &Caller, role: &str, what: &str) -> Result<(), Error> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Public routes: login, register, guest token.
+// Public routes: login, guest token (register is in `users.rs`).
 
 /// `POST /login`, `POST /auth/login`: a token from auth.
 pub(crate) async fn login(
@@ -70,31 +68,6 @@ pub(crate) async fn login(
         .call(Method::POST, "/login", Some(&req), &rid)
         .await?;
     Ok(Json(token))
-}
-
-/// `POST /register`, `POST /auth/register`: a new account, role `user` unless an admin asks for
-/// another.
-pub(crate) async fn register(
-    State(state): State<AppState>,
-    RequestId(rid): RequestId,
-    caller: Caller,
-    body: Result<Json<RegisterRequest>, ApiError>,
-) -> Result<(StatusCode, Json<Account>), Error> {
-    let Json(mut req) = body?;
-    match req.role.as_deref() {
-        None | Some("user") => req.role = None,
-        Some(role) => require(
-            &caller,
-            ADMIN,
-            &format!("creating an account with role {role:?}"),
-        )?,
-    }
-    let (status, account) = state
-        .inner
-        .auth
-        .call(Method::POST, "/register", Some(&req), &rid)
-        .await?;
-    Ok((status, Json(account)))
 }
 
 /// `GET /token`: a short-lived guest token, only when `auth.anonymous_tokens` is on (`404`
@@ -353,7 +326,7 @@ pub(crate) async fn cache_stats(
     RequestId(rid): RequestId,
     caller: Caller,
 ) -> Result<Json<Value>, Error> {
-    require(&caller, ADMIN, "GET /cache/stats")?;
+    state.require_route(&caller, "GET /cache/stats")?;
     let stats = state.inner.cache.stats(&rid).await?;
     let mut body = serde_json::to_value(stats).map_err(|e| Error::Internal(e.to_string()))?;
     if let Some(obj) = body.as_object_mut() {
@@ -369,7 +342,7 @@ pub(crate) async fn cache_flush(
     RequestId(rid): RequestId,
     caller: Caller,
 ) -> Result<Json<Value>, Error> {
-    require(&caller, ADMIN, "POST /cache/flush")?;
+    state.require_route(&caller, "POST /cache/flush")?;
     state.inner.cache.flush(&rid).await?;
     tracing::info!(backend = state.inner.cache.name(), "cache flushed");
     Ok(Json(

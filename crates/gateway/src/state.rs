@@ -53,12 +53,16 @@ pub(crate) struct Inner {
     pub(crate) services: Upstream,
     /// The db service (the source of truth behind the cache).
     pub(crate) db: DbClient,
+    /// The users service (profiles); `None` when the topology has none.
+    pub(crate) users: Option<api::client::UsersClient>,
     /// The configured cache backend.
     pub(crate) cache: Arc<dyn Cache>,
     /// The configured rate limiter.
     pub(crate) limiter: Arc<dyn Limiter>,
     /// Concurrent misses for one key share one db read.
     pub(crate) flights: SingleFlight<String, DbRead>,
+    /// The task queue store (`tasks.rs`), shared with the workers; `None` when not configured.
+    pub(crate) tasks: Option<Arc<dyn queue::Queue>>,
     /// The JWKS loader and the pools' health checks, stopped with the state.
     _tasks: Vec<AbortOnDrop>,
     _health: Vec<balance::health::HealthTask>,
@@ -122,6 +126,24 @@ impl AppState {
             upstream_timeout,
         ));
 
+        let users = (!config.users_url.is_empty()).then(|| {
+            api::client::UsersClient(JsonClient::new(
+                "users",
+                config.users_url.clone(),
+                upstream_timeout,
+            ))
+        });
+
+        // The one store the gateway opens itself: tasks are written where the workers read them.
+        let tasks = match &config.queue {
+            Some(q) => Some(
+                queue::open(q)
+                    .await
+                    .map_err(|e| Error::Config(format!("the task queue: {e}")))?,
+            ),
+            None => None,
+        };
+
         if config.auth_urls.is_empty() {
             tracing::warn!(
                 "no auth_urls: logins fail and, unless HS256 is configured, no token can be checked"
@@ -162,9 +184,11 @@ impl AppState {
                 auth,
                 services,
                 db,
+                users,
                 cache,
                 limiter,
                 flights: SingleFlight::default(),
+                tasks,
                 _tasks: vec![AbortOnDrop(loader)],
                 _health: health,
             }),

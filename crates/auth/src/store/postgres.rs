@@ -96,6 +96,15 @@ impl CredentialStore for PgStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn set_roles(&self, username: &str, roles: &[String]) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE accounts SET roles = $2 WHERE username = $1")
+            .bind(username)
+            .bind(encode_roles(roles))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ mod data;
 mod fakes;
 mod limits;
 mod routes;
+mod tasks;
 mod tokens;
+mod users;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

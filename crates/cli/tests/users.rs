@@ -1,0 +1,514 @@
+//! End to end: the users service behind the real `scalelab up`, driven through the balancer.
+//!
+//! `SCALELAB_E2E_USERS` sets how many users the bulk test registers (default 1,000, the issue's
+//! number); lower it for a quick run.
+
+use std::collections::HashSet;
+
+use e2e::{Running, Topology};
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+fn topology() -> Topology {
+    Topology::new()
+        .program(env!("CARGO_BIN_EXE_scalelab"))
+        .counts("users", 1)
+        // Low argon2 cost keeps a thousand registrations and logins quick; logins are not rate
+        // limited here because every client of this test has the same IP.
+        .toml_extra(
+            "[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\nmax_concurrent_hashes = 4\n",
+        )
+        .toml_extra("[gateway.rate_limit]\nlogin_per_minute = 0\n")
+        .toml_extra("[db]\nlatency_ms = 0\njitter_ms = 0\nseed_records = 1\n")
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(json!({ "raw": text }));
+    (status, headers, body)
+}
+
+struct Client<'a> {
+    sys: &'a Running,
+}
+
+impl Client<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sys.lb_url())
+    }
+
+    async fn register(&self, body: Value) -> (u16, Value) {
+        let (s, _, b) = send(self.sys.client().post(self.url("/register")).json(&body)).await;
+        (s, b)
+    }
+
+    async fn login(&self, user: &str, password: &str) -> (u16, Value) {
+        let (s, _, b) = send(
+            self.sys
+                .client()
+                .post(self.url("/login"))
+                .json(&json!({"username": user, "password": password})),
+        )
+        .await;
+        (s, b)
+    }
+
+    async fn token(&self, user: &str, password: &str) -> String {
+        let (s, b) = self.login(user, password).await;
+        assert_eq!(s, 200, "login {user}: {b}");
+        b["token"].as_str().expect("token").to_string()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .sys
+            .client()
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        send(req).await
+    }
+}
+
+fn user_body(name: &str) -> Value {
+    json!({"username": name, "password": format!("{name}-password"),
+           "email": format!("{name}@example.org"), "first_name": "First", "last_name": "Last"})
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], want_code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+}
+
+/// The shipped distributed file (PostgreSQL for auth, db and each users shard; Redis for the
+/// gateways), minus the ports and data directory the harness picks, on fresh databases.
+async fn distributed() -> Option<(Topology, Vec<common::testing::TestDb>)> {
+    let mut dbs = Vec::new();
+    for name in [
+        "e2e_users_auth",
+        "e2e_users_db",
+        "e2e_users_s0",
+        "e2e_users_s1",
+        "e2e_users_s2",
+    ] {
+        dbs.push(common::testing::fresh_postgres(name).await?);
+    }
+    let prefix = common::testing::fresh_redis_prefix().await?;
+    let shipped = include_str!("../../../scalelab.distributed.toml");
+    let mut file: toml::Table = toml::from_str(shipped).unwrap();
+    file.remove("instances");
+    file.remove("data_dir");
+    // Only what this test needs: the other roles' sections may name databases it did not make.
+    file.retain(|k, _| ["gateway", "auth", "db", "users"].iter().any(|r| **r == *k));
+    let shards: Vec<String> = dbs[2..]
+        .iter()
+        .map(|d| format!("[[users.shards]]\nurl = \"{}\"\n", d.url))
+        .collect();
+    let topo = topology()
+        .toml_extra(&toml::to_string(&file).unwrap())
+        .toml_extra(&format!(
+            "[auth]\ndatabase_url = \"{}\"\n[db]\ndatabase_url = \"{}\"\n\
+             [gateway]\nredis_url = \"{}\"\nredis_prefix = \"{prefix}\"\n",
+            dbs[0].url,
+            dbs[1].url,
+            common::testing::redis_url(),
+        ))
+        // Arrays of tables are replaced whole by the merge, so the shipped shards go.
+        .toml_extra(&format!("[users]\n{}", "shards = []\n"))
+        .toml_extra(&shards.concat());
+    Some((topo, dbs))
+}
+
+fn bulk_count() -> usize {
+    std::env::var("SCALELAB_E2E_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_register_log_in_and_read_their_profile() {
+    many_users(topology(), bulk_count()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_on_postgresql_shards() {
+    let Some((topo, _dbs)) = distributed().await else {
+        return;
+    };
+    many_users(topo, bulk_count()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_bad_input_caching_and_undo() {
+    roles_and_bad_input(topology()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_bad_input_caching_and_undo_on_postgresql_shards() {
+    let Some((topo, _dbs)) = distributed().await else {
+        return;
+    };
+    roles_and_bad_input(topo).await;
+}
+
+async fn many_users(topo: Topology, n: usize) {
+    let sys = topo.start().await.expect("scalelab up");
+    let c = Client { sys: &sys };
+
+    let started = std::time::Instant::now();
+    let ids: Vec<(String, String)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let c = &c;
+            async move {
+                let name = format!("bulk{i:04}");
+                let (s, b) = c.register(user_body(&name)).await;
+                assert_eq!(s, 201, "register {name}: {b}");
+                assert_eq!(b["profile"]["id"], b["id"], "{b}");
+                assert_eq!(b["profile"]["email"], format!("{name}@example.org"));
+                (name, b["id"].as_str().expect("id").to_string())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let registered = started.elapsed();
+
+    let started = std::time::Instant::now();
+    futures::stream::iter(ids.iter())
+        .map(|(name, id)| {
+            let c = &c;
+            async move {
+                let token = c.token(name, &format!("{name}-password")).await;
+                let (s, _, me) = c
+                    .call(reqwest::Method::GET, "/users/me", &token, None)
+                    .await;
+                assert_eq!(s, 200, "{name}: {me}");
+                assert_eq!((&me["id"], &me["username"]), (&json!(id), &json!(name)));
+                assert_eq!(me["role"], "user");
+            }
+        })
+        .buffer_unordered(16)
+        .for_each(|()| async {})
+        .await;
+    eprintln!(
+        "{n} users: registered in {:.1} s, logged in and read /users/me in {:.1} s",
+        registered.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every shard holds users, and together exactly the ones registered (the bootstrap admin has
+    // an account but no profile).
+    let shards: Value = sys
+        .client()
+        .get(format!("{}/shards", sys.url("users", 1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shards["shard_count"], 3, "{shards}");
+    let counts: Vec<u64> = shards["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["users"].as_u64().expect("a count"))
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), n as u64, "{shards}");
+    assert!(counts.iter().all(|c| *c > 0), "a shard is unused: {shards}");
+    eprintln!("users per shard: {counts:?}");
+
+    // The admin pages through all of them, in id order, each exactly once.
+    let admin = sys.admin_token().await.unwrap();
+    let mut seen = Vec::new();
+    let mut path = "/users?limit=100".to_string();
+    loop {
+        let (s, _, page) = c.call(reqwest::Method::GET, &path, &admin, None).await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(
+            page["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/users?limit=100&after={cursor}"),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = ids.iter().map(|(_, id)| id.clone()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+
+    // `scalelab shards plan --to 4` reads the same shards: about a quarter move under jump hash,
+    // all of them to the new shard; about three quarters would under `hash % n`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalelab"))
+        .args(["shards", "plan", "--to", "4", "--config"])
+        .arg(sys.config_path())
+        .arg("--data-dir")
+        .arg(sys.data_dir())
+        .output()
+        .expect("scalelab shards plan");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ scalelab shards plan --to 4\n{text}");
+    assert!(
+        text.starts_with(&format!("{n} users, 3 -> 4 shards")),
+        "{text}"
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.contains(" -> ") && !l.contains("shards"))
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "a -> b  jump  modulo": jump hash only ever moves users to the new shard 3.
+        assert!(fields[3] == "0" || fields[2] == "3", "{line}");
+    }
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .expect("a total line");
+    let numbers: Vec<f64> = total
+        .split_whitespace()
+        .filter_map(|w| {
+            w.trim_matches(|c| c == '(' || c == ')' || c == '%')
+                .parse()
+                .ok()
+        })
+        .collect();
+    // [jump moved, jump %, modulo moved, modulo %]
+    if n >= 500 {
+        assert!((18.0..32.0).contains(&numbers[1]), "{total}");
+        assert!(numbers[3] > 60.0, "{total}");
+    }
+    sys.stop().await.unwrap();
+}
+
+async fn roles_and_bad_input(topo: Topology) {
+    let sys = topo.start().await.expect("scalelab up");
+    let c = Client { sys: &sys };
+    use reqwest::Method as M;
+
+    // The lab's registration (no profile fields) still works; the profile has nulls.
+    let (s, b) = c
+        .register(json!({"username": "alice", "password": "correct horse battery"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["profile"]["email"], Value::Null);
+    let alice = c.token("alice", "correct horse battery").await;
+    let (s, _, me) = c.call(M::GET, "/getUserData", &alice, None).await;
+    assert_eq!((s, me["username"].clone()), (200, json!("alice")));
+    let alice_id = me["id"].as_str().unwrap().to_string();
+
+    let (s, b) = c.register(user_body("bob")).await;
+    assert_eq!(s, 201, "{b}");
+    let bob_id = b["id"].as_str().unwrap().to_string();
+    let bob = c.token("bob", "bob-password").await;
+    let admin = sys.admin_token().await.unwrap();
+
+    // Role matrix.
+    for (token, method, path, body, want) in [
+        (&bob, M::GET, "/users".to_string(), None, 403),
+        (&bob, M::GET, format!("/users/{alice_id}"), None, 403),
+        (&bob, M::GET, format!("/users/{bob_id}"), None, 200),
+        (
+            &bob,
+            M::PATCH,
+            format!("/users/{alice_id}/role"),
+            Some(json!({"role": "admin"})),
+            403,
+        ),
+        (
+            &bob,
+            M::PATCH,
+            "/users/me".to_string(),
+            Some(json!({"role": "admin"})),
+            403,
+        ),
+        (&bob, M::GET, "/cache/stats".to_string(), None, 403),
+        (&admin, M::GET, "/users".to_string(), None, 200),
+        (&admin, M::GET, format!("/users/{alice_id}"), None, 200),
+        (&admin, M::GET, "/cache/stats".to_string(), None, 200),
+    ] {
+        let (s, _, b) = c.call(method.clone(), &path, token, body).await;
+        assert_eq!(s, want, "{method} {path}: {b}");
+        if want == 403 {
+            assert_eq!(b["error"], "forbidden");
+            assert!(b["message"].as_str().unwrap().contains("admin"), "{b}");
+        }
+    }
+    let (s, _, _) = c.call(M::GET, "/users/me", "not-a-token", None).await;
+    assert_eq!(s, 401);
+
+    // Cache-aside on GET /users/{id}, invalidated by the user's own update.
+    // (The role matrix above already read bob's profile once: it is cached.)
+    let path = format!("/users/{bob_id}");
+    let (_, h, _) = c.call(M::GET, &path, &admin, None).await;
+    assert_eq!(h["x-cache"], "HIT");
+    let (_, h, _) = c.call(M::GET, &path, &admin, None).await;
+    assert_eq!(h["x-cache"], "HIT");
+    let (s, _, up) = c
+        .call(
+            M::PATCH,
+            "/users/me",
+            &bob,
+            Some(json!({"first_name": "Robert"})),
+        )
+        .await;
+    assert_eq!((s, up["first_name"].clone()), (200, json!("Robert")));
+    let (_, h, b) = c.call(M::GET, &path, &admin, None).await;
+    assert_eq!(
+        (h["x-cache"].to_str().unwrap(), b["first_name"].clone()),
+        ("MISS", json!("Robert"))
+    );
+
+    // An admin makes bob an admin: in his profile at once, in his token from his next login.
+    let (s, _, b) = c
+        .call(
+            M::PATCH,
+            &format!("/users/{bob_id}/role"),
+            &admin,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, h, b) = c.call(M::GET, &path, &admin, None).await;
+    assert_eq!(
+        (h["x-cache"].to_str().unwrap(), b["role"].clone()),
+        ("MISS", json!("admin"))
+    );
+    let (s, _, _) = c.call(M::GET, "/users", &bob, None).await;
+    assert_eq!(s, 403, "the old token keeps its roles");
+    let bob = c.token("bob", "bob-password").await;
+    let (s, _, _) = c.call(M::GET, "/users", &bob, None).await;
+    assert_eq!(s, 200, "the new token carries admin");
+
+    // Bad input.
+    let (s, b) = c.register(user_body("bob")).await;
+    assert_error(s, &b, 409, "username_taken");
+    let long = "x".repeat(101);
+    for (body, code) in [
+        (
+            json!({"username": "carol", "password": "carol-password", "email": "carol"}),
+            "invalid_email",
+        ),
+        (
+            json!({"username": "carol", "password": "carol-password", "first_name": ""}),
+            "invalid_name",
+        ),
+        (
+            json!({"username": "carol", "password": "carol-password", "last_name": long}),
+            "invalid_name",
+        ),
+        (
+            json!({"username": "carol", "password": "short"}),
+            "weak_password",
+        ),
+        (
+            json!({"username": "c", "password": "carol-password"}),
+            "invalid_username",
+        ),
+    ] {
+        let (s, b) = c.register(body.clone()).await;
+        assert_error(s, &b, 400, code);
+    }
+    // None of those left an account behind.
+    assert_eq!(c.login("carol", "carol-password").await.0, 401);
+    let (s, _, b) = c
+        .call(
+            M::PATCH,
+            "/users/me",
+            &bob,
+            Some(json!({"email": "no-at-sign"})),
+        )
+        .await;
+    assert_error(s, &b, 400, "invalid_email");
+    let (s, _, b) = c.call(M::GET, "/users/no-such-id", &admin, None).await;
+    assert_error(s, &b, 404, "not_found");
+
+    let sql = "Robert'); DROP TABLE profiles;--";
+    let html = "<script>alert('x')</script><b>bold</b>";
+    let (s, b) = c
+        .register(json!({"username": "dave", "password": "dave-password",
+                         "first_name": sql, "last_name": html, "email": "d@example.org"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let dave = c.token("dave", "dave-password").await;
+    let (_, h, me) = c.call(M::GET, "/users/me", &dave, None).await;
+    assert_eq!(
+        (me["first_name"].as_str(), me["last_name"].as_str()),
+        (Some(sql), Some(html))
+    );
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+
+    // No half-registered user: with users frozen, registration fails and the account is undone.
+    let pid = sys.kill("users-1", Signal::SIGSTOP).unwrap();
+    let (s, b) = c.register(user_body("erin")).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+    assert_error(s, &b, 503, "registration_failed");
+    assert_eq!(
+        c.login("erin", "erin-password").await.0,
+        401,
+        "the account was undone"
+    );
+    // A retry works once users is back (the gateway deletes a profile that users wrote late,
+    // after the gateway had given up on it; until then the name may still be taken).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    loop {
+        let (s, b) = c.register(user_body("erin")).await;
+        if s == 201 {
+            break;
+        }
+        assert_error(s, &b, 409, "username_taken");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "erin never registered: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(c.login("erin", "erin-password").await.0, 200);
+
+    // DELETE /users/me removes the user from both services.
+    let (s, _, b) = c.call(M::DELETE, "/users/me", &dave, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(c.login("dave", "dave-password").await.0, 401);
+    let (s, _, _) = c
+        .call(
+            M::GET,
+            &format!("/users/{}", me["id"].as_str().unwrap()),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, b) = c.register(user_body("dave")).await;
+    assert_eq!(s, 201, "the name is free again: {b}");
+
+    let served: HashSet<String> = sys.ids_of("users").into_iter().collect();
+    assert_eq!(served.len(), 1);
+    sys.stop().await.unwrap();
+}

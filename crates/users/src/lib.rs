@@ -1,0 +1,207 @@
+//! `users`: user profiles sharded over N databases by a stable hash of the user id, with read
+//! replicas per shard. It is an internal API: the gateway calls it (registration, `/users/me`,
+//! admin listing), clients never do.
+//!
+//! [`Config`] is the `[users]` section of the topology: the shard layout (embedded: `shard_count`
+//! SQLite files in the data directory; distributed: one PostgreSQL URL per shard, each with its
+//! replicas). [`AppState::new`] opens every shard; [`router`] serves `routes.rs` inside the standard
+//! stack. Start reading at `shard.rs` (which shard a user lives on: jump hash over FNV-1a), then
+//! `shards.rs` (routing of reads, writes, the username index and scatter-gather), `store.rs` (one
+//! shard's SQL) and `routes.rs`.
+
+mod error;
+mod routes;
+pub mod shard;
+mod shards;
+mod store;
+#[cfg(test)]
+mod tests;
+mod time;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use error::Error;
+pub use shards::{Consistency, Shard, Shards};
+pub use store::{Changes, ShardStore, SqlStore};
+
+/// The `[users]` section of the topology file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How many shards the embedded layout has when `shards` is empty: one SQLite file
+    /// `<data_dir>/users-shard-<n>.sqlite` each. Changing it moves users (`scalelab shards plan`).
+    pub shard_count: u32,
+    /// The explicit layout, one entry per shard in shard order (distributed: one PostgreSQL
+    /// database each). When set, `shard_count` is ignored and the layout is this list.
+    pub shards: Vec<ShardConfig>,
+    /// Largest page `GET /users?limit=` returns.
+    pub max_page_size: u32,
+    /// The directory of the SQLite files; set by `scalelab` from `--data-dir`.
+    #[serde(skip)]
+    pub data_dir: PathBuf,
+}
+
+/// One shard of an explicit layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// The primary: `postgres://user@host:port/db` or `sqlite:PATH`.
+    pub url: String,
+    /// Read replicas of the primary (streaming replicas for PostgreSQL), tried in turn.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shard_count: 3,
+            shards: Vec::new(),
+            max_page_size: 100,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Config {
+    /// The layout in effect: `shards`, or `shard_count` SQLite files in the data directory.
+    pub fn layout(&self) -> Vec<ShardConfig> {
+        if !self.shards.is_empty() {
+            return self.shards.clone();
+        }
+        (0..self.shard_count)
+            .map(|i| ShardConfig {
+                url: format!(
+                    "sqlite:{}",
+                    self.data_dir
+                        .join(format!("users-shard-{i}.sqlite"))
+                        .display()
+                ),
+                replicas: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.shards.is_empty() && self.shard_count == 0 {
+            return Err(Error::Config("shard_count must be at least 1".into()));
+        }
+        if self.max_page_size == 0 {
+            return Err(Error::Config("max_page_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The page limit.
+    config: Arc<Config>,
+    /// The layout and its stores.
+    shards: Shards,
+    /// Who we are (the standard stack, metric labels).
+    instance: common::Instance,
+}
+
+impl AppState {
+    /// Validates `config` and opens every shard (SQLite files are created; PostgreSQL shards
+    /// connect lazily so that one shard down at start does not stop the others).
+    pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
+        config.validate()?;
+        tokio::fs::create_dir_all(&config.data_dir).await?;
+        let mut shards = Vec::new();
+        for s in config.layout() {
+            let primary: Arc<dyn ShardStore> = Arc::new(SqlStore::open(&s.url).await?);
+            let mut replicas: Vec<Arc<dyn ShardStore>> = Vec::new();
+            for r in &s.replicas {
+                replicas.push(Arc::new(SqlStore::open_replica(r).await?));
+            }
+            shards.push(Shard::new(primary, replicas));
+        }
+        Self::with_shards(config, instance, Shards::new(shards)?)
+    }
+
+    /// Like [`AppState::new`] with shards the caller built (test doubles, shards that are down).
+    pub fn with_shards(
+        config: Config,
+        instance: common::Instance,
+        shards: Shards,
+    ) -> Result<AppState, Error> {
+        config.validate()?;
+        tracing::info!(shards = shards.count(), "users ready");
+        Ok(AppState {
+            config: Arc::new(config),
+            shards,
+            instance,
+        })
+    }
+}
+
+/// What changing the shard count to `to` would move, counted over every profile on the current
+/// layout's primaries (read-only; the service may keep running). Under `hash % N` beside it.
+pub async fn plan_move(config: &Config, to: u32) -> Result<shard::MovePlan, Error> {
+    config.validate()?;
+    if to == 0 {
+        return Err(Error::Config(
+            "the new shard count must be at least 1".into(),
+        ));
+    }
+    let layout = config.layout();
+    let mut ids = Vec::new();
+    for (i, s) in layout.iter().enumerate() {
+        let store = SqlStore::open(&s.url).await?;
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_after(after.as_deref(), 1000)
+                .await
+                .map_err(|e| match e {
+                    Error::Unavailable(detail) => Error::ShardDown {
+                        shard: i as u32,
+                        detail,
+                    },
+                    other => other,
+                })?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            ids.extend(page.into_iter().map(|p| p.id));
+        }
+    }
+    Ok(shard::MovePlan::new(
+        ids.iter().map(String::as_str),
+        layout.len() as u32,
+        to,
+    ))
+}
+
+/// The users API inside the standard stack of `common`.
+pub fn router(state: AppState) -> Router {
+    let instance = state.instance.clone();
+    common::stack::wrap(
+        routes::routes(state),
+        &instance,
+        common::stack::Limits::default(),
+    )
+}
+
+/// Opens the shards, then serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    instance: common::Instance,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = AppState::new(config, instance).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, id = %state.instance.id, "users listening");
+    }
+    common::serve(listener, router(state), shutdown).await?;
+    Ok(())
+}

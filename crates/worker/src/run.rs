@@ -1,0 +1,207 @@
+//! The run loop: `concurrency` slots, each claiming and running one task at a time, and a
+//! gauge refresher for the queue's depth.
+//!
+//! A slot's worker id is `<instance>/<slot>` (`worker-1/3`): a slot holds at most one task, so the
+//! id names one lease holder, and the queue refuses a late holder's calls.
+
+use std::time::{Duration, Instant};
+
+use queue::{Error as QueueError, Task};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::AppState;
+use crate::handlers::Context;
+
+/// Runs every slot and the gauge refresher until `stop` turns true and the slots are done.
+pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
+    let mut slots = tokio::task::JoinSet::new();
+    for n in 1..=state.inner.config.concurrency {
+        slots.spawn(slot(state.clone(), n, stop.clone()));
+    }
+    let gauges = tokio::spawn(refresh_gauges(state.clone(), stop.clone()));
+    while let Some(done) = slots.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a worker slot ended abnormally");
+        }
+    }
+    gauges.abort();
+    tracing::info!(id = %state.inner.instance.id, "every slot stopped");
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The borrow `wait_for` returns is not `Send`; drop it here.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Waits `d`, or less if `stop` turns true.
+async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stopped(stop) => {}
+    }
+}
+
+async fn slot(state: AppState, n: usize, mut stop: watch::Receiver<bool>) {
+    let inner = &state.inner;
+    let worker_id = format!("{}/{n}", inner.instance.id);
+    let lease = Duration::from_millis(inner.config.lease_ms);
+    let poll = Duration::from_millis(inner.config.poll_ms);
+    while !*stop.borrow() {
+        match inner.queue.claim(&worker_id, lease).await {
+            Ok(Some(task)) => run_one(&state, &worker_id, task, &mut stop).await,
+            Ok(None) => pause(poll, &mut stop).await,
+            Err(e) => {
+                tracing::warn!(error = %e, %worker_id, "claiming failed; retrying");
+                pause(poll * 5, &mut stop).await;
+            }
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Outcome {
+    /// The handler returned.
+    Done(Result<Value, String>),
+    /// The queue says this slot no longer holds the task: another worker runs it now.
+    LeaseLost,
+    /// Shutdown came and the grace period ran out: give the task back.
+    Release,
+}
+
+async fn run_one(state: &AppState, worker_id: &str, task: Task, stop: &mut watch::Receiver<bool>) {
+    let inner = &state.inner;
+    let id = inner.instance.id.to_string();
+    let kind = task.kind.clone();
+    let lease = Duration::from_millis(inner.config.lease_ms);
+    if let Some(started) = task.started_at {
+        let waited = (started - task.created_at).max(0) as f64 / 1000.0;
+        metrics::histogram!("scalelab_task_wait_seconds", "type" => kind.clone()).record(waited);
+    }
+    let in_flight = metrics::gauge!("scalelab_worker_in_flight", "id" => id.clone());
+    in_flight.increment(1.0);
+    tracing::info!(task = %task.id, %kind, attempt = task.attempts, %worker_id, "running");
+
+    let (progress_tx, mut progress_rx) = watch::channel(None);
+    let ctx = Context::new(&task.id, inner.db.clone(), progress_tx);
+    let started = Instant::now();
+    let outcome = match inner.registry.get(&kind) {
+        None => Outcome::Done(Err(format!("this worker has no handler for {kind:?}"))),
+        Some(handler) => {
+            let work = handler.run(task.payload.clone(), &ctx);
+            tokio::pin!(work);
+            let mut beat = tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms));
+            beat.tick().await;
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let deadline = grace.unwrap_or_else(|| tokio::time::Instant::now() + lease);
+                tokio::select! {
+                    out = &mut work => break Outcome::Done(out),
+                    _ = beat.tick() => {
+                        let renewed = if progress_rx.has_changed().unwrap_or(false) {
+                            let p = progress_rx.borrow_and_update().clone().unwrap_or(Value::Null);
+                            inner.queue.progress(&task.id, worker_id, p, lease).await
+                        } else {
+                            inner.queue.heartbeat(&task.id, worker_id, lease).await
+                        };
+                        match renewed {
+                            Ok(()) => {}
+                            Err(QueueError::LeaseLost { .. }) => break Outcome::LeaseLost,
+                            // The store may be back before the lease runs out; keep working.
+                            Err(e) => tracing::warn!(error = %e, task = %task.id, "heartbeat failed"),
+                        }
+                    }
+                    _ = stopped(stop), if grace.is_none() => {
+                        grace = Some(tokio::time::Instant::now()
+                            + Duration::from_millis(inner.config.shutdown_grace_ms));
+                    }
+                    _ = tokio::time::sleep_until(deadline), if grace.is_some() => break Outcome::Release,
+                }
+            }
+        }
+    };
+    // The last progress report, so that a finished task shows how far it got.
+    if progress_rx.has_changed().unwrap_or(false) {
+        let p = progress_rx
+            .borrow_and_update()
+            .clone()
+            .unwrap_or(Value::Null);
+        let _ = inner.queue.progress(&task.id, worker_id, p, lease).await;
+    }
+    let ran = started.elapsed().as_secs_f64();
+    let label = match &outcome {
+        Outcome::Done(Ok(_)) => "succeeded",
+        Outcome::Done(Err(_)) => "failed",
+        Outcome::LeaseLost => "lease_lost",
+        Outcome::Release => "released",
+    };
+    metrics::histogram!("scalelab_task_run_seconds", "type" => kind.clone(), "outcome" => label)
+        .record(ran);
+    metrics::counter!("scalelab_tasks_total", "type" => kind.clone(), "outcome" => label, "id" => id)
+        .increment(1);
+    match outcome {
+        Outcome::Done(Ok(result)) => {
+            match inner.queue.complete(&task.id, worker_id, result).await {
+                Ok(_) => tracing::info!(task = %task.id, %kind, secs = ran, "succeeded"),
+                Err(QueueError::LeaseLost { .. }) => {
+                    tracing::warn!(task = %task.id, "finished after losing the lease; the current holder's result counts")
+                }
+                // The result is lost with the store; the lease lapses and the task runs again.
+                Err(e) => {
+                    tracing::error!(error = %e, task = %task.id, "could not store the result")
+                }
+            }
+        }
+        Outcome::Done(Err(message)) => {
+            match inner.queue.fail(&task.id, worker_id, &message).await {
+                Ok(t) if t.status == queue::Status::Dead => {
+                    metrics::counter!("scalelab_task_dead_total", "type" => kind.clone())
+                        .increment(1);
+                    tracing::warn!(task = %task.id, %kind, error = %message, "dead: out of attempts");
+                }
+                Ok(t) => {
+                    metrics::counter!("scalelab_task_retries_total", "type" => kind.clone())
+                        .increment(1);
+                    tracing::info!(task = %task.id, %kind, error = %message, retry_at = t.not_before, "failed; will retry");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, task = %task.id, "could not record the failure")
+                }
+            }
+        }
+        Outcome::LeaseLost => {
+            tracing::warn!(task = %task.id, "lease lost while running; another worker has the task")
+        }
+        Outcome::Release => match inner.queue.release(&task.id, worker_id).await {
+            Ok(()) => {
+                tracing::info!(task = %task.id, "released at shutdown; it runs again elsewhere")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, task = %task.id, "release failed; the lease will lapse")
+            }
+        },
+    }
+    in_flight.decrement(1.0);
+}
+
+/// Keeps the queue gauges of `/metrics` current.
+async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(state.inner.config.stats_interval_ms);
+    while !*stop.borrow() {
+        match state.inner.queue.stats().await {
+            Ok(stats) => {
+                for (priority, n) in &stats.depth_by_priority {
+                    metrics::gauge!("scalelab_queue_depth", "priority" => priority.clone())
+                        .set(*n as f64);
+                }
+                for (status, n) in &stats.by_status {
+                    metrics::gauge!("scalelab_queue_tasks", "status" => status.clone())
+                        .set(*n as f64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "queue stats failed"),
+        }
+        pause(every, &mut stop).await;
+    }
+}
