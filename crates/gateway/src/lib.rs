@@ -45,6 +45,7 @@
 pub mod cache;
 mod config;
 mod error;
+pub mod fence;
 mod guard;
 pub mod rate_limit;
 mod redis_conn;

@@ -233,6 +233,8 @@ async fn read_through(
 /// The one db read of a flight, and the cache refill.
 async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead {
     metrics::counter!("scalelab_gateway_db_reads_total").increment(1);
+    // Noted before the read: a write that lands after it makes the fill below store nothing.
+    let seen = state.inner.fence.generation(&key);
     let record = state
         .inner
         .db
@@ -243,7 +245,9 @@ async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead
         return Ok(None);
     };
     let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
-    if let Err(e) = state.inner.cache.set(&key, &record.value, ttl, &rid).await {
+    let fill = state.inner.cache.set(&key, &record.value, ttl, &rid);
+    let stored = state.inner.fence.fill_if_unchanged(&key, seen, fill).await;
+    if let Some(Err(e)) = stored {
         tracing::warn!(error = %e, backend = state.inner.cache.name(), %key, "cache write failed; the next read goes to the db again");
         metrics::counter!("scalelab_gateway_cache_errors_total", "op" => "set").increment(1);
     }
@@ -269,7 +273,8 @@ pub(crate) async fn put_data(
             .map_err(from_client)?;
         // Delete on write: the next read misses and loads the new value. A failed delete leaves
         // the old value until its TTL runs out; it is logged, the write itself succeeded.
-        let invalidated = match state.inner.cache.delete(&key, &rid).await {
+        let delete = state.inner.cache.delete(&key, &rid);
+        let invalidated = match state.inner.fence.invalidate(&key, delete).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, %key, "cache delete after a write failed; the old value stays until its TTL");

@@ -61,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) limiter: Arc<dyn Limiter>,
     /// Concurrent misses for one key share one db read.
     pub(crate) flights: SingleFlight<String, DbRead>,
+    /// Keeps a fill that raced a `PUT /data` from storing the value the write replaced.
+    pub(crate) fence: crate::fence::WriteFence,
     /// The task queue store (`tasks.rs`), shared with the workers; `None` when not configured.
     pub(crate) tasks: Option<Arc<dyn queue::Queue>>,
     /// The JWKS loader and the pools' health checks, stopped with the state.
@@ -188,6 +190,7 @@ impl AppState {
                 cache,
                 limiter,
                 flights: SingleFlight::default(),
+                fence: Default::default(),
                 tasks,
                 _tasks: vec![AbortOnDrop(loader)],
                 _health: health,

@@ -215,6 +215,43 @@ async fn put_writes_the_db_and_invalidates_the_cache() {
 }
 
 #[tokio::test]
+async fn a_fill_that_raced_a_write_does_not_bring_the_old_value_back() {
+    let h = Harness::start().await;
+    let state = h.state().await;
+    let app = router(state.clone());
+    let token = h.user();
+    // A miss whose db answer (the old value) is still on its way...
+    h.db.hold();
+    let reader = {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move { send(&app, get_with_token("/data", &token)).await })
+    };
+    wait_until("the read to reach the db", || h.db.gets() == 1).await;
+    // ...while a write lands and invalidates.
+    let put = send(
+        &app,
+        req(Method::PUT, "/data/my_data")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"value": "new"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.json);
+    h.db.release();
+    let stale = reader.await.unwrap();
+    assert_eq!(
+        stale.json["data"],
+        json!({"hello": "world"}),
+        "that read began before the write"
+    );
+    // The old value must not have been cached: the next read goes to the db and sees the write.
+    let next = send(&app, get_with_token("/data", &token)).await;
+    assert_eq!(next.header("x-cache"), "MISS");
+    assert_eq!(next.json["data"], json!("new"));
+}
+
+#[tokio::test]
 async fn a_cache_outage_still_answers_from_the_db() {
     let mut h = Harness::start().await;
     h.config.cache = CacheBackend::Service;

@@ -257,6 +257,9 @@ async fn db_get(
     if let Some(rid) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         db.request_ids.lock().unwrap().push(rid.to_string());
     }
+    // The value is read first and answered after the hold: a held read is one whose answer is
+    // still on its way while a write lands (what the write fence must cope with).
+    let value = db.records.lock().unwrap().get(&key).cloned();
     let mut open = db.open.subscribe();
     let _ = open.wait_for(|o| *o).await;
     if let Some(status) = *db.fail_with.lock().unwrap() {
@@ -266,7 +269,6 @@ async fn db_get(
         )
             .into_response();
     }
-    let value = db.records.lock().unwrap().get(&key).cloned();
     match value {
         Some(v) => Json(record(&key, &v)).into_response(),
         None => (
