@@ -1,8 +1,12 @@
-//! `scalelab shards plan --to N`: what changing the users service's shard count would move.
+//! `scalelab shards plan --to N`: what changing the users service's shard count would move;
+//! `scalelab shards rebalance --to N`: move them, online, through the running users service.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::{Value, json};
 
 use crate::topology::Topology;
 
@@ -28,6 +32,23 @@ enum ShardsCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Move users to N shards while the service keeps answering: the running users service
+    /// copies, verifies, switches and deletes (see crates/users/src/rebalance.rs). Resumable: if
+    /// this command or the service is killed, run it again (the service also resumes by itself).
+    Rebalance {
+        /// The new shard count.
+        #[arg(long, value_name = "N")]
+        to: u32,
+        /// Topology file (default: the built-in scalelab.toml); names the users instance.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The users service to drive (default: the topology's first users instance).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 pub(crate) async fn run(args: ShardsArgs) -> anyhow::Result<()> {
@@ -46,5 +67,91 @@ pub(crate) async fn run(args: ShardsArgs) -> anyhow::Result<()> {
             print!("{}", plan.render());
             Ok(())
         }
+        ShardsCommand::Rebalance {
+            to,
+            config,
+            url,
+            timeout_secs,
+        } => {
+            let topo = Topology::load(config.as_deref())?;
+            let url = match url {
+                Some(u) => u,
+                None => topo
+                    .instances()
+                    .into_iter()
+                    .find(|i| i.role == "users")
+                    .map(|i| i.url)
+                    .context("the topology has no users instance; give --url")?,
+            };
+            rebalance(&url, to, Duration::from_secs(timeout_secs)).await
+        }
+    }
+}
+
+/// Starts the move and follows it to the end, starting it again whenever the service answers
+/// without it (a restart before the move was recorded).
+async fn rebalance(url: &str, to: u32, timeout: Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut started = false;
+    let mut last_moved = None;
+    loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the move to {to} shards did not finish in {} s; run the command again to resume",
+            timeout.as_secs()
+        );
+        let status: Option<Value> = match http.get(format!("{url}/rebalance")).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        match status {
+            None => {
+                // The service is restarting (or down): it resumes a recorded move by itself.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Some(s) if s["count"] == to && s["target"].is_null() && s["moving"] == false => {
+                println!(
+                    "done: users are on {to} shards ({} users and username entries moved in the last pass).",
+                    s["moved"]
+                );
+                println!(
+                    "The layout is recorded on shard 0, where every users instance reads it at start; \
+                     set [users] shard_count = {to} (or list {to} [[users.shards]]) in the topology to match."
+                );
+                return Ok(());
+            }
+            Some(s) if s["target"].is_null() || !started => {
+                let r = http
+                    .post(format!("{url}/rebalance"))
+                    .json(&json!({ "to": to }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        if !started {
+                            println!("moving from {} to {to} shards", s["count"]);
+                        }
+                        started = true;
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        anyhow::bail!("the users service refused the move ({status}): {body}");
+                    }
+                    Err(_) => {}
+                }
+            }
+            Some(s) => {
+                if last_moved.as_ref() != Some(&s["moved"]) {
+                    println!("moved so far: {}", s["moved"]);
+                    last_moved = Some(s["moved"].clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

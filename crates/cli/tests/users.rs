@@ -165,6 +165,66 @@ async fn roles_bad_input_caching_and_undo_on_postgresql_shards() {
     roles_and_bad_input(topo).await;
 }
 
+/// Runs SQL on the test server's admin database (what `common::testing` connects to).
+fn psql(sql: &str) {
+    let out = std::process::Command::new("psql")
+        .arg(common::testing::pg_admin_url())
+        .args(["-q", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_down_fails_only_its_own_users() {
+    let Some((topo, dbs)) = distributed().await else {
+        return;
+    };
+    let sys = topo.start().await.expect("scalelab up");
+    let c = Client { sys: &sys };
+    // Users until each shard has one (ids are random UUIDs chosen by auth).
+    let mut by_shard: [Option<(String, String)>; 3] = [None, None, None];
+    for i in 0.. {
+        if by_shard.iter().all(Option::is_some) {
+            break;
+        }
+        let name = format!("sd{i}");
+        let (s, b) = c.register(user_body(&name)).await;
+        assert_eq!(s, 201, "{b}");
+        let shard = users::shard::shard_of(b["id"].as_str().unwrap(), 3) as usize;
+        let token = c.token(&name, &format!("{name}-password")).await;
+        by_shard[shard].get_or_insert((name, token));
+    }
+    let down = dbs[3].url.rsplit('/').next().unwrap().to_string();
+    psql(&format!(
+        "ALTER DATABASE \"{down}\" WITH ALLOW_CONNECTIONS false"
+    ));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{down}'"
+    ));
+    for (shard, entry) in by_shard.iter().enumerate() {
+        let (name, token) = entry.as_ref().unwrap();
+        let (s, _, b) = c.call(reqwest::Method::GET, "/users/me", token, None).await;
+        if shard == 1 {
+            assert_error(s, &b, 503, "shard_unavailable");
+            assert!(b["message"].as_str().unwrap().contains("shard 1"), "{b}");
+        } else {
+            assert_eq!(s, 200, "{name} on shard {shard}: {b}");
+        }
+    }
+    psql(&format!(
+        "ALTER DATABASE \"{down}\" WITH ALLOW_CONNECTIONS true"
+    ));
+    let (_, token) = by_shard[1].as_ref().unwrap();
+    let (s, _, b) = c.call(reqwest::Method::GET, "/users/me", token, None).await;
+    assert_eq!(s, 200, "shard 1 is back: {b}");
+    sys.stop().await.unwrap();
+}
+
 async fn many_users(topo: Topology, n: usize) {
     let sys = topo.start().await.expect("scalelab up");
     let c = Client { sys: &sys };
@@ -510,5 +570,183 @@ async fn roles_and_bad_input(topo: Topology) {
 
     let served: HashSet<String> = sys.ids_of("users").into_iter().collect();
     assert_eq!(served.len(), 1);
+    sys.stop().await.unwrap();
+}
+
+/// What the load knows of one user's `last_name`: the last value acknowledged, and the values
+/// sent since whose outcome is unknown (their request failed while users restarted).
+#[derive(Debug, Clone, Default)]
+struct Written {
+    acked: Option<String>,
+    unsure: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalancing_three_to_four_under_load_survives_a_kill() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let sys = topology().start().await.expect("scalelab up");
+    let c = Client { sys: &sys };
+    let n = 300;
+    let mut people = Vec::new();
+    for i in 0..n {
+        let name = format!("mv{i:03}");
+        let (s, b) = c.register(user_body(&name)).await;
+        assert_eq!(s, 201, "{b}");
+        let token = c.token(&name, &format!("{name}-password")).await;
+        people.push((name, b["id"].as_str().unwrap().to_string(), token));
+    }
+
+    // Load: every user rewrites their last name and reads it back, round after round.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let written: Arc<Mutex<HashMap<String, Written>>> = Arc::default();
+    let load = {
+        let (stop, written, people, acked) =
+            (stop.clone(), written.clone(), people.clone(), acked.clone());
+        let (http, lb) = (sys.client().clone(), sys.lb_url());
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(Ordering::SeqCst) {
+                round += 1;
+                for (_, id, token) in &people {
+                    let value = format!("r{round}");
+                    let r = http
+                        .patch(format!("{lb}/users/me"))
+                        .bearer_auth(token)
+                        .json(&json!({ "last_name": value }))
+                        .send()
+                        .await;
+                    let mut w = written.lock().unwrap();
+                    // Before any update, the last name is the one given at registration.
+                    let entry = w.entry(id.clone()).or_insert_with(|| Written {
+                        acked: Some("Last".into()),
+                        unsure: Vec::new(),
+                    });
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                            entry.acked = Some(value);
+                            entry.unsure.clear();
+                        }
+                        Ok(r) if r.status().is_client_error() => panic!("{}", r.status()),
+                        _ => entry.unsure.push(value),
+                    }
+                }
+            }
+            round
+        })
+    };
+
+    // Start the move on the service itself, kill the service at once (half-way), and let the
+    // supervisor restart it; then `scalelab shards rebalance` (the rerun) follows it to the end.
+    let users_url = sys.url("users", 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = sys
+        .client()
+        .post(format!("{users_url}/rebalance"))
+        .json(&json!({"to": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let acked_at_start = acked.load(Ordering::SeqCst);
+    let old = sys.kill("users-1", Signal::SIGKILL).unwrap();
+    sys.wait_restarted("users-1", old).await.unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_scalelab"))
+        .args([
+            "shards",
+            "rebalance",
+            "--to",
+            "4",
+            "--timeout-secs",
+            "120",
+            "--config",
+        ])
+        .arg(sys.config_path())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("$ scalelab shards rebalance --to 4\n{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("done: users are on 4 shards"), "{text}");
+    let acked_during = acked.load(Ordering::SeqCst) - acked_at_start;
+    assert!(
+        sys.logs().contains("resuming an unfinished rebalance"),
+        "the kill did not interrupt the move"
+    );
+    eprintln!("{acked_during} updates acknowledged between the start of the move and its end");
+    assert!(acked_during > 0, "the load must overlap the move");
+
+    // Some more load on the new layout, then stop it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let rounds = load.await.unwrap();
+    eprintln!("{rounds} rounds of updates in all");
+
+    // Every user exactly once, on the shard the new layout names, with their latest data.
+    let mut found: HashMap<String, (u32, Option<String>)> = HashMap::new();
+    for shard in 0..4 {
+        let url = format!(
+            "sqlite:{}",
+            sys.data_dir()
+                .join(format!("users-shard-{shard}.sqlite"))
+                .display()
+        );
+        let store = users::SqlStore::open(&url).await.unwrap();
+        use users::ShardStore as _;
+        for p in store.list_after(None, 100_000).await.unwrap() {
+            let again = found.insert(p.id.clone(), (shard, p.last_name.clone()));
+            assert!(again.is_none(), "{} is on two shards", p.id);
+        }
+    }
+    assert_eq!(found.len(), n, "users lost or added");
+    let written = written.lock().unwrap().clone();
+    let registered = Written {
+        acked: Some("Last".into()),
+        unsure: Vec::new(),
+    };
+    for (name, id, _) in &people {
+        let (shard, last) = &found[id];
+        assert_eq!(
+            *shard,
+            users::shard::shard_of(id, 4),
+            "{name} on the wrong shard"
+        );
+        let w = written.get(id).unwrap_or(&registered);
+        let ok = last == &w.acked || last.as_ref().is_some_and(|l| w.unsure.contains(l));
+        assert!(ok, "{name}: stored {last:?}, written {w:?}");
+    }
+    let shards: Value = sys
+        .client()
+        .get(format!("{users_url}/shards"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shards["shard_count"], 4, "{shards}");
+    eprintln!(
+        "users per shard after the move: {}",
+        shards["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["users"].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (name, id, token) in people.iter().take(20) {
+        let (s, _, me) = c.call(reqwest::Method::GET, "/users/me", token, None).await;
+        assert_eq!((s, me["id"].as_str()), (200, Some(id.as_str())), "{name}");
+    }
     sys.stop().await.unwrap();
 }

@@ -228,7 +228,8 @@ pub(crate) async fn register(
             ));
             metrics::counter!("scalelab_gateway_registrations_undone_total").increment(1);
             match users_error(e) {
-                e @ Error::Upstream { .. } => Err(e),
+                // A refusal (409, 400) is the client's to see; any outage is "nothing happened".
+                e @ Error::Upstream { status, .. } if status.is_client_error() => Err(e),
                 _ => Err(Error::Rejected(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "registration_failed",

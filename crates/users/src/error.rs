@@ -58,10 +58,23 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Error::Unavailable(e.to_string()),
-            other if common::sqlite::is_busy(&other) => Error::Unavailable(other.to_string()),
+            other if common::sqlite::is_busy(&other) || refuses_connections(&other) => {
+                Error::Unavailable(other.to_string())
+            }
             other => Error::Database(other),
         }
     }
+}
+
+/// PostgreSQL answers that mean "not reachable now" rather than "bad query": connection
+/// exceptions (class 08), shutting down or starting up (57P01-57P03), too many connections (53300),
+/// and a database that does not accept connections (55000, `ALLOW_CONNECTIONS false`).
+fn refuses_connections(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| {
+            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300" | "55000")
+        })
 }
 
 impl From<api::wire::users::Invalid> for Error {

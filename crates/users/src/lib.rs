@@ -7,9 +7,10 @@
 //! replicas). [`AppState::new`] opens every shard; [`router`] serves `routes.rs` inside the standard
 //! stack. Start reading at `shard.rs` (which shard a user lives on: jump hash over FNV-1a), then
 //! `shards.rs` (routing of reads, writes, the username index and scatter-gather), `store.rs` (one
-//! shard's SQL) and `routes.rs`.
+//! shard's SQL), `rebalance.rs` (moving users to a new shard count online) and `routes.rs`.
 
 mod error;
+mod rebalance;
 mod routes;
 pub mod shard;
 mod shards;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use error::Error;
-pub use shards::{Consistency, Shard, Shards};
+pub use shards::{Consistency, Layout, Shard, Shards};
 pub use store::{Changes, ShardStore, SqlStore};
 
 /// The `[users]` section of the topology file.
@@ -35,7 +36,8 @@ pub use store::{Changes, ShardStore, SqlStore};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How many shards the embedded layout has when `shards` is empty: one SQLite file
-    /// `<data_dir>/users-shard-<n>.sqlite` each. Changing it moves users (`scalelab shards plan`).
+    /// `<data_dir>/users-shard-<n>.sqlite` each. It starts a fresh layout; once users exist the
+    /// count recorded on shard 0 wins, and `scalelab shards rebalance --to N` changes it.
     pub shard_count: u32,
     /// The explicit layout, one entry per shard in shard order (distributed: one PostgreSQL
     /// database each). When set, `shard_count` is ignored and the layout is this list.
@@ -75,7 +77,22 @@ impl Config {
         if !self.shards.is_empty() {
             return self.shards.clone();
         }
-        (0..self.shard_count)
+        self.layout_for(self.shard_count).unwrap_or_default()
+    }
+
+    /// The first `n` shards: SQLite files named by number, or the first `n` of `shards` (which
+    /// must list that many: a move to more shards needs their databases in the topology).
+    pub fn layout_for(&self, n: u32) -> Result<Vec<ShardConfig>, Error> {
+        if !self.shards.is_empty() {
+            if self.shards.len() < n as usize {
+                return Err(Error::Config(format!(
+                    "{n} shards are needed and [[users.shards]] lists {}",
+                    self.shards.len()
+                )));
+            }
+            return Ok(self.shards[..n as usize].to_vec());
+        }
+        Ok((0..n)
             .map(|i| ShardConfig {
                 url: format!(
                     "sqlite:{}",
@@ -85,7 +102,7 @@ impl Config {
                 ),
                 replicas: Vec::new(),
             })
-            .collect()
+            .collect())
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -125,7 +142,47 @@ impl AppState {
             }
             shards.push(Shard::new(primary, replicas));
         }
-        Self::with_shards(config, instance, Shards::new(shards)?)
+        // The layout row on shard 0 is where every instance and every restart agree on the
+        // count (and on a move in progress); the topology's count only starts it.
+        let configured = shards.len() as u32;
+        let layout = match shards[0].primary.load_layout().await {
+            Ok(Some((count, target))) => {
+                let needed = count.max(target.unwrap_or(0));
+                if needed as usize > shards.len() {
+                    shards.extend(rebalance::open_more(&config, shards.len(), needed).await?);
+                }
+                if count != configured && target.is_none() {
+                    tracing::warn!(
+                        configured,
+                        recorded = count,
+                        "the topology's shard count differs from the one recorded after a rebalance; using the recorded one (update the topology)"
+                    );
+                }
+                Layout { count, target }
+            }
+            Ok(None) => {
+                if let Err(e) = shards[0].primary.save_layout(configured, None).await {
+                    tracing::warn!(error = %e, "could not record the shard layout");
+                }
+                Layout {
+                    count: configured,
+                    target: None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the recorded shard layout; using the topology's");
+                Layout {
+                    count: configured,
+                    target: None,
+                }
+            }
+        };
+        let shards = Shards::with_layout(shards, layout)?;
+        if let Some(to) = layout.target {
+            tracing::info!(from = layout.count, to, "resuming an unfinished rebalance");
+            rebalance::spawn(shards.clone(), to);
+        }
+        Self::with_shards(config, instance, shards)
     }
 
     /// Like [`AppState::new`] with shards the caller built (test doubles, shards that are down).
@@ -153,7 +210,14 @@ pub async fn plan_move(config: &Config, to: u32) -> Result<shard::MovePlan, Erro
             "the new shard count must be at least 1".into(),
         ));
     }
-    let layout = config.layout();
+    // The count recorded on shard 0 (after an earlier rebalance) wins over the topology's.
+    let mut layout = config.layout();
+    if let Some(first) = layout.first() {
+        let recorded = SqlStore::open(&first.url).await?.load_layout().await?;
+        if let Some((count, None)) = recorded {
+            layout = config.layout_for(count)?;
+        }
+    }
     let mut ids = Vec::new();
     for (i, s) in layout.iter().enumerate() {
         let store = SqlStore::open(&s.url).await?;

@@ -9,6 +9,7 @@
 //! | `PATCH /users/{id}` | change email, names, role (primary) |
 //! | `DELETE /users/{id}` | remove the profile and its username |
 //! | `GET /shards` | count and health of every shard and replica |
+//! | `POST /rebalance {"to": N}`, `GET /rebalance` | move to N shards online (`rebalance.rs`); progress |
 //! | `GET /ready` | `200` when every shard's primary answers |
 
 use axum::Router;
@@ -35,6 +36,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/users/by-username/{username}", get(get_by_username))
         .route("/users/{id}", get(get_one).patch(update).delete(remove))
         .route("/shards", get(shards))
+        .route("/rebalance", get(rebalance_status).post(rebalance_start))
         .route("/ready", get(ready))
         .with_state(state)
 }
@@ -212,6 +214,34 @@ async fn shards(State(state): State<AppState>) -> Json<ShardsReport> {
         shard_count: state.shards.count(),
         shards: state.shards.status().await,
     })
+}
+
+/// `POST /rebalance` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RebalanceRequest {
+    to: u32,
+}
+
+/// `POST /rebalance {"to": N}`: starts (or joins) the move; `202` with the progress.
+async fn rebalance_start(
+    State(state): State<AppState>,
+    body: Result<Json<RebalanceRequest>, ApiError>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match crate::rebalance::start(&state.shards, &state.config, req.to).await {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /rebalance`: the layout and the progress of a move.
+async fn rebalance_status(State(state): State<AppState>) -> Json<crate::rebalance::Status> {
+    Json(crate::rebalance::status(&state.shards))
 }
 
 /// `GET /ready`: `200` when every primary answers, `503 not_ready` naming the others.

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS profiles (
 CREATE TABLE IF NOT EXISTS usernames (
     username TEXT PRIMARY KEY NOT NULL,
     id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layout (
+    name TEXT PRIMARY KEY NOT NULL,
+    shard_count BIGINT NOT NULL,
+    target BIGINT
 );";
 
 const COLUMNS: &str = "id, username, email, first_name, last_name, role, created_at, updated_at";
@@ -81,6 +86,51 @@ pub trait ShardStore: Send + Sync + Debug {
     async fn lookup_username(&self, username: &str) -> Result<Option<String>, Error>;
     /// Removes the index entry if it still points at `id`.
     async fn release_username(&self, username: &str, id: &str) -> Result<(), Error>;
+
+    // What rebalancing needs. Defaults refuse, so that a store that cannot move users (a test
+    // double) still serves everything else.
+
+    /// Writes `p` whole, inserting or replacing the row with its id.
+    async fn upsert(&self, p: &Profile) -> Result<(), Error> {
+        let _ = p;
+        Err(Error::Internal(format!(
+            "{} cannot rebalance",
+            self.engine()
+        )))
+    }
+    /// Up to `limit` index entries with usernames greater than `after`, ascending.
+    async fn usernames_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let _ = (after, limit);
+        Err(Error::Internal(format!(
+            "{} cannot rebalance",
+            self.engine()
+        )))
+    }
+    /// Writes the index entry `username -> id`, replacing any.
+    async fn put_username(&self, username: &str, id: &str) -> Result<(), Error> {
+        let _ = (username, id);
+        Err(Error::Internal(format!(
+            "{} cannot rebalance",
+            self.engine()
+        )))
+    }
+    /// The layout recorded on this store (shard 0 keeps it): the shard count and the target of
+    /// a move in progress.
+    async fn load_layout(&self) -> Result<Option<(u32, Option<u32>)>, Error> {
+        Ok(None)
+    }
+    /// Records the layout.
+    async fn save_layout(&self, count: u32, target: Option<u32>) -> Result<(), Error> {
+        let _ = (count, target);
+        Err(Error::Internal(format!(
+            "{} cannot rebalance",
+            self.engine()
+        )))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -121,8 +171,13 @@ impl SqlStore {
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 // A shard that does not answer within this is reported down (503) rather than
-                // holding requests until the stack's timeout.
-                .acquire_timeout(Duration::from_secs(2))
+                // holding requests until the stack's timeout. A replica gets less: its reads
+                // have the primary to fall back to.
+                .acquire_timeout(if replica {
+                    Duration::from_millis(500)
+                } else {
+                    Duration::from_secs(2)
+                })
                 .connect_lazy_with(options);
             let store = SqlStore {
                 pool: Pool::Postgres(pool),
@@ -337,6 +392,97 @@ impl ShardStore for SqlStore {
                 .transpose()
         })?;
         Ok(id)
+    }
+
+    async fn upsert(&self, p: &Profile) -> Result<(), Error> {
+        self.ensure_schema().await?;
+        let sql = format!(
+            "INSERT INTO profiles ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET username = excluded.username, email = excluded.email,
+             first_name = excluded.first_name, last_name = excluded.last_name,
+             role = excluded.role, created_at = excluded.created_at, updated_at = excluded.updated_at"
+        );
+        on_pool!(self, |pool| sqlx::query(&sql)
+            .bind(&p.id)
+            .bind(&p.username)
+            .bind(&p.email)
+            .bind(&p.first_name)
+            .bind(&p.last_name)
+            .bind(&p.role)
+            .bind(&p.created_at)
+            .bind(&p.updated_at)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    async fn usernames_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, Error> {
+        self.ensure_schema().await?;
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT username, id FROM usernames WHERE username > $1 ORDER BY username LIMIT $2",
+            )
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("username")?, r.try_get("id")?)))
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
+    async fn put_username(&self, username: &str, id: &str) -> Result<(), Error> {
+        self.ensure_schema().await?;
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO usernames (username, id) VALUES ($1, $2)
+             ON CONFLICT (username) DO UPDATE SET id = excluded.id"
+        )
+        .bind(username)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    async fn load_layout(&self) -> Result<Option<(u32, Option<u32>)>, Error> {
+        self.ensure_schema().await?;
+        let row = on_pool!(self, |pool| {
+            sqlx::query("SELECT shard_count, target FROM layout WHERE name = 'users'")
+                .fetch_optional(pool)
+                .await?
+                .map(|r| {
+                    Ok::<_, sqlx::Error>((
+                        r.try_get::<i64, _>("shard_count")?,
+                        r.try_get::<Option<i64>, _>("target")?,
+                    ))
+                })
+                .transpose()
+        })?;
+        Ok(row.map(|(c, t)| (c.max(1) as u32, t.map(|t| t.max(1) as u32))))
+    }
+
+    async fn save_layout(&self, count: u32, target: Option<u32>) -> Result<(), Error> {
+        self.ensure_schema().await?;
+        on_pool!(self, |pool| {
+            sqlx::query(
+            "INSERT INTO layout (name, shard_count, target) VALUES ('users', $1, $2)
+             ON CONFLICT (name) DO UPDATE SET shard_count = excluded.shard_count, target = excluded.target"
+        )
+        .bind(i64::from(count))
+        .bind(target.map(i64::from))
+        .execute(pool)
+        .await
+        .map(|_| ())
+        })?;
+        Ok(())
     }
 
     async fn release_username(&self, username: &str, id: &str) -> Result<(), Error> {

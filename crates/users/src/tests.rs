@@ -607,3 +607,238 @@ async fn postgres_shards_work_the_same() {
     assert_eq!(counts.iter().sum::<u64>(), 20);
     assert!(counts.iter().all(|c| *c > 0));
 }
+
+/// Every profile file of an embedded layout of `n` shards, and where each id is.
+async fn placement(dir: &tempfile::TempDir, n: u32) -> Vec<(String, u32, Profile)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let store = sqlite(dir, &format!("users-shard-{i}.sqlite")).await;
+        for p in store.list_after(None, 100_000).await.unwrap() {
+            out.push((p.id.clone(), i, p));
+        }
+    }
+    out
+}
+
+async fn wait_moved(app: &axum::Router, to: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, st) = call(app, Method::GET, "/rebalance", None).await;
+        if st["count"] == to && st["target"].is_null() && st["moving"] == false {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never finished: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalancing_three_to_four_under_writes_keeps_every_user_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(&dir).await);
+    let ids: Vec<String> = (0..120).map(|i| format!("m-{i:03}")).collect();
+    for id in &ids {
+        let (s, _) = call(
+            &app,
+            Method::POST,
+            "/users",
+            Some(new_user(id, &format!("n{id}"))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    // Writers keep updating every user while the move runs; the last write of each must survive.
+    let writers = {
+        let app = app.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            for round in 0..5 {
+                for id in &ids {
+                    let body = json!({"last_name": format!("round{round}")});
+                    let (s, b) =
+                        call(&app, Method::PATCH, &format!("/users/{id}"), Some(body)).await;
+                    assert_eq!(s, 200, "{id}: {b}");
+                    let (s, b) = call(&app, Method::GET, &format!("/users/{id}"), None).await;
+                    assert_eq!(
+                        (s.as_u16(), b["last_name"].clone()),
+                        (200, json!(format!("round{round}"))),
+                        "{id}"
+                    );
+                }
+            }
+        })
+    };
+    let (s, st) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{st}");
+    // New users arrive during the move too.
+    for i in 0..20 {
+        let id = format!("late-{i}");
+        let (s, b) = call(
+            &app,
+            Method::POST,
+            "/users",
+            Some(new_user(&id, &format!("late{i}"))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    wait_moved(&app, 4).await;
+    writers.await.unwrap();
+
+    let placed = placement(&dir, 4).await;
+    assert_eq!(placed.len(), 140, "every user exactly once");
+    for (id, shard, p) in &placed {
+        assert_eq!(*shard, shard_of(id, 4), "{id} is on the wrong shard");
+        if id.starts_with("m-") {
+            assert_eq!(p.last_name.as_deref(), Some("round4"), "{id} lost a write");
+        }
+    }
+    let (_, report) = call(&app, Method::GET, "/shards", None).await;
+    assert_eq!(report["shard_count"], 4);
+    let (_, page) = call(&app, Method::GET, "/users?limit=100", None).await;
+    assert_eq!(page["users"].as_array().unwrap().len(), 100);
+    // Usernames moved with their index entries: lookups and uniqueness still hold.
+    for id in ["m-000", "m-077", "late-3"] {
+        let name = if id.starts_with("late") {
+            "late3".to_string()
+        } else {
+            format!("n{id}")
+        };
+        let (s, p) = call(
+            &app,
+            Method::GET,
+            &format!("/users/by-username/{name}"),
+            None,
+        )
+        .await;
+        assert_eq!((s.as_u16(), p["id"].clone()), (200, json!(id)));
+        let (s, _) = call(&app, Method::POST, "/users", Some(new_user("dup", &name))).await;
+        assert_eq!(s.as_u16(), 409, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_move_killed_half_way_finishes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let app = router(state(&dir).await);
+        for i in 0..60 {
+            let (s, _) = call(
+                &app,
+                Method::POST,
+                "/users",
+                Some(new_user(&format!("k-{i}"), &format!("kk{i}"))),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED);
+        }
+    }
+    // What a kill half-way leaves: the move recorded, some users copied and deleted, one copied
+    // but not yet deleted from its old shard.
+    let stores: Vec<SqlStore> = futures::future::join_all((0..4).map(|i| {
+        let dir = &dir;
+        async move { sqlite(dir, &format!("users-shard-{i}.sqlite")).await }
+    }))
+    .await;
+    stores[0].save_layout(3, Some(4)).await.unwrap();
+    let moving: Vec<Profile> = {
+        let mut v = Vec::new();
+        for (i, s) in stores[..3].iter().enumerate() {
+            for p in s.list_after(None, 1000).await.unwrap() {
+                if shard_of(&p.id, 4) != i as u32 {
+                    v.push((i, p));
+                }
+            }
+        }
+        let half = v.len() / 2;
+        for (i, p) in &v[..half] {
+            stores[shard_of(&p.id, 4) as usize].upsert(p).await.unwrap();
+            stores[*i].delete(&p.id).await.unwrap();
+        }
+        let (_, p) = &v[half];
+        stores[shard_of(&p.id, 4) as usize].upsert(p).await.unwrap();
+        v.into_iter().map(|(_, p)| p).collect()
+    };
+    assert!(moving.len() > 5, "some users must move: {}", moving.len());
+    // The restart resumes the move by itself; reads work meanwhile.
+    let app = router(state(&dir).await);
+    for p in &moving {
+        let (s, _) = call(&app, Method::GET, &format!("/users/{}", p.id), None).await;
+        assert_eq!(s, 200);
+    }
+    wait_moved(&app, 4).await;
+    let placed = placement(&dir, 4).await;
+    assert_eq!(placed.len(), 60, "every user exactly once");
+    assert!(
+        placed
+            .iter()
+            .all(|(id, shard, _)| *shard == shard_of(id, 4))
+    );
+    // And the next start uses four shards.
+    let app = router(state(&dir).await);
+    let (_, report) = call(&app, Method::GET, "/shards", None).await;
+    assert_eq!(report["shard_count"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalancing_postgresql_shards_three_to_four() {
+    let mut dbs = Vec::new();
+    for i in 0..4 {
+        let Some(db) = common::testing::fresh_postgres(&format!("users_move{i}")).await else {
+            return;
+        };
+        dbs.push(db);
+    }
+    let listed = |n: usize| Config {
+        shards: dbs[..n]
+            .iter()
+            .map(|d| crate::ShardConfig {
+                url: d.url.clone(),
+                replicas: vec![],
+            })
+            .collect(),
+        ..Config::default()
+    };
+    let instance = || common::Instance::new("users", "users-1");
+    // Three shards listed: users live on three.
+    {
+        let app = router(AppState::new(listed(3), instance()).await.unwrap());
+        for i in 0..90 {
+            let (s, b) = call(
+                &app,
+                Method::POST,
+                "/users",
+                Some(new_user(&format!("pm-{i}"), &format!("pm{i}"))),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+        // A fourth shard that is not listed cannot be moved to.
+        let (s, b) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))).await;
+        assert_eq!(
+            (s.as_u16(), b["error"].clone()),
+            (400, json!("shards_not_listed"))
+        );
+    }
+    // The operator lists a fourth database and restarts: the recorded count (3) still holds.
+    let app = router(AppState::new(listed(4), instance()).await.unwrap());
+    let (_, st) = call(&app, Method::GET, "/rebalance", None).await;
+    assert_eq!(st["count"], 3, "{st}");
+    let (s, st) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{st}");
+    wait_moved(&app, 4).await;
+    let mut seen = std::collections::HashSet::new();
+    for (i, db) in dbs.iter().enumerate() {
+        let store = SqlStore::open(&db.url).await.unwrap();
+        for p in store.list_after(None, 1000).await.unwrap() {
+            assert_eq!(shard_of(&p.id, 4), i as u32, "{} on the wrong shard", p.id);
+            assert!(seen.insert(p.id.clone()), "{} twice", p.id);
+        }
+    }
+    assert_eq!(seen.len(), 90);
+    let (s, p) = call(&app, Method::GET, "/users/by-username/pm7", None).await;
+    assert_eq!((s.as_u16(), p["id"].clone()), (200, json!("pm-7")));
+}

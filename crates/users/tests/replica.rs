@@ -78,6 +78,7 @@ async fn reads_come_from_the_streaming_replica_and_fall_back_to_the_primary() {
         eprintln!("SKIP: run crates/users/tests/replica.sh");
         return;
     };
+    let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         shards: (0..3)
@@ -150,11 +151,20 @@ async fn reads_come_from_the_streaming_replica_and_fall_back_to_the_primary() {
     }
 
     // The replica stops: every read still succeeds, from the primary.
+    eprintln!("{:?} stopping the replica", t0.elapsed());
     shell(&stop);
+    eprintln!("{:?} replica stopped", t0.elapsed());
+    let mut slowest = Duration::ZERO;
     for id in &ids {
+        let t = Instant::now();
         let (s, copy, b) = call(&app, Method::GET, &format!("/users/{id}"), None).await;
+        slowest = slowest.max(t.elapsed());
         assert_eq!((s, copy.as_str()), (200, "primary"), "{b}");
     }
+    eprintln!(
+        "{:?} 30 reads while the replica is down; the slowest took {slowest:?}",
+        t0.elapsed()
+    );
     let (_, _, report) = call(&app, Method::GET, "/shards", None).await;
     assert!(
         report["shards"]
@@ -164,10 +174,14 @@ async fn reads_come_from_the_streaming_replica_and_fall_back_to_the_primary() {
             .all(|s| s["replicas"] == json!([false])),
         "{report}"
     );
-    eprintln!("replica stopped: 30 of 30 reads answered by the primaries");
+    eprintln!(
+        "{:?} replica stopped: 30 of 30 reads answered by the primaries",
+        t0.elapsed()
+    );
 
     // And comes back.
     shell(&start);
+    eprintln!("{:?} replica started", t0.elapsed());
     until_read_from(&app, "rep-1", "replica").await;
-    eprintln!("replica started again: reads return to it");
+    eprintln!("{:?} reads are served by the replica again", t0.elapsed());
 }
