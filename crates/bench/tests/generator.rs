@@ -601,7 +601,10 @@ async fn a_body_field_is_counted_when_asked_for_and_the_json_stays_valid() {
     assert_eq!((counts[0].0, counts[1].0), ("svc-0", "svc-1"));
     let counted: u64 = counts.iter().map(|c| c.1).sum();
     assert!((44..=56).contains(&counted), "{counts:?}");
-    assert!(counts.iter().all(|c| (18..=32).contains(&c.1)), "{counts:?}");
+    assert!(
+        counts.iter().all(|c| (18..=32).contains(&c.1)),
+        "{counts:?}"
+    );
     let want = counts[0].1 as f64 * 100.0 / r.requests.answered as f64;
     assert!(
         (r.field_counts[0].percent - want).abs() < 1e-9,

@@ -61,16 +61,21 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         "== Load balancing ==",
         "== Caching ==",
         "== Scaling out ==",
+        "== Asynchronous work ==",
         "== Tactic scorecard ==",
     ] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
-    assert!(stdout.contains("skipped: needs the task queue (issue 4)"));
 
     // The page: every section, the scorecard, and charts that draw something.
     let html = std::fs::read_to_string(report.join("index.html")).expect("index.html");
     assert!(html.contains("<h2>Tactic scorecard</h2>"), "no scorecard");
-    for tactic in ["load balancing", "caching", "scaling out"] {
+    for tactic in [
+        "load balancing",
+        "caching",
+        "scaling out",
+        "asynchronous processing",
+    ] {
         assert!(
             html.contains(&format!("<tr><td>{tactic}</td>")),
             "no scorecard row for {tactic}"
@@ -78,8 +83,8 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
     }
     assert!(html.contains("scalelab bench scenario scale --quick"));
     let charts = svgs(&html);
-    // lb 2 + cache 2 + scale 2 in the sections, 3 in the scorecard.
-    assert_eq!(charts.len(), 9, "charts in the page");
+    // lb 2 + cache 2 + scale 2 + async 1 in the sections, 4 in the scorecard.
+    assert_eq!(charts.len(), 11, "charts in the page");
     for svg in &charts {
         let drawn = svg.matches("<rect").count() + svg.matches("<polyline").count();
         assert!(drawn >= 2, "an empty chart: {}", &svg[..svg.len().min(300)]);
@@ -120,7 +125,19 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         assert_eq!(step["client_errors"], 0, "{step}");
         assert!(step["rps"].as_f64().unwrap_or(0.0) > 0.0, "{step}");
     }
-    assert_eq!(results["async"]["skipped"], true);
+    let queued = &results["async"];
+    assert_eq!(queued["skipped"], false, "{queued}");
+    assert_eq!(queued["sync"]["client_errors"], 0, "{queued}");
+    assert_eq!(queued["submit"]["client_errors"], 0, "{queued}");
+    assert_eq!(
+        queued["tasks_succeeded"], queued["submit"]["requests"],
+        "every submitted task ran: {queued}"
+    );
+    let p50 = |side: &str| queued[side]["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        p50("submit") < p50("sync"),
+        "a submission answers sooner than the synchronous work: {queued}"
+    );
     assert_eq!(results["scorecard"].as_array().map(Vec::len), Some(4));
 
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,20 +17,29 @@ pub(crate) const INSERT: &str = "INSERT INTO tasks (id, kind, payload, status, p
 /// with no attempt left), so that they are not redelivered for ever.
 pub(crate) const REAP: &str = "UPDATE tasks SET status = 'dead', finished_at = $1, lease_until = NULL, \
     error = 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed on the last attempt' \
-    WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
 
 /// What a claim may take: waiting tasks whose backoff is over, and running tasks whose lease
 /// lapsed with attempts left. Most urgent first, then oldest.
+///
+/// The leading `status IN (...)` term repeats the `WHERE` of the partial index `tasks_claim`
+/// (priority, seq over unfinished tasks): SQLite uses a partial index only when the query's
+/// `WHERE` contains that term as such, and without it every claim (and [`REAP`]) scanned the
+/// whole table, finished tasks included, and sorted it: claims slowed down as history grew.
 pub(crate) const CANDIDATE: &str = "SELECT id FROM tasks \
-    WHERE (status IN ('queued', 'failed') AND not_before <= $3) \
-       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts) \
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND ((status IN ('queued', 'failed') AND not_before <= $3) \
+       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
     ORDER BY priority, seq LIMIT 1";
 
 /// What the RabbitMQ backend claims from the store rather than from the broker: retries whose
-/// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker).
+/// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). The
+/// leading term is there for the index, as in [`CANDIDATE`].
 pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
-    WHERE (status = 'failed' AND not_before <= $3) \
-       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts) \
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND ((status = 'failed' AND not_before <= $3) \
+       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
     ORDER BY priority, seq LIMIT 1";
 
 /// One queued task by id (`$4`): the RabbitMQ backend's claim of a delivered message.

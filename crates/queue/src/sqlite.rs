@@ -101,3 +101,35 @@ impl SqliteQueue {
 }
 
 queue_impl!(SqliteQueue, "sqlite");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EXPLAIN QUERY PLAN` of `sql` (its `$N` parameters all bound to 0), one line per step.
+    async fn plan(q: &SqliteQueue, sql: &str) -> String {
+        let sql = (1..=4).fold(sql.to_string(), |s, n| s.replace(&format!("${n}"), "?"));
+        let params = sql.matches('?').count();
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+        for _ in 0..params {
+            query = query.bind(0_i64);
+        }
+        let rows = query.fetch_all(&q.pool).await.expect("query plan");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// A claim reads only unfinished tasks, in claim order, through the partial index: its cost
+    /// does not grow with the number of finished tasks kept for their results.
+    #[tokio::test]
+    async fn claims_and_the_reaper_use_the_claim_index() {
+        let q = SqliteQueue::open_url("sqlite::memory:", &Config::default())
+            .await
+            .expect("open");
+        for sql in [shared::CANDIDATE, shared::REAP, &q.claim] {
+            let plan = plan(&q, sql).await;
+            assert!(plan.contains("USING INDEX tasks_claim"), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+        }
+    }
+}

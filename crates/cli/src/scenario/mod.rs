@@ -164,7 +164,7 @@ pub(crate) async fn run(
         println!("\n== Tactic scorecard ==");
         for row in &results.scorecard {
             println!(
-                "  {:<18} {}\n  {:<18} reproduce: {}",
+                "  {:<23} {}\n  {:<23} reproduce: {}",
                 row.tactic, row.gain, "", row.command
             );
         }

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark of the task queue (issue 4): scalelab's three backends (SQLite, PostgreSQL, RabbitMQ)
+# against Celery on Redis, side by side in one run on this machine. Each system gets two worker
+# processes of SLOTS slots and the same no-op task (`add` 1 + 2), and is measured the same way:
+#   1. the workers are paused (SIGSTOP), N tasks are submitted by C concurrent clients: submission
+#      latency p50/p99 and submissions per second;
+#   2. the workers are resumed (SIGCONT) and the time until the last result is stored gives the
+#      drain rate (tasks per second through the backend).
+# scalelab is driven through its real binary (`scalelab up` with a topology selecting the backend,
+# `scalelab bench` against POST /tasks, GET /tasks/stats for the drain), so its figures include
+# what a user's submission really costs: HTTP, token check, validation, the store's commit.
+# Celery's client calls `apply_async` from C processes (a Redis LPUSH, no HTTP in between).
+#
+# Needs: PostgreSQL, RabbitMQ and Redis on 127.0.0.1 (root@postgres, guest@rabbitmq), and
+# `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=5000] [C=8] [SLOTS=4]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-5000}
+C=${2:-8}
+SLOTS=${3:-4}
+BIN=${SCALELAB_BIN:-target/release/scalelab}
+PG=${PG_URL:-postgres://root@127.0.0.1:5432}
+AMQP=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+[ -x "$BIN" ] || cargo build --release -p cli
+python3 -c 'import celery, redis, packaging' 2>/dev/null || { echo "needs: pip install celery redis packaging" >&2; exit 1; }
+HELPER="python3 bench/queue_vs_celery.py"
+
+WORK=$(mktemp -d /tmp/scalelab-queue-bench.XXXXXX)
+TAG="qb_$$_$RANDOM"
+UP=
+CELERY_PGIDS=()
+DBS=()
+REDIS_DB=
+cleanup() {
+  [ -n "$UP" ] && { kill -TERM "$UP" 2>/dev/null; wait "$UP" 2>/dev/null || true; }
+  for g in "${CELERY_PGIDS[@]}"; do kill -CONT -- "-$g" 2>/dev/null; kill -TERM -- "-$g" 2>/dev/null; done
+  for db in "${DBS[@]}"; do dropdb -h 127.0.0.1 -U root --if-exists "$db" 2>/dev/null || true; done
+  [ -n "$REDIS_DB" ] && redis-cli -n "$REDIS_DB" flushdb >/dev/null
+  $HELPER rabbit-cleanup "scalelab-bench-$TAG" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export SCALELAB_ADMIN_PASSWORD="bench-$TAG"
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+fmt() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+ROWS=()
+row() { ROWS+=("$(printf '%-28s %12s %12s %14s %14s' "$@")"); }
+
+# One scalelab backend: $1 name, $2 the [queue] section.
+scalelab_run() {
+  local name=$1 queue=$2 dir="$WORK/$1"
+  mkdir -p "$dir"
+  cat > "$dir/topology.toml" <<EOF
+[instances]
+host = "127.0.0.1"
+gateway = [5000]
+auth = [5011]
+db = [5002]
+worker = [5005, 5008]
+[gateway]
+cache = "local"
+[auth]
+argon2_memory_kib = 1024
+argon2_iterations = 1
+[worker]
+concurrency = $SLOTS
+$queue
+EOF
+  "$BIN" up --free-ports --config "$dir/topology.toml" --data-dir "$dir/data" > "$dir/up.log" 2>&1 &
+  UP=$!
+  for _ in $(seq 1 300); do [ -s "$dir/data/instances.json" ] && break; sleep 0.1; done
+  [ -s "$dir/data/instances.json" ] || { cat "$dir/up.log" >&2; exit 1; }
+  local gw pids token
+  gw=$(python3 -c "import json; print([i['url'] for i in json.load(open('$dir/data/instances.json')) if i['id']=='gateway-1'][0])")
+  pids=$(python3 -c "import json; print(' '.join(str(i['pid']) for i in json.load(open('$dir/data/instances.json')) if i['role']=='worker'))")
+  token=$(curl -s -X POST "$gw/login" -H 'content-type: application/json' \
+    -d "{\"username\":\"admin\",\"password\":\"$SCALELAB_ADMIN_PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  # shellcheck disable=SC2086
+  kill -STOP $pids
+  "$BIN" bench "$gw/tasks" -m POST --body '{"type":"add","payload":{"a":1,"b":2}}' --token "$token" \
+    -c "$C" -n "$N" --json "$dir/submit.json" > "$dir/bench.txt" 2>&1
+  local submit drain
+  submit=$($HELPER summary "$dir/submit.json")
+  [ "$(field "$submit" accepted)" = "$N" ] || { echo "$name: not every submission was accepted: $submit" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  drain=$($HELPER scalelab-drain "$gw" "$token" "$N" $pids)
+  echo "$name: submit $submit; drain $drain" >&2
+  row "scalelab $name" "$(fmt "$drain" rate)" "$(fmt "$submit" rate)" "$(fmt "$submit" p50_ms)" "$(fmt "$submit" p99_ms)"
+  kill -TERM "$UP"; wait "$UP" || true; UP=
+}
+
+# Celery with two workers of SLOTS processes; $1 the profile (reliable | default).
+celery_run() {
+  local profile=$1 dir="$WORK/celery-$1"
+  mkdir -p "$dir"
+  redis-cli -n "$REDIS_DB" flushdb >/dev/null
+  export CELERY_PROFILE=$profile
+  CELERY_PGIDS=()
+  for w in 1 2; do
+    (cd bench && exec setsid celery -A queue_vs_celery worker -c "$SLOTS" -P prefork -l warning \
+       -n "w$w-$TAG@%h" --without-gossip --without-mingle --without-heartbeat > "$dir/w$w.log" 2>&1) &
+    CELERY_PGIDS+=("$!")
+  done
+  # Ready once both answer a ping.
+  (cd bench && python3 -c "
+import time, queue_vs_celery as q
+for _ in range(120):
+    if len(q.app.control.ping(timeout=0.5)) >= 2: break
+    time.sleep(0.25)
+else: raise SystemExit('celery workers did not start')")
+  for g in "${CELERY_PGIDS[@]}"; do kill -STOP -- "-$g"; done
+  local submit drain
+  submit=$(cd bench && python3 queue_vs_celery.py celery-submit "$N" "$C")
+  drain=$(cd bench && python3 queue_vs_celery.py celery-drain "$N" "${CELERY_PGIDS[@]}")
+  echo "celery $profile: submit $submit; drain $drain" >&2
+  row "celery redis ($profile)" "$(fmt "$drain" rate)" "$(fmt "$submit" rate)" "$(fmt "$submit" p50_ms)" "$(fmt "$submit" p99_ms)"
+  for g in "${CELERY_PGIDS[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+  for g in "${CELERY_PGIDS[@]}"; do while kill -0 -- "-$g" 2>/dev/null; do sleep 0.1; done; done
+  CELERY_PGIDS=()
+}
+
+# A Redis database nobody uses (empty), flushed again at the end.
+for n in $(seq 15 -1 1); do
+  if [ "$(redis-cli -n "$n" dbsize)" = "0" ]; then REDIS_DB=$n; break; fi
+done
+[ -n "$REDIS_DB" ] || { echo "no empty Redis database" >&2; exit 1; }
+export CELERY_REDIS_DB=$REDIS_DB
+
+echo "machine: $(nproc) cores, $(uname -r); load before: $(uptime | sed 's/.*load average: //')"
+echo "$N no-op tasks (add 1 + 2), 2 workers x $SLOTS slots, $C concurrent submitters; Redis db $REDIS_DB"
+
+scalelab_run sqlite ""
+DBS+=("${TAG}_pg")
+createdb -h 127.0.0.1 -U root "${TAG}_pg"
+scalelab_run postgresql "[queue]
+url = \"$PG/${TAG}_pg\""
+DBS+=("${TAG}_rmq")
+createdb -h 127.0.0.1 -U root "${TAG}_rmq"
+scalelab_run rabbitmq "[queue]
+url = \"$PG/${TAG}_rmq\"
+amqp_url = \"$AMQP\"
+amqp_queue = \"scalelab-bench-$TAG\""
+celery_run reliable
+celery_run default
+
+echo
+printf '%-28s %12s %12s %14s %14s\n' "system" "drain task/s" "submit/s" "submit p50 ms" "submit p99 ms"
+printf '%s\n' "${ROWS[@]}"
+echo "load after: $(uptime | sed 's/.*load average: //')"

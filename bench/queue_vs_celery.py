@@ -1,0 +1,181 @@
+"""Helpers of bench/queue-vs-celery.sh: the Celery side (the app, its no-op task, a submitter)
+and the drain timers of both sides.
+
+    celery -A queue_vs_celery worker ...                 the Celery app (broker and results: Redis)
+    python3 queue_vs_celery.py celery-submit N C         submit N add(1, 2) tasks from C processes
+    python3 queue_vs_celery.py celery-drain N PGID...    resume the paused workers, time the drain
+    python3 queue_vs_celery.py scalelab-drain URL TOKEN N PID...   the same through GET /tasks/stats
+    python3 queue_vs_celery.py summary FILE              p50/p99/rate of a `scalelab bench --json`
+    python3 queue_vs_celery.py rabbit-cleanup NAME       delete the run's RabbitMQ queues
+
+Environment: CELERY_REDIS_DB (the Redis database number, fresh for the run), CELERY_PROFILE
+(`reliable`: acks_late and prefetch 1, the guarantees scalelab gives; `default`: Celery's
+defaults, early ack and prefetch 4).
+"""
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import urllib.request
+
+from celery import Celery
+
+REDIS = f"redis://127.0.0.1:6379/{os.environ.get('CELERY_REDIS_DB', '13')}"
+PROFILE = os.environ.get("CELERY_PROFILE", "reliable")
+
+app = Celery("queue_vs_celery", broker=REDIS, backend=REDIS)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=3600,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+if PROFILE == "reliable":
+    # What scalelab promises: the message is acknowledged after the task ran and its result is
+    # stored, and a worker holds one task per slot.
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1)
+
+
+@app.task(name="add")
+def add(a, b):
+    """The no-op task: scalelab's `add` type does the same."""
+    return a + b
+
+
+def percentile(sorted_values, q):
+    """Nearest rank."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+def _submit_share(count, barrier, out):
+    # Connect first, so that the timed part is the submissions, not connection set-up.
+    with app.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=3)
+    barrier.wait()
+    started = time.perf_counter()
+    latencies = []
+    for _ in range(count):
+        t = time.perf_counter()
+        add.apply_async((1, 2))
+        latencies.append((time.perf_counter() - t) * 1000.0)
+    out.put((started, time.perf_counter(), latencies))
+
+
+def celery_submit(n, c):
+    """Submits n tasks from c processes (no GIL between them), all starting together once
+    connected; prints the figures as JSON."""
+    shares = [n // c + (1 if i < n % c else 0) for i in range(c)]
+    barrier = multiprocessing.Barrier(c)
+    out = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_submit_share, args=(k, barrier, out)) for k in shares]
+    for p in procs:
+        p.start()
+    parts = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    elapsed = max(p[1] for p in parts) - min(p[0] for p in parts)
+    lat = sorted(x for part in parts for x in part[2])
+    print(json.dumps({
+        "requests": len(lat),
+        "rate": len(lat) / elapsed,
+        "p50_ms": percentile(lat, 0.50),
+        "p99_ms": percentile(lat, 0.99),
+    }))
+
+
+def _signal_all(ids, sig, group):
+    for i in ids:
+        if group:
+            os.killpg(int(i), sig)
+        else:
+            os.kill(int(i), sig)
+
+
+def celery_drain(n, pgids):
+    """Resumes the paused workers and waits until n results are stored; prints seconds."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS)
+    started = time.perf_counter()
+    _signal_all(pgids, signal.SIGCONT, group=True)
+    deadline = started + 600
+    while time.perf_counter() < deadline:
+        # DBSIZE is cheap; the exact count (a SCAN) only once it can be reached.
+        if r.dbsize() >= n:
+            done = sum(1 for _ in r.scan_iter(match="celery-task-meta-*", count=10000))
+            if done >= n:
+                elapsed = time.perf_counter() - started
+                sample = r.get(next(r.scan_iter(match="celery-task-meta-*")))
+                assert json.loads(sample)["result"] == 3, sample
+                print(json.dumps({"tasks": done, "seconds": elapsed, "rate": done / elapsed}))
+                return
+        time.sleep(0.025)
+    sys.exit("celery did not drain within 600 s")
+
+
+def scalelab_drain(url, token, n, pids):
+    """Resumes the paused workers and polls GET /tasks/stats until n tasks succeeded."""
+    req = urllib.request.Request(f"{url}/tasks/stats", headers={"Authorization": f"Bearer {token}"})
+    started = time.perf_counter()
+    _signal_all(pids, signal.SIGCONT, group=False)
+    deadline = started + 600
+    while time.perf_counter() < deadline:
+        with urllib.request.urlopen(req) as resp:
+            stats = json.load(resp)
+        done = stats["by_status"]["succeeded"]
+        if done >= n:
+            elapsed = time.perf_counter() - started
+            print(json.dumps({"tasks": done, "seconds": elapsed, "rate": done / elapsed,
+                              "backend": stats.get("backend")}))
+            return
+        time.sleep(0.025)
+    sys.exit(f"scalelab did not drain within 600 s: {stats}")
+
+
+def rabbit_cleanup(name):
+    """Deletes the RabbitMQ queues and exchange scalelab declared for this run."""
+    import amqp
+
+    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+    conn.connect()
+    ch = conn.channel()
+    for q in (name, f"{name}.dead"):
+        ch.queue_delete(q)
+    ch.exchange_delete(f"{name}.dlx")
+    conn.close()
+
+
+def summary(path):
+    with open(path) as f:
+        report = json.load(f)
+    print(json.dumps({
+        "requests": report["requests"]["total"],
+        "accepted": report["status_codes"].get("202", 0),
+        "rate": report["rps"],
+        "p50_ms": report["latency"]["p50_ms"],
+        "p99_ms": report["latency"]["p99_ms"],
+    }))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "celery-submit":
+        celery_submit(int(args[0]), int(args[1]))
+    elif cmd == "celery-drain":
+        celery_drain(int(args[0]), args[1:])
+    elif cmd == "scalelab-drain":
+        scalelab_drain(args[0], args[1], int(args[2]), args[3:])
+    elif cmd == "rabbit-cleanup":
+        rabbit_cleanup(args[0])
+    elif cmd == "summary":
+        summary(args[0])
+    else:
+        sys.exit(f"unknown command {cmd}")
