@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A worker thread of the generator could not be started.
+    #[error("cannot start a generator thread: {0}")]
+    Runtime(String),
     /// Drawing a chart failed.
     #[error("cannot draw chart `{chart}`: {message}")]
     Chart {
