@@ -362,12 +362,22 @@ pub(crate) async fn ready(
     RequestId(rid): RequestId,
 ) -> Result<Json<Value>, Error> {
     let inner = &state.inner;
-    let (cache, db) = tokio::join!(
+    let users = async {
+        match &inner.users {
+            Some(u) => Some(
+                u.0.call::<(), Value>(Method::GET, "/health", None, &rid)
+                    .await,
+            ),
+            None => None,
+        }
+    };
+    let (cache, db, users) = tokio::join!(
         inner.cache.ping(&rid),
         inner
             .db
             .0
-            .call::<(), Value>(Method::GET, "/health", None, &rid)
+            .call::<(), Value>(Method::GET, "/health", None, &rid),
+        users
     );
     let mut missing = Vec::new();
     if inner.config.auth.required && !inner.verifier.is_loaded() {
@@ -380,6 +390,10 @@ pub(crate) async fn ready(
     if let Err(e) = db {
         tracing::debug!(error = %e, "ready: db does not answer");
         missing.push("db".to_string());
+    }
+    if let Some(Err(e)) = users {
+        tracing::debug!(error = %e, "ready: users does not answer");
+        missing.push("users".to_string());
     }
     if !missing.is_empty() {
         return Err(Error::NotReady(missing.join(", ")));

@@ -347,6 +347,7 @@ async fn ready_names_what_is_missing() {
     let db_url = h.config.db_url.clone();
     h.config.auth_urls = vec![fakes::dead_url().await];
     h.config.db_url = fakes::dead_url().await;
+    h.config.users_url = fakes::dead_url().await;
     let app = h.app().await;
     let a = send(
         &app,
@@ -359,10 +360,11 @@ async fn ready_names_what_is_missing() {
     );
     let message = a.json["message"].as_str().unwrap();
     assert!(
-        message.contains("auth") && message.contains("db"),
+        message.contains("auth") && message.contains("db") && message.contains("users"),
         "{message}"
     );
     assert!(!message.contains("cache"), "{message}");
+    h.config.users_url = String::new();
 
     // With everything up, ready once the JWKS is in (fetched in the background).
     let (_auth, auth_server): (Auth, _) = Auth::start().await;
