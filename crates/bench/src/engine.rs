@@ -1,5 +1,6 @@
 //! The generator: one task per virtual connection, each with its own keep-alive HTTP/1.1
-//! connection (hyper's low-level client), its own scratch buffers and its own per-second [`Chunk`];
+//! connection (spoken by [`crate::h1`] on the task itself: no connection task, no channel), its own
+//! scratch buffers and its own per-second [`Chunk`];
 //! chunks go to the aggregator in [`execute`] over a channel, so no lock is taken per request.
 //!
 //! Invariants: a connection has at most one request in flight; in the open model request `k` of
@@ -14,37 +15,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Method};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::h1::{self, Cache, Conn, Failure};
 use crate::plan::{Load, Plan, RunConfig};
 use crate::report::{Aggregate, Chunk, Report, ReportConfig, SIGFIG, new_histogram};
 
-type Sender = SendRequest<Full<Bytes>>;
-
-/// Why a request failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Connect,
-    Reset,
-    Other,
-}
-
-/// The parts of an answer the report needs, taken out of the response without copying.
+/// The parts of an answer the report needs.
 struct Answer {
     status: u16,
-    served_by: Option<HeaderValue>,
-    cache: Option<HeaderValue>,
+    served_by: Option<Vec<u8>>,
+    cache: Option<Cache>,
     /// The value of the plan's `count_field` in the body, when asked for and present.
     field: Option<String>,
 }
@@ -52,8 +39,10 @@ struct Answer {
 /// One distinct `host:port` among the plan's URLs.
 struct Target {
     addr: SocketAddr,
-    /// The plan's headers plus `Host`, built once; cloned into each request.
-    headers: HeaderMap,
+    /// Everything of a request after its request target, serialized once: the version, the
+    /// plan's headers plus `Host` (and `Content-Length` when there is a body), the empty line and
+    /// the body.
+    tail: Vec<u8>,
 }
 
 /// What every connection task shares (read-only but for the atomics).
@@ -61,6 +50,8 @@ struct Shared {
     plan: Plan,
     /// Index into `targets` of each URL template.
     url_target: Vec<usize>,
+    /// The whole request of each URL template without placeholders, serialized once.
+    fixed: Vec<Option<Vec<u8>>>,
     targets: Vec<Target>,
     start: Instant,
     deadline: Option<Instant>,
@@ -103,9 +94,37 @@ async fn resolve(plan: &Plan) -> Result<(Vec<usize>, Vec<Target>), Error> {
         if !headers.contains_key(HOST) {
             headers.insert(HOST, host);
         }
-        targets.push(Target { addr, headers });
+        let tail = serialize_tail(&plan.method, &headers, &plan.body);
+        targets.push(Target { addr, tail });
     }
     Ok((url_target, targets))
+}
+
+/// The request line's start: `METHOD `.
+fn request_line_start(out: &mut Vec<u8>, method: &Method) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+}
+
+/// What follows the request target: the version, the headers, `Content-Length` (when there is a
+/// body or the method expects one, unless the headers have it), the empty line and the body.
+fn serialize_tail(method: &Method, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let wants_body =
+        !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if wants_body && !headers.contains_key(CONTENT_LENGTH) {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 async fn lookup(name: &str) -> Result<SocketAddr, Error> {
@@ -121,79 +140,38 @@ async fn lookup(name: &str) -> Result<SocketAddr, Error> {
         })
 }
 
-/// Opens one keep-alive HTTP/1.1 connection.
-async fn connect(addr: SocketAddr) -> Result<Sender, Failure> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|_| Failure::Connect)?;
-    // Small requests must not wait for Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Failure::Connect)?;
-    tokio::spawn(async move {
-        // The connection's errors surface on the requests sent through it.
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-fn classify(e: &hyper::Error) -> Failure {
-    if e.is_canceled() || e.is_incomplete_message() || e.is_closed() {
-        return Failure::Reset;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            ) {
-                return Failure::Reset;
-            }
-        }
-        source = s.source();
-    }
-    Failure::Other
-}
-
 /// Sends one request over `slot`'s connection (opening one if needed) and reads the whole answer.
 async fn exchange(
-    slot: &mut Option<Sender>,
+    slot: &mut Option<Conn>,
     addr: SocketAddr,
-    req: Request<Full<Bytes>>,
+    request: &[u8],
+    head: bool,
     count_field: Option<&str>,
 ) -> Result<Answer, Failure> {
-    let sender = match slot {
-        Some(s) if !s.is_closed() => s,
-        _ => slot.insert(connect(addr).await?),
+    let conn = match slot {
+        Some(c) => c,
+        None => slot.insert(h1::connect(addr).await?),
     };
-    if sender.ready().await.is_err() {
-        // The server ended the keep-alive connection between two requests (nginx does after
-        // `keepalive_requests`): not a failure of this request, so open a new one.
-        let fresh = slot.insert(connect(addr).await?);
-        fresh.ready().await.map_err(|_| Failure::Connect)?;
-    }
-    let Some(sender) = slot.as_mut() else {
-        return Err(Failure::Connect);
-    };
-    let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
-    let (mut parts, mut body) = response.into_parts();
-    // The body is kept only when a field is to be counted; otherwise it is read and dropped.
-    let mut kept = count_field.map(|_| Vec::new());
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| classify(&e))?;
-        if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
-            kept.extend_from_slice(data);
+    let keep_body = count_field.is_some();
+    let response = match conn.round_trip(request, head, keep_body).await {
+        Ok(r) => r,
+        // The server closed the idle keep-alive connection before it read the request (nothing of
+        // an answer came back): not a failure of this request, so send it on a new connection.
+        Err(Failure::Reset) if conn.reused() && conn.nothing_received() => {
+            let fresh = slot.insert(h1::connect(addr).await?);
+            fresh.round_trip(request, head, keep_body).await?
         }
+        Err(e) => return Err(e),
+    };
+    if response.close {
+        *slot = None;
     }
     Ok(Answer {
-        status: parts.status.as_u16(),
-        served_by: parts.headers.remove(api::headers::SERVED_BY),
-        cache: parts.headers.remove(api::headers::CACHE),
+        status: response.status,
+        served_by: response.served_by,
+        cache: response.cache,
         field: count_field
-            .zip(kept)
+            .zip(response.body)
             .and_then(|(name, body)| json_field(&body, name)),
     })
 }
@@ -211,18 +189,19 @@ fn json_field(body: &[u8], name: &str) -> Option<String> {
 async fn connection(
     shared: Arc<Shared>,
     index: usize,
-    mut sender: Option<Sender>,
+    mut sender: Option<Conn>,
     tx: mpsc::UnboundedSender<Chunk>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let plan = &shared.plan;
-    let mut senders: Vec<Option<Sender>> = (0..shared.targets.len()).map(|_| None).collect();
+    let mut senders: Vec<Option<Conn>> = (0..shared.targets.len()).map(|_| None).collect();
     // The pre-opened connection belongs to this connection's first URL.
     let first_url = index % plan.urls.len();
     senders[shared.url_target[first_url]] = sender.take();
     let mut next_url = first_url;
     let mut rng = StdRng::seed_from_u64(0x5ca1_ab1e ^ index as u64);
-    let mut uri_buf = String::with_capacity(256);
+    let mut request_buf: Vec<u8> = Vec::with_capacity(1024);
+    let head = plan.method == Method::HEAD;
     let mut chunk = Chunk::new(0);
     let mut k: u32 = 0;
     loop {
@@ -260,26 +239,31 @@ async fn connection(
         }
         k = k.wrapping_add(1);
 
-        let url = &plan.urls[next_url];
-        let target_index = shared.url_target[next_url];
+        let url_index = next_url;
+        let url = &plan.urls[url_index];
+        let target_index = shared.url_target[url_index];
         next_url = (next_url + 1) % plan.urls.len();
         let target = &shared.targets[target_index];
         let sent_at = measure_from.unwrap_or_else(Instant::now);
-        let result = match url.render(&mut uri_buf, &shared.seq, &mut rng) {
-            Ok(uri) => {
-                let req = build(plan.method.clone(), uri, &target.headers, &plan.body);
-                let slot = &mut senders[target_index];
-                tokio::select! {
-                    biased;
-                    // An early stop abandons the request in flight; it is not counted.
-                    _ = &mut stop => break,
-                    r = tokio::time::timeout(
-                        shared.timeout,
-                        exchange(slot, target.addr, req, plan.count_field.as_deref()),
-                    ) => r,
-                }
+        let request: &[u8] = match &shared.fixed[url_index] {
+            Some(fixed) => fixed,
+            None => {
+                request_buf.clear();
+                request_line_start(&mut request_buf, &plan.method);
+                url.write_path(&mut request_buf, &shared.seq, &mut rng);
+                request_buf.extend_from_slice(&target.tail);
+                &request_buf
             }
-            Err(_) => Ok(Err(Failure::Other)),
+        };
+        let slot = &mut senders[target_index];
+        let result = tokio::select! {
+            biased;
+            // An early stop abandons the request in flight; it is not counted.
+            _ = &mut stop => break,
+            r = tokio::time::timeout(
+                shared.timeout,
+                exchange(slot, target.addr, request, head, plan.count_field.as_deref()),
+            ) => r,
         };
         let done = Instant::now();
 
@@ -324,40 +308,33 @@ async fn connection(
     }
 }
 
-fn build(method: Method, uri: Uri, headers: &HeaderMap, body: &Bytes) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body.clone()));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers.clone();
-    req
-}
-
 fn record(chunk: &mut Chunk, answer: &Answer, us: u64) {
     // Auto-resizing histograms accept any value.
     let _ = chunk.latency.record(us);
     chunk.answered += 1;
     chunk.record_status(answer.status);
     if let Some(id) = &answer.served_by {
-        chunk.record_served_by(id.as_bytes());
+        chunk.record_served_by(id);
     }
     if let Some(value) = &answer.field {
         chunk.record_field(value);
     }
-    if let Some(cache) = &answer.cache {
-        let v = cache.as_bytes();
-        if v.eq_ignore_ascii_case(b"HIT") {
+    match answer.cache {
+        Some(Cache::Hit) => {
             chunk.hits += 1;
             let _ = chunk
                 .hit
                 .get_or_insert_with(|| new_histogram(SIGFIG))
                 .record(us);
-        } else if v.eq_ignore_ascii_case(b"MISS") {
+        }
+        Some(Cache::Miss) => {
             chunk.misses += 1;
             let _ = chunk
                 .miss
                 .get_or_insert_with(|| new_histogram(SIGFIG))
                 .record(us);
         }
+        None => {}
     }
 }
 
@@ -374,6 +351,20 @@ pub async fn execute(
 ) -> Result<Report, Error> {
     config.validate()?;
     let (url_target, targets) = resolve(&plan).await?;
+    let fixed = plan
+        .urls
+        .iter()
+        .zip(&url_target)
+        .map(|(url, &t)| {
+            url.fixed_path().map(|path| {
+                let mut request = Vec::new();
+                request_line_start(&mut request, &plan.method);
+                request.extend_from_slice(path.as_bytes());
+                request.extend_from_slice(&targets[t].tail);
+                request
+            })
+        })
+        .collect();
     let connections = config.connections;
 
     // Thread per core: each worker thread runs its share of the connections on its own
@@ -444,6 +435,7 @@ pub async fn execute(
     let shared = Arc::new(Shared {
         plan,
         url_target,
+        fixed,
         targets,
         start,
         deadline: config.effective_duration().map(|d| start + d),
@@ -549,7 +541,7 @@ fn run_worker(
     runtime.block_on(async move {
         let preopened = futures::future::join_all(
             mine.iter()
-                .map(|&(_, addr)| async move { connect(addr).await.ok() }),
+                .map(|&(_, addr)| async move { h1::connect(addr).await.ok() }),
         )
         .await;
         let _ = ready.send(());
@@ -611,30 +603,24 @@ pub(crate) async fn login(url: &str, username: &str, password: &str) -> Result<S
         HeaderValue::try_from(authority).map_err(|_| Error::Login("bad host".into()))?,
     );
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let req = build(
-        Method::POST,
-        Uri::from_static("/login"),
-        &headers,
-        &Bytes::from(body),
-    );
-    let mut sender = connect(addr)
-        .await
-        .map_err(|_| Error::Login(format!("cannot connect to {authority}")))?;
-    let fail = |e: hyper::Error| Error::Login(e.to_string());
-    let response = tokio::time::timeout(Duration::from_secs(30), async {
-        let response = sender.send_request(req).await.map_err(fail)?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
+    let mut request = Vec::new();
+    request_line_start(&mut request, &Method::POST);
+    request.extend_from_slice(b"/login");
+    request.extend_from_slice(&serialize_tail(&Method::POST, &headers, &body));
+    let (status, bytes) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut conn = h1::connect(addr)
             .await
-            .map_err(fail)?
-            .to_bytes();
-        Ok::<_, Error>((status, bytes))
+            .map_err(|_| Error::Login(format!("cannot connect to {authority}")))?;
+        let response = conn
+            .round_trip(&request, false, true)
+            .await
+            .map_err(|e| Error::Login(format!("no valid answer from {authority} ({e:?})")))?;
+        Ok::<_, Error>((response.status, response.body.unwrap_or_default()))
     })
     .await
     .map_err(|_| Error::Login("no answer within 30 s".into()))??;
-    let (status, bytes) = response;
+    let status = http::StatusCode::from_u16(status)
+        .map_err(|_| Error::Login(format!("bad status {status}")))?;
     if !status.is_success() {
         return Err(Error::Login(format!(
             "{status}: {}",

@@ -1,11 +1,12 @@
 //! `bench`: scalelab's load generator and its reports. It treats the system as a black box: any
-//! `http://` URL, one keep-alive HTTP/1.1 connection (hyper's low-level client) per virtual
-//! connection, a closed model (`-c N`, back to back) or an open model (`--rate R`, latency from
+//! `http://` URL, one keep-alive HTTP/1.1 connection (spoken by `h1.rs` on the connection's own
+//! task) per virtual connection, a closed model (`-c N`, back to back) or an open model (`--rate R`, latency from
 //! each request's intended send time, corrected for coordinated omission as wrk2 does).
 //!
 //! Start with [`execute`] (the library entry: a [`Plan`] of what to send, a [`RunConfig`] of how,
 //! a stop future, and back comes a [`Report`]), then `engine.rs` (the connection tasks and the
-//! aggregator), `report.rs` (what is measured; HDR histograms in microseconds, 3 significant
+//! aggregator), `h1.rs` (the HTTP/1.1 client: one write per request, answers parsed with
+//! `httparse` into a reused buffer), `report.rs` (what is measured; HDR histograms in microseconds, 3 significant
 //! digits), `summary.rs` (the text table) and `html.rs` (the HTML report with SVG charts).
 //! The command line face is [`BenchArgs`], run by [`dispatch`] (or [`run`] and [`compare`]).
 //! `experiment.rs` renders the multi-run report of `scalelab bench scenario` from plain numbers
@@ -16,6 +17,7 @@ mod args;
 mod engine;
 mod error;
 pub mod experiment;
+mod h1;
 pub mod html;
 mod plan;
 pub mod report;

@@ -144,6 +144,41 @@ impl UrlTemplate {
         Ok(template)
     }
 
+    /// Appends the path and query of one request to `out` (a serialized request). The template
+    /// was rendered once at parse time, and placeholders only make digits, so it is a valid
+    /// request target.
+    pub(crate) fn write_path<R: Rng + ?Sized>(
+        &self,
+        out: &mut Vec<u8>,
+        seq: &AtomicU64,
+        rng: &mut R,
+    ) {
+        use std::io::Write as _;
+        if let Some(path) = self.fixed_path() {
+            out.extend_from_slice(path.as_bytes());
+            return;
+        }
+        for segment in &self.segments {
+            // Writing to a Vec cannot fail.
+            let _ = match segment {
+                Segment::Literal(s) => {
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(())
+                }
+                Segment::Seq => write!(out, "{}", seq.fetch_add(1, Ordering::Relaxed) + 1),
+                Segment::Uniform(n) => write!(out, "{}", rng.gen_range(1..=*n)),
+                Segment::Zipf(z) => write!(out, "{}", z.sample(rng)),
+            };
+        }
+    }
+
+    /// The path and query when the template has no placeholder.
+    pub(crate) fn fixed_path(&self) -> Option<&str> {
+        self.fixed
+            .as_ref()
+            .map(|uri| uri.path_and_query().map_or("/", |p| p.as_str()))
+    }
+
     /// The path-and-query URI for one request; `buf` is scratch space reused between calls.
     pub(crate) fn render<R: Rng + ?Sized>(
         &self,
