@@ -14,6 +14,7 @@ BIN=${SCALELAB_BIN:-target/release/scalelab}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx: apt-get install -y wrk nginx" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/scalelab-bench.XXXXXX)
+chmod 755 "$WORK"   # nginx workers run as nobody
 export SCALELAB_ADMIN_PASSWORD=bench-password-$RANDOM
 "$BIN" up --free-ports --data-dir "$WORK/data" > "$WORK/up.log" 2>&1 &
 UP=$!
