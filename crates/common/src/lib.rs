@@ -11,6 +11,7 @@ pub mod sqlite;
 pub mod stack;
 pub mod telemetry;
 pub mod testing;
+pub mod time;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,7 +13,6 @@ mod routes;
 mod store;
 #[cfg(test)]
 mod tests;
-mod time;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -421,7 +421,7 @@ impl Store for MemoryStore {
         let record = Record {
             key: key.into(),
             value: value.clone(),
-            updated_at: crate::time::now_rfc3339(),
+            updated_at: common::time::now_rfc3339(),
         };
         self.records
             .lock()

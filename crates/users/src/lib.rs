@@ -17,7 +17,6 @@ mod shards;
 mod store;
 #[cfg(test)]
 mod tests;
-mod time;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -27,8 +27,8 @@ use api::wire::users::{
 
 use crate::shards::Consistency;
 use crate::store::Changes;
-use crate::time::now_rfc3339;
 use crate::{AppState, Error};
+use common::time::now_rfc3339;
 
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::{Store, record};
 use crate::Error;
-use crate::time::now_rfc3339;
+use common::time::now_rfc3339;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS records (
     key TEXT PRIMARY KEY,

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 use super::{Store, record};
 use crate::Error;
-use crate::time::now_rfc3339;
+use common::time::now_rfc3339;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS records (
     key TEXT PRIMARY KEY NOT NULL,

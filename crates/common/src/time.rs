@@ -1,14 +1,14 @@
-//! RFC 3339 timestamps for `updated_at`, without a date-time dependency for one format.
+//! RFC 3339 timestamps (`updated_at`, `created_at`), without a date-time dependency for one format.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC). Text of this fixed shape sorts in time order.
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
 /// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC); times before 1970 are written as the epoch.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
