@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 /// Admin routes live under this prefix; nothing under it is ever proxied.
 pub const ADMIN_PREFIX: &str = "/_lb";
@@ -131,7 +131,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(SetRequestIdLayer::x_request_id(
+                    common::stack::FastRequestId,
+                ))
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
         .with_state(state)
