@@ -581,13 +581,105 @@ struct Written {
     unsure: Vec<String>,
 }
 
+/// Where the shards of a rebalancing test live, and how the fourth one comes to exist.
+enum MoveLayout {
+    /// The embedded layout: SQLite files `<data_dir>/users-shard-<n>.sqlite`, named by number,
+    /// so the fourth needs nothing listed.
+    Embedded,
+    /// PostgreSQL databases: `listed` are the three in `[[users.shards]]` at start; `fourth` is
+    /// added to the layout (as an operator would) before the move.
+    Distributed { listed: Vec<String>, fourth: String },
+}
+
+impl MoveLayout {
+    /// The primary of shard `n`, as `users::SqlStore::open` takes it.
+    fn shard_url(&self, sys: &Running, n: usize) -> String {
+        match self {
+            MoveLayout::Embedded => format!(
+                "sqlite:{}",
+                sys.data_dir()
+                    .join(format!("users-shard-{n}.sqlite"))
+                    .display()
+            ),
+            MoveLayout::Distributed { listed, fourth } => listed.get(n).unwrap_or(fourth).clone(),
+        }
+    }
+
+    /// What an operator does before moving to a fourth PostgreSQL shard: list its database in
+    /// the topology and restart users. The recorded count (3) still holds until the move; the
+    /// children of `scalelab up` read `<data_dir>/topology.effective.toml`, so that is the file
+    /// edited here.
+    async fn prepare_fourth(&self, sys: &Running) {
+        let MoveLayout::Distributed { fourth, .. } = self else {
+            return;
+        };
+        let path = sys.data_dir().join("topology.effective.toml");
+        let mut file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .expect("the effective topology");
+        let users = file
+            .get_mut("users")
+            .and_then(toml::Value::as_table_mut)
+            .expect("[users]");
+        let shards = users
+            .get_mut("shards")
+            .and_then(toml::Value::as_array_mut)
+            .expect("[[users.shards]]");
+        assert_eq!(shards.len(), 3, "{shards:?}");
+        let mut entry = toml::Table::new();
+        entry.insert("url".into(), toml::Value::String(fourth.clone()));
+        shards.push(toml::Value::Table(entry));
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        let old = sys.kill("users-1", Signal::SIGKILL).unwrap();
+        sys.wait_restarted("users-1", old).await.unwrap();
+        let status: Value = sys
+            .client()
+            .get(format!("{}/rebalance", sys.url("users", 1)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&status["count"], &status["target"]),
+            (&json!(3), &Value::Null),
+            "listing a fourth database does not move anyone yet: {status}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebalancing_three_to_four_under_load_survives_a_kill() {
+    rebalance_under_load_with_a_kill(topology(), MoveLayout::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalancing_three_to_four_on_postgresql_under_load_survives_a_kill() {
+    let Some((topo, mut dbs)) = distributed().await else {
+        return;
+    };
+    let Some(fourth) = common::testing::fresh_postgres("e2e_users_s3").await else {
+        return;
+    };
+    let layout = MoveLayout::Distributed {
+        listed: dbs[2..].iter().map(|d| d.url.clone()).collect(),
+        fourth: fourth.url.clone(),
+    };
+    // Dropped (and their databases with them) only after the test.
+    dbs.push(fourth);
+    rebalance_under_load_with_a_kill(topo, layout).await;
+    drop(dbs);
+}
+
+/// Registers 300 users, moves them from 3 to 4 shards while they update their profiles, kills
+/// users at once, lets the supervisor restart it and `scalelab shards rebalance` finish, then
+/// reads every shard of `layout` directly.
+async fn rebalance_under_load_with_a_kill(topo: Topology, layout: MoveLayout) {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let sys = topology().start().await.expect("scalelab up");
+    let sys = topo.start().await.expect("scalelab up");
     let c = Client { sys: &sys };
     let n = 300;
     let mut people = Vec::new();
@@ -598,6 +690,7 @@ async fn rebalancing_three_to_four_under_load_survives_a_kill() {
         let token = c.token(&name, &format!("{name}-password")).await;
         people.push((name, b["id"].as_str().unwrap().to_string(), token));
     }
+    layout.prepare_fourth(&sys).await;
 
     // Load: every user rewrites their last name and reads it back, round after round.
     let stop = Arc::new(AtomicBool::new(false));
@@ -694,12 +787,7 @@ async fn rebalancing_three_to_four_under_load_survives_a_kill() {
     // Every user exactly once, on the shard the new layout names, with their latest data.
     let mut found: HashMap<String, (u32, Option<String>)> = HashMap::new();
     for shard in 0..4 {
-        let url = format!(
-            "sqlite:{}",
-            sys.data_dir()
-                .join(format!("users-shard-{shard}.sqlite"))
-                .display()
-        );
+        let url = layout.shard_url(&sys, shard as usize);
         let store = users::SqlStore::open(&url).await.unwrap();
         use users::ShardStore as _;
         for p in store.list_after(None, 100_000).await.unwrap() {
