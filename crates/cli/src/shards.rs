@@ -83,9 +83,62 @@ pub(crate) async fn run(args: ShardsArgs) -> anyhow::Result<()> {
                     .map(|i| i.url)
                     .context("the topology has no users instance; give --url")?,
             };
-            rebalance(&url, to, Duration::from_secs(timeout_secs)).await
+            rebalance(&url, to, Duration::from_secs(timeout_secs)).await?;
+            // Keep the file in step with the recorded layout, so that the topology says what
+            // every instance already uses (an explicit `[[users.shards]]` list was edited by the
+            // user before the move; only the embedded count is ours to write).
+            if let Some(path) = config.filter(|_| topo.users.shards.is_empty()) {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                std::fs::write(&path, set_shard_count(&text, to))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("updated {}: [users] shard_count = {to}", path.display());
+            } else {
+                println!(
+                    "Set [users] shard_count = {to} (or list {to} [[users.shards]]) in your topology \
+                     file to match."
+                );
+            }
+            Ok(())
         }
     }
+}
+
+/// `text` (a topology file) with `shard_count = n` in its `[users]` table, every other line as it
+/// was (comments included): the line is replaced if present, added after `[users]` if not, and a
+/// `[users]` table is appended if the file has none.
+fn set_shard_count(text: &str, n: u32) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_users = false;
+    let mut done = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            if in_users && !done {
+                out.push(format!("shard_count = {n}"));
+                done = true;
+            }
+            in_users = trimmed.trim_end() == "[users]";
+        } else if in_users && !done {
+            let key = trimmed.split('=').next().unwrap_or("").trim();
+            if key == "shard_count" {
+                out.push(format!("shard_count = {n}"));
+                done = true;
+                continue;
+            }
+        }
+        out.push(line.to_string());
+    }
+    if !done {
+        if !in_users {
+            out.push(String::new());
+            out.push("[users]".into());
+        }
+        out.push(format!("shard_count = {n}"));
+    }
+    let mut joined = out.join("\n");
+    joined.push('\n');
+    joined
 }
 
 /// Starts the move and follows it to the end, starting it again whenever the service answers
@@ -119,8 +172,7 @@ async fn rebalance(url: &str, to: u32, timeout: Duration) -> anyhow::Result<()> 
                     s["moved"]
                 );
                 println!(
-                    "The layout is recorded on shard 0, where every users instance reads it at start; \
-                     set [users] shard_count = {to} (or list {to} [[users.shards]]) in the topology to match."
+                    "The layout is recorded on shard 0, where every users instance reads it at start."
                 );
                 return Ok(());
             }
@@ -153,5 +205,35 @@ async fn rebalance(url: &str, to: u32, timeout: Duration) -> anyhow::Result<()> 
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_shard_count;
+
+    #[test]
+    fn the_users_shard_count_is_replaced_in_place() {
+        let file = "# top\n[users]\n# how many\nshard_count = 3\nmax_page_size = 100\n[gateway]\nshard_count = 9\n";
+        assert_eq!(
+            set_shard_count(file, 4),
+            "# top\n[users]\n# how many\nshard_count = 4\nmax_page_size = 100\n[gateway]\nshard_count = 9\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_line_or_table_is_added() {
+        assert_eq!(
+            set_shard_count("[users]\nmax_page_size = 5\n[db]\nx = 1\n", 4),
+            "[users]\nmax_page_size = 5\nshard_count = 4\n[db]\nx = 1\n"
+        );
+        assert_eq!(
+            set_shard_count("[db]\nx = 1\n", 4),
+            "[db]\nx = 1\n\n[users]\nshard_count = 4\n"
+        );
+        assert_eq!(
+            set_shard_count("[users]\n", 2),
+            "[users]\nshard_count = 2\n"
+        );
     }
 }

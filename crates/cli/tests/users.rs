@@ -770,6 +770,12 @@ async fn rebalance_under_load_with_a_kill(topo: Topology, layout: MoveLayout) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("done: users are on 4 shards"), "{text}");
+    if matches!(layout, MoveLayout::Embedded) {
+        // The topology file now says what every instance uses.
+        let file: toml::Table =
+            toml::from_str(&std::fs::read_to_string(sys.config_path()).unwrap()).unwrap();
+        assert_eq!(file["users"]["shard_count"].as_integer(), Some(4), "{text}");
+    }
     let acked_during = acked.load(Ordering::SeqCst) - acked_at_start;
     assert!(
         sys.logs().contains("resuming an unfinished rebalance"),
