@@ -1,19 +1,30 @@
-//! Typed HTTP clients between services.
+//! Typed HTTP clients between services, over one [`Transport`].
 //!
 //! Every call takes the caller's request id and passes it on in `X-Request-Id`, so that one client
 //! request can be followed through every log. Failures come back as [`ClientError`], which tells a
-//! dead peer (connect error), a slow one (timeout) and an answer with an error body apart, so that the
-//! caller can pick the right status for its own client (`502`, `504`, or the peer's own error).
+//! dead peer (connect error), a slow one (timeout), a pool with no instance to offer, and an answer
+//! with an error body apart, so that the caller can pick the right status for its own client
+//! (`502`, `503`, `504`, or the peer's own error).
+//!
+//! A typed client (`AuthClient`, `ServiceClient`, `DbClient`, `CacheClient`, `UsersClient`) knows
+//! its peer's paths and bodies; the [`Transport`] under it knows how bytes reach the peer: [`Direct`]
+//! (one base URL, reqwest) here, or a balanced pool over several instances
+//! (`balance::PoolTransport`). Callers therefore never write a path or build a body by hand.
 
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::headers::REQUEST_ID;
-use crate::wire::{auth, cache, db, users};
+use crate::wire::{auth, cache, db, service, users};
 
 /// Why a call to another service failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +43,21 @@ pub enum ClientError {
         /// The peer's role.
         service: &'static str,
     },
+    /// A balanced pool could not place the request on any instance: its own status and stable
+    /// code (`503 no_healthy_backend`, `502 backend_unreachable`, `504 backend_timeout`, ...).
+    #[error("{service} pool: {detail}")]
+    Pool {
+        /// The peer's role.
+        service: &'static str,
+        /// The status a client should see.
+        status: StatusCode,
+        /// The pool's stable error code.
+        code: &'static str,
+        /// A message safe to show a client (no addresses).
+        message: String,
+        /// What happened (for logs only).
+        detail: String,
+    },
     /// The peer answered with an error status and body.
     #[error("{service} answered {status}: {}", body.message)]
     Status {
@@ -42,7 +68,7 @@ pub enum ClientError {
         /// Its error body (or a made-up one if it sent none).
         body: ErrorBody,
     },
-    /// The peer answered 2xx with a body that does not parse.
+    /// The peer answered 2xx with a body that does not parse, or the body could not be read.
     #[error("{service} sent an unreadable answer: {detail}")]
     Decode {
         /// The peer's role.
@@ -52,16 +78,60 @@ pub enum ClientError {
     },
 }
 
-/// A small JSON-over-HTTP client bound to one base URL.
+impl ClientError {
+    /// Whether the peer answered `404` (a typed client turns it into `None` where absence is an
+    /// answer, not a failure).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+/// One request as a typed client hands it to its transport.
+#[derive(Debug)]
+pub struct Outbound<'a> {
+    /// The method.
+    pub method: Method,
+    /// Path and query (`/db/my_data`), already percent-encoded.
+    pub path: &'a str,
+    /// The JSON body, already encoded.
+    pub body: Option<Vec<u8>>,
+    /// The caller's request id, passed on in `X-Request-Id`.
+    pub request_id: &'a str,
+}
+
+/// A peer's answer, whatever its status.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The status.
+    pub status: StatusCode,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// A boxed future, as [`Transport::send`] returns it (object safe without a macro).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a typed client's requests reach its peer: one base URL ([`Direct`]) or a balanced pool.
+///
+/// A transport answers every response the peer gave, errors included; it fails only when no
+/// answer came (unreachable, timed out, no instance, unreadable body).
+pub trait Transport: Send + Sync + Debug + 'static {
+    /// The peer's role (`auth`, `db`, ...), for errors and logs.
+    fn service(&self) -> &'static str;
+    /// Sends one request and reads the whole answer.
+    fn send<'a>(&'a self, req: Outbound<'a>) -> BoxFuture<'a, Result<Inbound, ClientError>>;
+}
+
+/// A transport to one base URL over reqwest's connection pool.
 #[derive(Debug, Clone)]
-pub struct JsonClient {
+pub struct Direct {
     http: reqwest::Client,
     base: String,
     service: &'static str,
 }
 
-impl JsonClient {
-    /// A client for `service` (its role name, for errors) at `base` (e.g. `http://127.0.0.1:5004`).
+impl Direct {
+    /// A transport for `service` at `base` (`http://127.0.0.1:5004`): calls give up after `timeout`.
     pub fn new(service: &'static str, base: impl Into<String>, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -72,7 +142,7 @@ impl JsonClient {
         Self::with_http(service, base, http)
     }
 
-    /// A client that shares an existing connection pool.
+    /// A transport that shares an existing connection pool.
     pub fn with_http(
         service: &'static str,
         base: impl Into<String>,
@@ -83,49 +153,6 @@ impl JsonClient {
             base: base.into().trim_end_matches('/').to_string(),
             service,
         }
-    }
-
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// Sends `method path` with an optional JSON body and decodes a JSON answer.
-    /// `Ok(None)` means `404` when `not_found_is_none` is set.
-    pub async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        method: http::Method,
-        path: &str,
-        body: Option<&B>,
-        request_id: &str,
-    ) -> Result<T, ClientError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .header(REQUEST_ID, request_id);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| {
-                ErrorBody::new(
-                    "upstream_error",
-                    format!("{} answered {}", self.service, status),
-                )
-            });
-            return Err(ClientError::Status {
-                service: self.service,
-                status,
-                body,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            service: self.service,
-            detail: e.to_string(),
-        })
     }
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
@@ -139,6 +166,126 @@ impl JsonClient {
                 detail: e.to_string(),
             }
         }
+    }
+}
+
+impl Transport for Direct {
+    fn service(&self) -> &'static str {
+        self.service
+    }
+
+    fn send<'a>(&'a self, req: Outbound<'a>) -> BoxFuture<'a, Result<Inbound, ClientError>> {
+        Box::pin(async move {
+            let mut builder = self
+                .http
+                .request(req.method, format!("{}{}", self.base, req.path))
+                .header(REQUEST_ID, req.request_id)
+                .header(http::header::ACCEPT, "application/json");
+            if let Some(body) = req.body {
+                builder = builder
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+            }
+            let resp = builder.send().await.map_err(|e| self.transport(e))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+            Ok(Inbound { status, body })
+        })
+    }
+}
+
+/// JSON over a [`Transport`]: encodes the body, decodes a 2xx answer, turns any other answer into
+/// [`ClientError::Status`] with the peer's error body.
+#[derive(Debug, Clone)]
+pub struct JsonClient {
+    transport: Arc<dyn Transport>,
+}
+
+impl JsonClient {
+    /// A client for `service` (its role name, for errors) at `base` (e.g. `http://127.0.0.1:5004`).
+    pub fn new(service: &'static str, base: impl Into<String>, timeout: Duration) -> Self {
+        Self::over(Direct::new(service, base, timeout))
+    }
+
+    /// A client that shares an existing connection pool.
+    pub fn with_http(
+        service: &'static str,
+        base: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self::over(Direct::with_http(service, base, http))
+    }
+
+    /// A client over any transport (a balanced pool, a test double).
+    pub fn over(transport: impl Transport) -> Self {
+        Self {
+            transport: Arc::new(transport),
+        }
+    }
+
+    /// The peer's role.
+    pub fn service(&self) -> &'static str {
+        self.transport.service()
+    }
+
+    /// Sends `method path` with an optional JSON body and decodes a 2xx JSON answer.
+    pub async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        request_id: &str,
+    ) -> Result<T, ClientError> {
+        let service = self.service();
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Decode {
+                service,
+                detail: format!("encoding the request body: {e}"),
+            })?;
+        let answer = self
+            .transport
+            .send(Outbound {
+                method,
+                path,
+                body,
+                request_id,
+            })
+            .await?;
+        if !answer.status.is_success() {
+            let body = serde_json::from_slice::<ErrorBody>(&answer.body).unwrap_or_else(|_| {
+                ErrorBody::new(
+                    "upstream_error",
+                    format!("{service} answered {}", answer.status),
+                )
+            });
+            return Err(ClientError::Status {
+                service,
+                status: answer.status,
+                body,
+            });
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Decode {
+            service,
+            detail: format!("unreadable answer to {path}: {e}"),
+        })
+    }
+
+    /// `GET /health`: whether the peer answers at all (what readiness checks ask).
+    pub async fn health(&self, rid: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(Method::GET, "/health", None, rid)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `Ok(None)` for a `404`, the value otherwise.
+fn absent_on_404<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -164,9 +311,7 @@ impl CacheClient {
     /// `GET /cache/{key}`.
     pub async fn get(&self, key: &str, rid: &str) -> Result<cache::CacheEntry, ClientError> {
         let path = format!("/cache/{}", encode_segment(key));
-        self.0
-            .call::<(), _>(http::Method::GET, &path, None, rid)
-            .await
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
     }
 
     /// `PUT /cache/{key}`.
@@ -183,7 +328,7 @@ impl CacheClient {
             ttl,
         };
         self.0
-            .call::<_, serde_json::Value>(http::Method::PUT, &path, Some(&body), rid)
+            .call::<_, serde_json::Value>(Method::PUT, &path, Some(&body), rid)
             .await
             .map(|_| ())
     }
@@ -192,7 +337,7 @@ impl CacheClient {
     pub async fn delete(&self, key: &str, rid: &str) -> Result<(), ClientError> {
         let path = format!("/cache/{}", encode_segment(key));
         self.0
-            .call::<(), serde_json::Value>(http::Method::DELETE, &path, None, rid)
+            .call::<(), serde_json::Value>(Method::DELETE, &path, None, rid)
             .await
             .map(|_| ())
     }
@@ -200,7 +345,7 @@ impl CacheClient {
     /// `POST /cache/flush`.
     pub async fn flush(&self, rid: &str) -> Result<(), ClientError> {
         self.0
-            .call::<(), serde_json::Value>(http::Method::POST, "/cache/flush", None, rid)
+            .call::<(), serde_json::Value>(Method::POST, "/cache/flush", None, rid)
             .await
             .map(|_| ())
     }
@@ -208,7 +353,7 @@ impl CacheClient {
     /// `GET /cache/stats`.
     pub async fn stats(&self, rid: &str) -> Result<cache::CacheStats, ClientError> {
         self.0
-            .call::<(), _>(http::Method::GET, "/cache/stats", None, rid)
+            .call::<(), _>(Method::GET, "/cache/stats", None, rid)
             .await
     }
 }
@@ -221,15 +366,11 @@ impl DbClient {
     /// `GET /db/{key}`; `Ok(None)` when the key does not exist.
     pub async fn get(&self, key: &str, rid: &str) -> Result<Option<db::Record>, ClientError> {
         let path = format!("/db/{}", encode_segment(key));
-        match self
-            .0
-            .call::<(), db::Record>(http::Method::GET, &path, None, rid)
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_on_404(
+            self.0
+                .call::<(), db::Record>(Method::GET, &path, None, rid)
+                .await,
+        )
     }
 
     /// `PUT /db/{key}`.
@@ -243,9 +384,7 @@ impl DbClient {
         let body = db::PutRecord {
             value: value.clone(),
         };
-        self.0
-            .call(http::Method::PUT, &path, Some(&body), rid)
-            .await
+        self.0.call(Method::PUT, &path, Some(&body), rid).await
     }
 }
 
@@ -260,9 +399,7 @@ impl AuthClient {
         req: &auth::LoginRequest,
         rid: &str,
     ) -> Result<auth::TokenResponse, ClientError> {
-        self.0
-            .call(http::Method::POST, "/login", Some(req), rid)
-            .await
+        self.0.call(Method::POST, "/login", Some(req), rid).await
     }
 
     /// `POST /register`.
@@ -271,22 +408,55 @@ impl AuthClient {
         req: &auth::RegisterRequest,
         rid: &str,
     ) -> Result<auth::Account, ClientError> {
-        self.0
-            .call(http::Method::POST, "/register", Some(req), rid)
-            .await
+        self.0.call(Method::POST, "/register", Some(req), rid).await
     }
 
     /// `POST /guest-token`: a short-lived token for an anonymous `guest`.
     pub async fn guest_token(&self, rid: &str) -> Result<auth::TokenResponse, ClientError> {
         self.0
-            .call::<(), _>(http::Method::POST, "/guest-token", None, rid)
+            .call::<(), _>(Method::POST, "/guest-token", None, rid)
             .await
+    }
+
+    /// `DELETE /accounts/{username}`; `Ok(false)` when there was no such account.
+    pub async fn delete_account(&self, username: &str, rid: &str) -> Result<bool, ClientError> {
+        let path = format!("/accounts/{}", encode_segment(username));
+        absent_on_404(
+            self.0
+                .call::<(), serde_json::Value>(Method::DELETE, &path, None, rid)
+                .await,
+        )
+        .map(|found| found.is_some())
+    }
+
+    /// `PUT /accounts/{username}/roles`: the roles the account's next tokens carry.
+    pub async fn set_roles(
+        &self,
+        username: &str,
+        req: &auth::RolesRequest,
+        rid: &str,
+    ) -> Result<auth::Account, ClientError> {
+        let path = format!("/accounts/{}/roles", encode_segment(username));
+        self.0.call(Method::PUT, &path, Some(req), rid).await
     }
 
     /// `GET /.well-known/jwks.json`: the public keys, as raw JSON (a JWK set).
     pub async fn jwks(&self, rid: &str) -> Result<serde_json::Value, ClientError> {
         self.0
-            .call::<(), _>(http::Method::GET, "/.well-known/jwks.json", None, rid)
+            .call::<(), _>(Method::GET, "/.well-known/jwks.json", None, rid)
+            .await
+    }
+}
+
+/// The business `service`'s API.
+#[derive(Debug, Clone)]
+pub struct ServiceClient(pub JsonClient);
+
+impl ServiceClient {
+    /// `GET /process`: one instance does the work.
+    pub async fn process(&self, rid: &str) -> Result<service::ProcessResponse, ClientError> {
+        self.0
+            .call::<(), _>(Method::GET, "/process", None, rid)
             .await
     }
 }
@@ -302,9 +472,7 @@ impl UsersClient {
         req: &users::CreateProfile,
         rid: &str,
     ) -> Result<users::Profile, ClientError> {
-        self.0
-            .call(http::Method::POST, "/users", Some(req), rid)
-            .await
+        self.0.call(Method::POST, "/users", Some(req), rid).await
     }
 
     /// `GET /users/{id}`; `primary` reads the shard's primary (read-your-writes), otherwise a
@@ -319,15 +487,7 @@ impl UsersClient {
         if primary {
             path.push_str("?consistency=primary");
         }
-        match self
-            .0
-            .call::<(), _>(http::Method::GET, &path, None, rid)
-            .await
-        {
-            Ok(p) => Ok(Some(p)),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_on_404(self.0.call::<(), _>(Method::GET, &path, None, rid).await)
     }
 
     /// `PATCH /users/{id}`.
@@ -338,23 +498,18 @@ impl UsersClient {
         rid: &str,
     ) -> Result<users::Profile, ClientError> {
         let path = format!("/users/{}", encode_segment(id));
-        self.0
-            .call(http::Method::PATCH, &path, Some(req), rid)
-            .await
+        self.0.call(Method::PATCH, &path, Some(req), rid).await
     }
 
     /// `DELETE /users/{id}`; `Ok(false)` when there was no such user.
     pub async fn delete(&self, id: &str, rid: &str) -> Result<bool, ClientError> {
         let path = format!("/users/{}", encode_segment(id));
-        match self
-            .0
-            .call::<(), serde_json::Value>(http::Method::DELETE, &path, None, rid)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
-            Err(e) => Err(e),
-        }
+        absent_on_404(
+            self.0
+                .call::<(), serde_json::Value>(Method::DELETE, &path, None, rid)
+                .await,
+        )
+        .map(|found| found.is_some())
     }
 
     /// `GET /users?after=&limit=`: one page in id order across every shard.
@@ -368,15 +523,13 @@ impl UsersClient {
         if let Some(after) = after {
             path.push_str(&format!("&after={}", encode_segment(after)));
         }
-        self.0
-            .call::<(), _>(http::Method::GET, &path, None, rid)
-            .await
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
     }
 
     /// `GET /shards`.
     pub async fn shards(&self, rid: &str) -> Result<users::ShardsReport, ClientError> {
         self.0
-            .call::<(), _>(http::Method::GET, "/shards", None, rid)
+            .call::<(), _>(Method::GET, "/shards", None, rid)
             .await
     }
 }

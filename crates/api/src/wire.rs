@@ -160,10 +160,17 @@ pub mod service {
     }
 }
 
-/// `gateway`: the public API.
+/// `gateway`: the public API. Every answer of the gateway that is not an error is one of these
+/// (or a type of another service's module passed on as is: `auth::TokenResponse`,
+/// `users::Profile`, the queue's tasks), so that the public contract is written down in one place.
 pub mod gateway {
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
+
+    use super::auth::Account;
+    use super::cache::CacheStats;
+    use super::service::ProcessResponse;
+    use super::users::Profile;
 
     /// `GET /data`: the cache-aside answer.
     #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -176,6 +183,261 @@ pub mod gateway {
         pub data: Value,
         /// The gateway that answered.
         pub gateway_id: String,
+    }
+
+    /// `GET /data` and `GET /data/{key}` query.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct DataQuery {
+        /// The key (`my_data` when absent); `GET /data/{key}` takes it from the path.
+        pub key: Option<String>,
+        /// `true` skips the cache and refills it from the db.
+        pub refresh: Option<String>,
+    }
+
+    /// `PUT /data/{key}`: the record as written, and whether the cached copy was deleted.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct DataWritten {
+        /// The key written.
+        pub key: String,
+        /// The value stored.
+        pub value: Value,
+        /// RFC 3339 time of the write.
+        pub updated_at: String,
+        /// `false` when the cache could not be told (the old value lives until its TTL).
+        pub invalidated: bool,
+        /// The gateway that answered.
+        pub gateway_id: String,
+    }
+
+    /// `GET /process`: the service instance's answer and the gateway that passed it on.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct ProcessAnswer {
+        /// What the service answered.
+        #[serde(flatten)]
+        pub service: ProcessResponse,
+        /// The gateway that answered.
+        pub gateway_id: String,
+    }
+
+    /// `GET /cache/stats`: the cache backend's counters.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct CacheStatsAnswer {
+        /// The counters.
+        #[serde(flatten)]
+        pub stats: CacheStats,
+        /// `service`, `local` or `redis`.
+        pub backend: String,
+        /// The gateway that answered.
+        pub gateway_id: String,
+    }
+
+    /// `POST /cache/flush`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Flushed {
+        /// Always `true`.
+        pub flushed: bool,
+        /// The backend emptied.
+        pub backend: String,
+    }
+
+    /// `GET /ready` when everything answers.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Ready {
+        /// Always `ready`.
+        pub status: String,
+        /// The cache backend in use.
+        pub cache: String,
+        /// The gateway that answered.
+        pub gateway_id: String,
+    }
+
+    /// `POST /register` body: credentials plus the optional profile fields.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct RegisterUser {
+        /// The account name.
+        pub username: String,
+        /// The password (8 characters at least).
+        pub password: String,
+        /// `user` (default); anything else needs an admin's token.
+        #[serde(default)]
+        pub role: Option<String>,
+        /// Profile: email.
+        #[serde(default)]
+        pub email: Option<String>,
+        /// Profile: first name.
+        #[serde(default)]
+        pub first_name: Option<String>,
+        /// Profile: last name.
+        #[serde(default)]
+        pub last_name: Option<String>,
+    }
+
+    /// `POST /register` answer: the account and, when the topology has `users`, the profile.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Registered {
+        /// The account in `auth`.
+        #[serde(flatten)]
+        pub account: Account,
+        /// The profile in `users`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        pub profile: Option<Profile>,
+    }
+
+    /// `DELETE /users/me`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Deleted {
+        /// Always `true`: nothing of the user is left.
+        pub deleted: bool,
+        /// Whether a profile was deleted now (`false`: it was already gone).
+        pub profile: bool,
+        /// Whether an account was deleted now (`false`: it was already gone).
+        pub account: bool,
+    }
+
+    /// `GET /users` query.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UsersQuery {
+        /// The last id of the previous page.
+        pub after: Option<String>,
+        /// Page size (50 when absent).
+        pub limit: Option<u32>,
+    }
+
+    /// `PATCH /users/{id}/role` answer.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct RoleChanged {
+        /// The profile with its new role.
+        pub profile: Profile,
+        /// The account's roles in `auth`.
+        pub roles: Vec<String>,
+        /// When tokens carry it: `at the user's next login`.
+        pub effective: String,
+    }
+
+    /// `POST /tasks` body.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SubmitTask {
+        /// A task type (`GET /tasks/types`).
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// Its payload, checked against the type's fields.
+        #[serde(default)]
+        pub payload: Value,
+        /// `high`, `normal` (default) or `low`.
+        pub priority: Option<String>,
+        /// Attempts before the task is dead.
+        pub max_attempts: Option<u32>,
+    }
+
+    /// `POST /longtask` answer (the lab's shape).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct TaskQueued {
+        /// Always `Task queued`.
+        pub status: String,
+        /// The task's id.
+        pub task_id: String,
+        /// Its type.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// Its priority.
+        pub priority: String,
+        /// Where to poll its state.
+        pub status_url: String,
+        /// Where to follow it as server-sent events.
+        pub events_url: String,
+    }
+
+    /// `POST /add` body (the Celery-style pair).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AddRequest {
+        /// First operand.
+        pub a: Value,
+        /// Second operand.
+        pub b: Value,
+    }
+
+    /// `POST /add` answer.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct AddQueued {
+        /// The id to pass to `GET /result/{id}`.
+        pub result_id: String,
+        /// The same id, as every task route names it.
+        pub task_id: String,
+    }
+
+    /// `GET /result/{id}`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct TaskResult {
+        /// The task's id.
+        pub id: String,
+        /// Its status.
+        pub status: String,
+        /// Whether the task is final.
+        pub ready: bool,
+        /// Whether it succeeded.
+        pub successful: bool,
+        /// Its result, its last error when it did not succeed, `null` while it runs.
+        pub value: Value,
+    }
+
+    /// `GET /tasks` query.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TasksQuery {
+        /// Only tasks in this status.
+        pub status: Option<String>,
+        /// Only tasks of this type.
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        /// Page size, 1 to 500 (50 when absent).
+        pub limit: Option<u32>,
+        /// `next_cursor` of the previous page.
+        pub cursor: Option<String>,
+        /// Admins only: one owner's tasks.
+        pub owner: Option<String>,
+    }
+
+    /// Any answer of another service's type, with the gateway that passed it on.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct Tagged<T> {
+        /// The answer.
+        #[serde(flatten)]
+        pub inner: T,
+        /// The gateway that answered.
+        pub gateway_id: String,
+    }
+
+    /// `GET /tasks/types`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct TaskTypes<T> {
+        /// Each type and its payload fields.
+        pub types: T,
+    }
+
+    /// One row of the route table (`GET /policy`, `scalelab config --routes`).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct RoutePolicy {
+        /// `GET`, `POST`, ...
+        pub method: String,
+        /// The path as the router writes it (`/data/{key}`).
+        pub path: String,
+        /// `none` (never read), `optional` (used when valid) or `required`.
+        pub token: String,
+        /// The role needed, after the topology's overrides; `None`: any valid token.
+        pub role: Option<String>,
+        /// When the role applies: `always`, or `unless the caller is {param}`.
+        pub role_applies: String,
+        /// Whether a guest token passes (guests are read-only).
+        pub guests: bool,
+        /// The rate limit bucket counted against, if any (`login` is shared by both logins).
+        pub bucket: Option<String>,
+        /// The limit of that bucket (`600/min, burst 60`), if any.
+        pub limit: Option<String>,
+        /// What the route does.
+        pub summary: String,
     }
 }
 

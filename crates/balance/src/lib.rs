@@ -6,7 +6,8 @@
 //! sends the request through that backend's connection pool ([`conn`]) and retries on the next
 //! healthy backend when the request never left, or when an idempotent request without a body failed
 //! on a broken connection. [`health`] runs the active checks; passive checks happen in [`Pool::send`]
-//! (a connect error or timeout marks the backend down at once).
+//! (a connect error or timeout marks the backend down at once). [`PoolTransport`] puts `api`'s typed
+//! clients over a pool.
 //!
 //! Invariants:
 //! - a backend's `in_flight` counts requests from selection until their response body is finished
@@ -18,8 +19,10 @@ pub mod conn;
 pub mod health;
 pub mod pool;
 pub mod selection;
+pub mod transport;
 
 pub use backend::{Backend, BackendStats};
 pub use health::HealthConfig;
 pub use pool::{Pool, PoolConfig, PoolError};
 pub use selection::{LeastConnections, PowerOfTwoChoices, RoundRobin, Selection, Strategy};
+pub use transport::PoolTransport;

@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
-
 /// The `[gateway]` section of the topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,9 +22,10 @@ pub struct Config {
     /// Base URL of the `users` service; filled from the topology. Empty: no profiles
     /// (`/register` only creates credentials, `/users/...` answers `503`).
     pub users_url: String,
-    /// The role each guarded route needs, by `"METHOD /route"` as written in the router.
-    /// `GET /users/{id}` applies when reading someone else's profile (your own needs no role).
-    /// A route left out needs no role beyond a valid token; setting this replaces the whole map.
+    /// Overrides of the route table's roles (`policy::ROUTES`), by `"METHOD /route"` as written
+    /// in the router: the role the route needs, or `""` for none beyond its token rule. A key that
+    /// names no route is a start-up error. Routes left out keep the table's role
+    /// (`scalelab config --routes` prints the table).
     pub required_roles: BTreeMap<String, String>,
     /// Where `GET /data` caches values: `service` (the cache service, shared by every gateway),
     /// `local` (in this process, per instance) or `redis` (needs `redis_url`).
@@ -65,16 +64,7 @@ impl Default for Config {
             cache_url: String::new(),
             db_url: String::new(),
             users_url: String::new(),
-            required_roles: [
-                "GET /users",
-                "GET /users/{id}",
-                "PATCH /users/{id}/role",
-                "GET /cache/stats",
-                "POST /cache/flush",
-            ]
-            .into_iter()
-            .map(|route| (route.to_string(), "admin".to_string()))
-            .collect(),
+            required_roles: BTreeMap::new(),
             cache: CacheBackend::Service,
             cache_ttl_secs: 30,
             local_cache_max_entries: 10_000,
@@ -153,7 +143,8 @@ pub struct RateLimitConfig {
     pub login_per_minute: u32,
     /// The limit of every other business route that has no `routes` entry; none when absent.
     pub default: Option<Rule>,
-    /// Limits by route path as written in the router (`/process`, `/data`, `/data/{key}`).
+    /// Limits by route path as written in the router (`/process`, `/data`, `/data/{key}`); a
+    /// path the route table does not have is a start-up error.
     pub routes: BTreeMap<String, Rule>,
     /// Peers whose `X-Forwarded-For` is believed (the load balancer); for any other peer the
     /// client IP is the TCP peer address.
@@ -205,71 +196,69 @@ impl Rule {
 }
 
 impl Config {
-    /// Refuses settings the gateway cannot honour, so that a typo fails at start and not on the
-    /// first request. Unreachable upstreams are not an error here: `/ready` reports them.
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    /// Every setting the gateway cannot honour, as problems relative to the `[gateway]` section
+    /// (`cache_url: required by cache = "service"`), so that a typo fails at start, all at once,
+    /// and not on the first request. Unreachable upstreams are not a problem here: `/ready` reports
+    /// them. `AppState::new` refuses a configuration with any problem; `scalelab up` and `scalelab
+    /// config --check` report them before starting anything.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut problem = |p: String| problems.push(p);
         let needs_redis =
             self.cache == CacheBackend::Redis || self.rate_limit.backend == LimiterBackend::Redis;
         if needs_redis && self.redis_url.as_deref().is_none_or(str::is_empty) {
-            return Err(Error::Config(
-                "redis_url is required by cache = \"redis\" and rate_limit.backend = \"redis\""
+            problem(
+                "redis_url: required by cache = \"redis\" and rate_limit.backend = \"redis\""
                     .into(),
-            ));
+            );
         }
         if self.cache == CacheBackend::Service && self.cache_url.is_empty() {
-            return Err(Error::Config(
-                "cache_url is required by cache = \"service\"".into(),
-            ));
+            problem("cache_url: required by cache = \"service\"".into());
         }
         if self.db_url.is_empty() {
-            return Err(Error::Config("db_url is required".into()));
+            problem("db_url: required".into());
         }
         if self.cache_ttl_secs == 0 {
-            return Err(Error::Config("cache_ttl_secs must be at least 1".into()));
+            problem("cache_ttl_secs: must be at least 1".into());
         }
         if self.cache == CacheBackend::Local && self.local_cache_max_entries == 0 {
-            return Err(Error::Config(
-                "local_cache_max_entries must be at least 1".into(),
-            ));
+            problem("local_cache_max_entries: must be at least 1".into());
         }
         if self.upstream_timeout_ms == 0 {
-            return Err(Error::Config(
-                "upstream_timeout_ms must be at least 1".into(),
-            ));
+            problem("upstream_timeout_ms: must be at least 1".into());
         }
         if self.max_body_bytes == 0 {
-            return Err(Error::Config("max_body_bytes must be at least 1".into()));
+            problem("max_body_bytes: must be at least 1".into());
         }
         if self.auth.hs256_secret.as_deref() == Some("") {
-            return Err(Error::Config("auth.hs256_secret is empty".into()));
+            problem("auth.hs256_secret: empty".into());
         }
         if !self.users_url.is_empty() && !self.users_url.starts_with("http://") {
-            return Err(Error::Config(format!(
-                "{:?}: users_url must be an http:// URL",
+            problem(format!(
+                "users_url: {:?} is not an http:// URL",
                 self.users_url
-            )));
+            ));
         }
-        for url in self.auth_urls.iter().chain(&self.service_urls) {
-            if !url.starts_with("http://") {
-                return Err(Error::Config(format!(
-                    "{url:?}: auth_urls and service_urls must be http:// URLs"
-                )));
+        for (field, urls) in [
+            ("auth_urls", &self.auth_urls),
+            ("service_urls", &self.service_urls),
+        ] {
+            for url in urls.iter().filter(|u| !u.starts_with("http://")) {
+                problem(format!("{field}: {url:?} is not an http:// URL"));
             }
         }
-        let rules = self
-            .rate_limit
-            .routes
-            .iter()
-            .map(|(route, rule)| (route.as_str(), rule))
-            .chain(self.rate_limit.default.as_ref().map(|r| ("default", r)));
-        for (route, rule) in rules {
+        for (route, rule) in &self.rate_limit.routes {
             if rule.per_minute == 0 {
-                return Err(Error::Config(format!(
-                    "rate_limit for {route}: per_minute must be at least 1"
-                )));
+                problem(format!(
+                    "rate_limit.routes.\"{route}\".per_minute: must be at least 1"
+                ));
             }
         }
-        Ok(())
+        if self.rate_limit.default.is_some_and(|r| r.per_minute == 0) {
+            problem("rate_limit.default.per_minute: must be at least 1".into());
+        }
+        problems.extend(crate::policy::check_overrides(self));
+        problems
     }
 }
 
@@ -319,7 +308,7 @@ trusted_proxies = ["127.0.0.1/32", "::1/128"]
     #[test]
     fn the_documented_section_parses_and_validates() {
         let c: Config = toml::from_str(FULL).expect("parses");
-        c.validate().expect("valid");
+        assert_eq!(c.validate(), Vec::<String>::new());
         assert_eq!(c.auth_urls.len(), 2);
         assert_eq!(
             c.rate_limit.routes["/process"],
@@ -340,7 +329,7 @@ trusted_proxies = ["127.0.0.1/32", "::1/128"]
         assert_eq!(c.rate_limit.login_per_minute, 5);
         assert_eq!(c.rate_limit.trusted_proxies.len(), 2);
         assert!(c.auth.required && !c.auth.anonymous_tokens);
-        c.validate().expect("valid");
+        assert_eq!(c.validate(), Vec::<String>::new());
 
         assert!(
             toml::from_str::<Config>("nope = 1").is_err(),
@@ -349,14 +338,45 @@ trusted_proxies = ["127.0.0.1/32", "::1/128"]
         assert!(toml::from_str::<Config>("[auth]\nnope = 1").is_err());
         let redis_without_url: Config =
             toml::from_str("db_url = \"http://db\"\ncache = \"redis\"").expect("parses");
-        assert!(matches!(
-            redis_without_url.validate(),
-            Err(Error::Config(_))
-        ));
+        assert_eq!(redis_without_url.validate().len(), 1);
         let zero: Config = toml::from_str(
             "db_url = \"http://db\"\ncache = \"local\"\n[rate_limit.routes]\n\"/data\" = { per_minute = 0 }",
         )
         .expect("parses");
-        assert!(matches!(zero.validate(), Err(Error::Config(_))));
+        assert_eq!(zero.validate().len(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path() {
+        let c: Config = toml::from_str(
+            r#"
+cache_ttl_secs = 0
+[required_roles]
+"GET /nope" = "admin"
+"POST /login" = "admin"
+"GET /tasks/stats" = ""
+[rate_limit.routes]
+"/nowhere" = { per_minute = 5 }
+"/ready" = { per_minute = 5 }
+"#,
+        )
+        .expect("parses");
+        let problems = c.validate();
+        let starts = [
+            "cache_url:",
+            "db_url:",
+            "cache_ttl_secs:",
+            "required_roles.\"GET /nope\": no such route",
+            "required_roles.\"POST /login\": this route reads no token",
+            "rate_limit.routes.\"/nowhere\": no such route",
+            "rate_limit.routes.\"/ready\": this route is never rate limited",
+        ];
+        for start in starts {
+            assert!(
+                problems.iter().any(|p| p.starts_with(start)),
+                "{start} missing from {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), starts.len(), "{problems:#?}");
     }
 }

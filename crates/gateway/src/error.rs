@@ -38,9 +38,31 @@ pub enum Error {
     /// A `/data` key that is empty or too long (`400 invalid_key`).
     #[error("{0}")]
     InvalidKey(String),
-    /// A bad request body or query, already in the JSON error shape (`common::Json` rejections).
+    /// The JSON body extractor's rejection (`common::Json`): malformed JSON, a missing field or a
+    /// wrong type (`400`), too large (`413`), not JSON (`415`), already in the error shape.
     #[error("{}", .0.body.message)]
-    Rejected(ApiError),
+    Body(ApiError),
+    /// A query string that does not parse or is out of range (`400 invalid_query`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A request the client can fix, with the stable code saying what (`400 <code>`): a profile
+    /// field, a body that is not an object, an idempotency key.
+    #[error("{message}")]
+    Invalid {
+        /// The stable code (`invalid_email`, `malformed_json`, ...).
+        code: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A registration whose profile could not be made was undone (`503 registration_failed`).
+    #[error("the profile could not be created, so nothing was registered; try again")]
+    RegistrationFailed,
+    /// This gateway has no task queue configured (`503 queue_unavailable`).
+    #[error("this gateway has no task queue configured")]
+    NoQueue,
+    /// The task queue refused or failed (its own status and code: `404`, `409`, `400`, `503`).
+    #[error("{0}")]
+    Queue(#[from] queue::Error),
     /// An upstream (`auth`, `db`, `service`) answered with a client error that is passed on as is:
     /// its status and its error body (wrong password, username taken, ...).
     #[error("{service} answered {status}: {}", body.message)]
@@ -83,9 +105,21 @@ pub enum Error {
         /// What happened (logged, never shown).
         detail: String,
     },
-    /// A backend pool (`service`, `auth`) could not serve the request: its status and code.
-    #[error("pool: {0}")]
-    Pool(#[from] balance::PoolError),
+    /// A balanced pool (`service`, `auth`) could not place the request: its status and code
+    /// (`503 no_healthy_backend`, `502 backend_unreachable`, `504 backend_timeout`).
+    #[error("{service} pool: {detail}")]
+    Pool {
+        /// The upstream's role.
+        service: &'static str,
+        /// The status the client sees.
+        status: StatusCode,
+        /// The pool's stable code.
+        code: &'static str,
+        /// A message safe to show.
+        message: String,
+        /// What happened (logged, never shown).
+        detail: String,
+    },
     /// `GET /ready`: some dependency does not answer yet (`503 not_ready`).
     #[error("not ready: waiting for {0}")]
     NotReady(String),
@@ -105,7 +139,13 @@ pub enum Error {
 
 impl From<ApiError> for Error {
     fn from(e: ApiError) -> Self {
-        Error::Rejected(e)
+        Error::Body(e)
+    }
+}
+
+impl From<api::client::ClientError> for Error {
+    fn from(e: api::client::ClientError) -> Self {
+        from_client(e)
     }
 }
 
@@ -159,7 +199,20 @@ impl Error {
             }
             Error::NotFound(_) => ApiError::not_found(message),
             Error::InvalidKey(_) => ApiError::bad_request("invalid_key", message),
-            Error::Rejected(api) => api.clone(),
+            Error::Body(api) => api.clone(),
+            Error::InvalidQuery(_) => ApiError::bad_request("invalid_query", message),
+            Error::Invalid { code, .. } => ApiError::bad_request(code, message),
+            Error::RegistrationFailed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registration_failed",
+                message,
+            ),
+            Error::NoQueue => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                message,
+            ),
+            Error::Queue(e) => e.to_api_error(),
             Error::Upstream { status, body, .. } => ApiError {
                 status: *status,
                 body: body.clone(),
@@ -197,9 +250,14 @@ impl Error {
                     format!("the {service} service failed to answer; see the gateway's log"),
                 )
             }
-            Error::Pool(e) => {
-                tracing::warn!(error = %e, "pool failed");
-                ApiError::new(e.status(), e.code(), e.public_message())
+            Error::Pool {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                tracing::warn!(error = %self, "pool failed");
+                ApiError::new(*status, code, message.clone())
             }
             Error::NotReady(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
@@ -216,7 +274,8 @@ impl IntoResponse for Error {
     }
 }
 
-/// What a typed client's failure means for the gateway's own client.
+/// What a typed client's failure means for the gateway's own client: the one mapping from
+/// transport failures to the gateway's errors.
 pub(crate) fn from_client(e: api::client::ClientError) -> Error {
     use api::client::ClientError;
     match e {
@@ -224,6 +283,19 @@ pub(crate) fn from_client(e: api::client::ClientError) -> Error {
             Error::UpstreamUnavailable { service, detail }
         }
         ClientError::Timeout { service } => Error::UpstreamTimeout { service },
+        ClientError::Pool {
+            service,
+            status,
+            code,
+            message,
+            detail,
+        } => Error::Pool {
+            service,
+            status,
+            code,
+            message,
+            detail,
+        },
         ClientError::Status {
             service,
             status,

@@ -1,55 +1,67 @@
-//! The middleware in front of every business route: who is calling, then whether they may.
+//! The middleware in front of every route of the table: who is calling, then whether they may.
+//! Each route gets its own instance, holding its resolved entry of the route table
+//! (`policy.rs`), so nothing is looked up per request.
 //!
-//! 1. Identity: the token (if any) is checked; protected routes refuse a missing or bad token with
-//!    `401` (unless `auth.required = false`), public routes run with whatever identity there is.
-//! 2. Rate limit: the route's rule (if any) is checked for the client (user id, else IP); a denied
-//!    request gets `429`, an admitted one carries the `RateLimit-*` headers on its answer.
+//! 1. Identity, by the entry's token rule: `none` reads no token; `optional` uses a valid one and
+//!    ignores a bad one; `required` refuses a missing or bad token with `401` (unless
+//!    `auth.required = false`, where requests without a token run as anonymous).
+//! 2. Guests: a guest token is refused (`403`) on a route that needs a token and writes.
+//! 3. Rate limit: the entry's bucket and rule, per client (user id, else IP); a denied request gets
+//!    `429`, an admitted one carries the `RateLimit-*` headers on its answer.
+//! 4. Role: the entry's role (after the topology's overrides), unless the route waives it for the
+//!    caller's own resource (`GET /users/{id}` of yourself).
 //!
 //! Authentication comes first so that the limit can be per user; a request with a bad token is
-//! refused before it costs anything but a signature check.
+//! refused before it costs anything but a signature check. The limit comes before the role check so
+//! that hammering a forbidden route is limited too.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::RequestId;
 
+use crate::policy::{GUEST, LOGIN_BUCKET, Resolved, RoleScope, TokenRule};
 use crate::rate_limit::client_ip;
-use crate::state::LOGIN_BUCKET;
 use crate::tokens::{Caller, token_from};
-use crate::{AppState, Error, routes};
+use crate::{AppState, Error};
 
-/// Runs before every business route (installed with `route_layer`, so that unknown routes and
-/// wrong methods get their `404`/`405` without a token).
+/// Runs before one route's handler (installed by `policy::build` as that route's layer).
 pub(crate) async fn guard(
-    State(state): State<AppState>,
+    State((state, route)): State<(AppState, Arc<Resolved>)>,
     RequestId(rid): RequestId,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let strict = state.inner.config.auth.required && !routes::is_public(&route);
-
-    let caller = match identify(&state, req.headers(), &rid).await {
-        Ok(caller) => caller,
-        Err(e) if strict => return e.into_response(),
-        Err(e) => {
-            tracing::debug!(error = %e, %route, "ignoring a bad token on a route that does not need one");
-            Caller::Anonymous
-        }
+    let policy = route.policy;
+    let strict = policy.token == TokenRule::Required && state.inner.config.auth.required;
+    let caller = match policy.token {
+        TokenRule::None => Caller::Anonymous,
+        _ => match identify(&state, req.headers(), &rid).await {
+            Ok(caller) => caller,
+            Err(e) if strict => return e.into_response(),
+            Err(e) => {
+                tracing::debug!(error = %e, route = policy.path, "ignoring a bad token on a route that does not need one");
+                Caller::Anonymous
+            }
+        },
     };
     if strict && caller == Caller::Anonymous {
         return Error::MissingToken.into_response();
     }
+    if policy.token == TokenRule::Required && !policy.guests && caller.has_role(GUEST) {
+        return Error::Forbidden(format!(
+            "guest tokens are read-only: {} {} writes; log in with an account",
+            policy.method, policy.path
+        ))
+        .into_response();
+    }
 
-    let decision = match state.rule_for(&route) {
+    let decision = match &route.limit {
         None => None,
         Some((bucket, rule)) => {
             let peer = req
@@ -68,20 +80,45 @@ pub(crate) async fn guard(
                     None => "ip:unknown".to_string(),
                 },
             };
-            let decision = state.inner.limiter.check(&bucket, &client, &rule).await;
+            let decision = state.inner.limiter.check(bucket, &client, rule).await;
             if !decision.allowed {
                 metrics::counter!(
                     "scalelab_gateway_rate_limited_total",
-                    "route" => route.clone(),
+                    "route" => policy.path,
                     "id" => state.inner.instance.id.to_string()
                 )
                 .increment(1);
-                tracing::info!(%route, %client, "rate limited");
-                return Error::RateLimited { route, decision }.into_response();
+                tracing::info!(route = policy.path, %client, "rate limited");
+                return Error::RateLimited {
+                    route: policy.path.to_string(),
+                    decision,
+                }
+                .into_response();
             }
             Some(decision)
         }
     };
+
+    let own = match policy.scope {
+        RoleScope::Always => false,
+        RoleScope::UnlessSelf(param) => {
+            let (mut parts, body) = req.into_parts();
+            let named = RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .ok()
+                .and_then(|params| {
+                    params
+                        .iter()
+                        .find(|(name, _)| *name == param)
+                        .map(|(_, value)| value.to_string())
+                });
+            req = Request::from_parts(parts, body);
+            named.is_some() && caller.user_id() == named.as_deref()
+        }
+    };
+    if !own && let Err(e) = route.require(&caller, &format!("{} {}", policy.method, policy.path)) {
+        return e.into_response();
+    }
 
     req.extensions_mut().insert(caller);
     let mut resp = next.run(req).await;

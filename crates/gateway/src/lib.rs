@@ -3,11 +3,13 @@
 //! sends `GET /process` to the business services through a balanced pool, and forwards logins and
 //! registrations to `auth`.
 //!
-//! Start reading at [`router`] (the routes and the order of the middleware), then `guard.rs`
-//! (identity, then rate limit, before every business route), `routes.rs` (the handlers),
-//! `tokens.rs` (JWKS and token verification), `single_flight.rs` (one db read per key however many
-//! misses wait for it), [`cache`] (the [`Cache`] trait and its three backends) and
-//! `rate_limit.rs` (GCRA, local and Redis).
+//! Start reading at [`router`], then `policy.rs` (the route table: token rule, role, guest rule and
+//! rate limit bucket of every route, the only place that decides access), `guard.rs` (the
+//! middleware that applies one route's entry), `features/` (the handlers, one module per feature),
+//! `state.rs` (the peers: typed clients from `api::client`, over a balanced pool where there are
+//! several instances), `tokens.rs` (JWKS and token verification), `single_flight.rs` (one db read
+//! per key however many misses wait for it), [`cache`] (the [`Cache`] trait and its three backends)
+//! and `rate_limit.rs` (GCRA, local and Redis).
 //!
 //! Routes (all answers carry `X-Served-By` and `X-Request-Id`; errors are
 //! `{"error": code, "message": text}`):
@@ -21,13 +23,17 @@
 //! | `PUT /data/{key}` `{"value": any}` | yes | write to db, delete the cached entry |
 //! | `GET /process` | yes | one service instance's answer plus `gateway_id` |
 //! | `GET`/`PATCH`/`DELETE /users/me`, `GET /getUserData` | yes | your profile (`users.rs`) |
-//! | `GET /users`, `GET /users/{id}`, `PATCH /users/{id}/role` | `required_roles` | profiles; `/users/{id}` cached |
+//! | `GET /users`, `GET /users/{id}`, `PATCH /users/{id}/role` | admin (your own `/users/{id}`: yes) | profiles; `/users/{id}` cached |
 //! | `GET /cache/stats`, `POST /cache/flush` | admin | the cache backend's counters / empty it |
 //! | `POST /tasks`, `POST /longtask`, `POST /add` | yes | submit a task (`tasks.rs`): `202`/`201` |
 //! | `GET /tasks[?status&type&limit&cursor]`, `GET /tasks/{id}`, `GET /task/{id}`, `GET /result/{id}` | yes (owner or admin) | task state |
 //! | `DELETE /tasks/{id}`, `GET /tasks/{id}/events` | yes (owner or admin) | cancel a queued task; SSE of its changes |
 //! | `POST /tasks/{id}/requeue`, `GET /tasks/stats` | admin | re-queue a dead task; queue counts |
 //! | `GET /ready` | no | `200` when the JWKS is loaded and cache and db answer, else `503` |
+//! | `GET /policy` | admin | the route table as this gateway applies it |
+//!
+//! The roles in this table are the route table's defaults; the topology may override them
+//! (`[gateway.required_roles]`). Guest tokens are read-only: they pass no route that writes.
 //! | `GET /health`, `GET /metrics` | no | liveness, Prometheus (from `common::stack`) |
 //!
 //! **Rate limits are per instance with `rate_limit.backend = "local"`** (the embedded default):
@@ -45,37 +51,36 @@
 pub mod cache;
 mod config;
 mod error;
+mod features;
 pub mod fence;
 mod guard;
+pub mod policy;
 pub mod rate_limit;
 mod redis_conn;
-mod routes;
 pub mod single_flight;
 mod state;
-mod tasks;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
-mod upstream;
-mod users;
 
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use cache::Cache;
 pub use config::{AuthConfig, CacheBackend, Config, LimiterBackend, RateLimitConfig, Rule};
 pub use error::Error;
-pub use routes::DEFAULT_KEY;
+pub use features::DEFAULT_KEY;
+pub use policy::route_table;
 pub use state::AppState;
 
 /// The gateway's routes inside the standard stack of `common` (health, metrics, JSON 404/405,
 /// request id, `X-Served-By`, timeout, body limit of [`Config::max_body_bytes`]).
 ///
-/// Every business route except `/ready` runs behind the guard (token, then rate limit), installed
-/// as a route layer so that an unknown route or a wrong method gets its `404`/`405` first.
+/// Every route of the route table runs behind the guard with its own entry (token, guests, rate
+/// limit, role), installed as a route layer so that an unknown route or a wrong method gets its
+/// `404`/`405` first.
 pub fn router(state: AppState) -> Router {
     let instance = state.instance().clone();
     // The stack's own timeout must not cut a `/process` call short of the pool's response
@@ -92,29 +97,13 @@ pub fn router(state: AppState) -> Router {
         body_bytes: state.config().max_body_bytes,
         timeout: default.timeout.max(services),
     };
-    let routes = Router::new()
-        .route("/login", post(routes::login))
-        .route("/auth/login", post(routes::login))
-        .route("/register", post(users::register))
-        .route("/auth/register", post(users::register))
-        .route("/token", get(routes::guest_token))
-        .route("/data", get(routes::get_data))
-        .route(
-            "/data/{key}",
-            get(routes::get_data_path).put(routes::put_data),
-        )
-        .route("/process", get(routes::process))
-        .merge(users::routes())
-        .merge(tasks::routes())
-        .route("/cache/stats", get(routes::cache_stats))
-        .route("/cache/flush", post(routes::cache_flush))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::guard,
-        ))
-        .route("/ready", get(routes::ready))
-        .with_state(state);
-    common::stack::wrap(routes, &instance, limits)
+    // The endpoints and the table are both code, not configuration: they either match for every
+    // gateway or for none, and `tests::policy` proves they match.
+    let routes = match policy::build(&state, features::endpoints()) {
+        Ok(routes) => routes,
+        Err(e) => panic!("the route table and the endpoints disagree: {e}"),
+    };
+    common::stack::wrap(routes.with_state(state), &instance, limits)
 }
 
 /// Builds the gateway from `config` and serves it on `listener` until `shutdown` resolves, then

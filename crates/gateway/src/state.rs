@@ -3,25 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::client::{DbClient, JsonClient};
-use balance::{Pool, PoolConfig, Strategy};
+use api::client::{AuthClient, DbClient, JsonClient, ServiceClient, UsersClient};
+use balance::{Pool, PoolConfig, PoolTransport, Strategy};
 use serde_json::Value;
 
 use crate::Error;
 use crate::cache::{Cache, LocalCache, RedisCache, ServiceCache};
-use crate::config::{CacheBackend, Config, LimiterBackend, Rule};
+use crate::config::{CacheBackend, Config, LimiterBackend};
+use crate::policy::Policies;
 use crate::rate_limit::{Limiter, LocalLimiter, RedisLimiter};
 use crate::redis_conn::RedisConn;
 use crate::single_flight::SingleFlight;
 use crate::tokens::{self, Verifier};
-use crate::upstream::Upstream;
 
 /// The result of one shared `db` read: the value, `None` for an absent key, or the error every
 /// waiting caller answers with.
 pub(crate) type DbRead = Result<Option<Value>, Arc<Error>>;
-
-/// The bucket login attempts share when no `routes` entry overrides it.
-pub(crate) const LOGIN_BUCKET: &str = "login";
 
 /// Everything the handlers share; cheap to clone.
 #[derive(Clone, Debug)]
@@ -45,16 +42,21 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     /// Who this gateway is: `gateway_id` in answers, `X-Served-By`, metric labels.
     pub(crate) instance: common::Instance,
+    /// The route table resolved against `config`: what the guard and the handlers consult.
+    pub(crate) policies: Policies,
     /// Checks tokens against auth's JWKS.
     pub(crate) verifier: Arc<Verifier>,
-    /// The auth instances (login, register, guest tokens, JWKS).
-    pub(crate) auth: Upstream,
-    /// The service instances behind `/process`.
-    pub(crate) services: Upstream,
+    /// The auth instances (login, register, guest tokens, JWKS), through a round-robin pool.
+    pub(crate) auth: AuthClient,
+    /// The pool under `auth`: its backends' health (read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) auth_pool: Arc<Pool>,
+    /// The service instances behind `/process`, through the configured pool.
+    pub(crate) services: ServiceClient,
     /// The db service (the source of truth behind the cache).
     pub(crate) db: DbClient,
     /// The users service (profiles); `None` when the topology has none.
-    pub(crate) users: Option<api::client::UsersClient>,
+    pub(crate) users: Option<UsersClient>,
     /// The configured cache backend.
     pub(crate) cache: Arc<dyn Cache>,
     /// The configured rate limiter.
@@ -77,7 +79,11 @@ impl AppState {
     /// of the `auth` and `service` pools (they stop when the last clone of the state is dropped),
     /// so that a backend marked down by a failed request comes back even without [`crate::serve`].
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
-        config.validate()?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        let policies = Policies::resolve(&config);
         let upstream_timeout = Duration::from_millis(config.upstream_timeout_ms);
 
         let auth_pool_config = PoolConfig {
@@ -86,19 +92,19 @@ impl AppState {
             response_timeout_ms: config.upstream_timeout_ms,
             ..PoolConfig::default()
         };
-        let auth = Upstream {
-            service: "auth",
-            pool: Pool::new("auth", &config.auth_urls, auth_pool_config),
-            timeout: upstream_timeout,
-        };
-        let services = Upstream {
-            service: "service",
-            pool: Pool::new("service", &config.service_urls, config.services.clone()),
+        let auth_pool = Pool::new("auth", &config.auth_urls, auth_pool_config);
+        let auth = AuthClient(JsonClient::over(PoolTransport::new(
+            "auth",
+            auth_pool.clone(),
+            upstream_timeout,
+        )));
+        let service_pool = Pool::new("service", &config.service_urls, config.services.clone());
+        let services = ServiceClient(JsonClient::over(PoolTransport::new(
+            "service",
+            service_pool.clone(),
             // The pool bounds the wait for headers; this also bounds reading the body.
-            timeout: Duration::from_millis(
-                config.services.response_timeout_ms.saturating_add(1000),
-            ),
-        };
+            Duration::from_millis(config.services.response_timeout_ms.saturating_add(1000)),
+        )));
 
         let redis = match config.redis_url.as_deref() {
             Some(url) if !url.is_empty() => Some(RedisConn::new(url, upstream_timeout)?),
@@ -129,7 +135,7 @@ impl AppState {
         ));
 
         let users = (!config.users_url.is_empty()).then(|| {
-            api::client::UsersClient(JsonClient::new(
+            UsersClient(JsonClient::new(
                 "users",
                 config.users_url.clone(),
                 upstream_timeout,
@@ -174,16 +180,18 @@ impl AppState {
         let verifier = Arc::new(Verifier::new(config.auth.clone(), auth.clone()));
         let loader = tokens::spawn_loader(Arc::downgrade(&verifier));
         let health = vec![
-            auth.pool.spawn_health_checks(),
-            services.pool.spawn_health_checks(),
+            auth_pool.spawn_health_checks(),
+            service_pool.spawn_health_checks(),
         ];
 
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 instance,
+                policies,
                 verifier,
                 auth,
+                auth_pool,
                 services,
                 db,
                 users,
@@ -213,21 +221,8 @@ impl AppState {
         self.inner.cache.clone()
     }
 
-    /// The rate limit bucket and rule of a route (as written in the router), if it is limited.
-    pub(crate) fn rule_for(&self, route: &str) -> Option<(String, Rule)> {
-        let limits = &self.inner.config.rate_limit;
-        if let Some(rule) = limits.routes.get(route) {
-            return Some((route.to_string(), *rule));
-        }
-        if crate::routes::is_login(route) {
-            return (limits.login_per_minute > 0).then(|| {
-                let rule = Rule {
-                    per_minute: limits.login_per_minute,
-                    burst: None,
-                };
-                (LOGIN_BUCKET.to_string(), rule)
-            });
-        }
-        limits.default.map(|rule| (route.to_string(), rule))
+    /// The route table as this gateway applies it.
+    pub(crate) fn policies(&self) -> &Policies {
+        &self.inner.policies
     }
 }

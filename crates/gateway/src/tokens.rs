@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -25,7 +25,7 @@ use api::wire::auth::Claims;
 
 use crate::Error;
 use crate::config::AuthConfig;
-use crate::upstream::Upstream;
+use api::client::AuthClient;
 
 /// Who is calling: a user with verified claims, or an anonymous guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,8 +122,8 @@ pub(crate) struct Verifier {
     loaded: AtomicBool,
     /// When the last fetch started; the lock also coalesces concurrent fetches.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
-    /// The auth pool.
-    auth: Upstream,
+    /// The auth instances, through their pool.
+    auth: AuthClient,
     /// The compatibility HS256 key, when configured.
     hs256: Option<DecodingKey>,
 }
@@ -144,7 +144,7 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    pub(crate) fn new(config: AuthConfig, auth: Upstream) -> Self {
+    pub(crate) fn new(config: AuthConfig, auth: AuthClient) -> Self {
         let hs256 = config
             .hs256_secret
             .as_deref()
@@ -170,10 +170,7 @@ impl Verifier {
 
     /// Fetches the JWK set and replaces the known keys with it.
     async fn fetch(&self, rid: &str) -> Result<usize, Error> {
-        let (_, doc): (_, Value) = self
-            .auth
-            .call::<(), _>(Method::GET, "/.well-known/jwks.json", None, rid)
-            .await?;
+        let doc: Value = self.auth.jwks(rid).await?;
         let entries =
             doc.get("keys")
                 .and_then(Value::as_array)

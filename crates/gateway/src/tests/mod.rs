@@ -5,6 +5,7 @@
 mod data;
 mod fakes;
 mod limits;
+mod policy;
 mod routes;
 mod tasks;
 mod tokens;

@@ -395,7 +395,7 @@ async fn the_gateway_starts_with_nothing_up_and_loads_keys_when_auth_arrives() {
     let state = h.state().await;
     assert!(!state.inner.verifier.is_loaded());
     // The first fetch fails and takes the only auth instance out of the pool.
-    let backend = state.inner.auth.pool.backends()[0].clone();
+    let backend = state.inner.auth_pool.backends()[0].clone();
     wait_until("the first JWKS fetch failed", || !backend.is_healthy()).await;
     // Auth comes up on that port; the loader retries (and the pool's health checks bring the
     // instance back) until the keys are in.

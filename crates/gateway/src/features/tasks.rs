@@ -3,31 +3,30 @@
 //! `/result/{id}` calls, all on the queue store shared with the workers.
 //!
 //! Owners see and cancel only their own tasks; anyone else's id answers `404`, exactly like an
-//! unknown one, so that ids cannot be probed. Admins see everything, re-queue dead tasks and read
-//! the queue's counts.
+//! unknown one, so that ids cannot be probed. Admins see everything; who may re-queue dead tasks
+//! and read the queue's counts is the route table's (`policy.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use common::{ApiError, Json};
 use futures::Stream;
 use queue::{ListQuery, NewTask, Priority, Queue, Status, Task};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
+use api::wire::gateway::{
+    AddQueued, AddRequest, SubmitTask, Tagged, TaskQueued, TaskResult, TaskTypes, TasksQuery,
+};
+
+use crate::policy::{ADMIN, Endpoint};
 use crate::tokens::Caller;
 use crate::{AppState, Error};
-
-/// The role that sees every task.
-const ADMIN: &str = "admin";
 /// The header that makes a retried submission return the first task.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest idempotency key, in bytes.
@@ -35,35 +34,26 @@ const MAX_KEY_BYTES: usize = 200;
 /// How often the events stream reads the task.
 const EVENTS_POLL: Duration = Duration::from_millis(200);
 
-/// The task routes (behind the guard, like every business route).
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/longtask", post(longtask))
-        .route("/tasks", post(submit).get(list))
-        .route("/tasks/stats", get(stats))
-        .route("/tasks/types", get(types))
-        .route("/tasks/{id}", get(get_task).delete(cancel))
-        .route("/task/{id}", get(get_task))
-        .route("/tasks/{id}/requeue", post(requeue))
-        .route("/tasks/{id}/events", get(events))
-        .route("/add", post(add))
-        .route("/result/{id}", get(result))
-}
-
-/// A queue error as the gateway answers it.
-fn queue_error(e: queue::Error) -> Error {
-    Error::Rejected(e.to_api_error())
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::POST, "/longtask", longtask),
+        Endpoint::new(Method::POST, "/tasks", submit),
+        Endpoint::new(Method::GET, "/tasks", list),
+        Endpoint::new(Method::GET, "/tasks/stats", stats),
+        Endpoint::new(Method::GET, "/tasks/types", types),
+        Endpoint::new(Method::GET, "/tasks/{id}", get_task),
+        Endpoint::new(Method::DELETE, "/tasks/{id}", cancel),
+        Endpoint::new(Method::GET, "/task/{id}", get_task),
+        Endpoint::new(Method::POST, "/tasks/{id}/requeue", requeue),
+        Endpoint::new(Method::GET, "/tasks/{id}/events", events),
+        Endpoint::new(Method::POST, "/add", add),
+        Endpoint::new(Method::GET, "/result/{id}", result),
+    ]
 }
 
 /// The queue store, or `503` when this gateway has none configured.
 fn store(state: &AppState) -> Result<Arc<dyn Queue>, Error> {
-    state.inner.tasks.clone().ok_or_else(|| {
-        Error::Rejected(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_unavailable",
-            "this gateway has no task queue configured",
-        ))
-    })
+    state.inner.tasks.clone().ok_or(Error::NoQueue)
 }
 
 /// Whose tasks these are: the user id, or `anonymous` when tokens are off.
@@ -72,12 +62,12 @@ fn owner(caller: &Caller) -> String {
 }
 
 fn not_found(id: &str) -> Error {
-    Error::Rejected(queue::Error::NotFound(id.to_string()).to_api_error())
+    Error::Queue(queue::Error::NotFound(id.to_string()))
 }
 
 /// The task, if the caller may see it (its owner, or an admin); `404` otherwise.
 async fn visible(q: &dyn Queue, caller: &Caller, id: &str) -> Result<Task, Error> {
-    match q.get(id).await.map_err(queue_error)? {
+    match q.get(id).await? {
         Some(t) if caller.has_role(ADMIN) || t.owner == owner(caller) => Ok(t),
         _ => Err(not_found(id)),
     }
@@ -89,15 +79,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
     };
     match v.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Ok(Some(k.to_string())),
-        _ => Err(Error::Rejected(ApiError::bad_request(
-            "invalid_idempotency_key",
-            format!("Idempotency-Key is 1 to {MAX_KEY_BYTES} visible ASCII characters"),
-        ))),
+        _ => Err(Error::Invalid {
+            code: "invalid_idempotency_key".into(),
+            message: format!("Idempotency-Key is 1 to {MAX_KEY_BYTES} visible ASCII characters"),
+        }),
     }
 }
 
 fn priority(p: Option<&str>) -> Result<Priority, Error> {
-    p.map_or(Ok(Priority::Normal), |p| p.parse().map_err(queue_error))
+    Ok(p.map_or(Ok(Priority::Normal), str::parse)?)
 }
 
 /// Checks and stores a submission. Nothing is stored unless every check passed.
@@ -110,14 +100,14 @@ async fn enqueue(
     priority: Priority,
     max_attempts: Option<u32>,
 ) -> Result<Task, Error> {
-    queue::types::validate(&kind, &payload).map_err(queue_error)?;
+    queue::types::validate(&kind, &payload)?;
     let key = idempotency_key(headers)?;
     let q = store(state)?;
     let task = q
         .submit(NewTask {
             kind,
             payload: if payload.is_null() {
-                json!({})
+                Value::Object(Map::new())
             } else {
                 payload
             },
@@ -126,32 +116,19 @@ async fn enqueue(
             idempotency_key: key,
             max_attempts,
         })
-        .await
-        .map_err(queue_error)?;
+        .await?;
     metrics::counter!("scalelab_gateway_tasks_submitted_total", "type" => task.kind.clone())
         .increment(1);
     Ok(task)
 }
 
-/// `POST /tasks` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Submit {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    payload: Value,
-    priority: Option<String>,
-    max_attempts: Option<u32>,
-}
-
 /// `POST /tasks` `{"type","payload","priority"?,"max_attempts"?}` → `202` with the task.
-pub(crate) async fn submit(
+async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Json<Submit>, ApiError>,
-) -> Result<(StatusCode, axum::Json<Task>), Error> {
+    body: Result<Json<SubmitTask>, ApiError>,
+) -> Result<(StatusCode, Json<Task>), Error> {
     let Json(body) = body?;
     let priority = priority(body.priority.as_deref())?;
     let task = enqueue(
@@ -164,36 +141,34 @@ pub(crate) async fn submit(
         body.max_attempts,
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(task)))
+    Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
 /// `POST /longtask` `{"task": "report", ...}` (the lab's call): the other fields (but
 /// `priority`) are the payload; an empty body is a `report`. → `202 {"status":"Task queued",
 /// "task_id", ...}`.
-pub(crate) async fn longtask(
+async fn longtask(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, Json<TaskQueued>), Error> {
     let mut fields: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::Rejected(ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not a JSON object: {e}"),
-            ))
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid {
+            code: "malformed_json".into(),
+            message: format!("the body is not a JSON object: {e}"),
         })?
     };
     let kind = match fields.remove("task") {
         None => "report".to_string(),
         Some(Value::String(s)) => s,
         Some(_) => {
-            return Err(Error::Rejected(ApiError::bad_request(
-                "invalid_body",
-                "task is the name of a task type",
-            )));
+            return Err(Error::Invalid {
+                code: "invalid_body".into(),
+                message: "task is the name of a task type".into(),
+            });
         }
     };
     let priority = match fields.remove("priority") {
@@ -213,56 +188,51 @@ pub(crate) async fn longtask(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "status": "Task queued",
-            "task_id": task.id,
-            "type": task.kind,
-            "priority": task.priority,
-            "status_url": format!("/tasks/{}", task.id),
-            "events_url": format!("/tasks/{}/events", task.id),
-        })),
+        Json(TaskQueued {
+            status: "Task queued".into(),
+            status_url: format!("/tasks/{}", task.id),
+            events_url: format!("/tasks/{}/events", task.id),
+            task_id: task.id,
+            kind: task.kind,
+            priority: task.priority.as_str().into(),
+        }),
     ))
 }
 
-/// `POST /add` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AddBody {
-    a: Value,
-    b: Value,
-}
-
 /// `POST /add` `{"a","b"}` → `201 {"result_id"}` (the Celery-style pair with `/result/{id}`).
-pub(crate) async fn add(
+async fn add(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Json<AddBody>, ApiError>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
-    let Json(AddBody { a, b }) = body?;
+    body: Result<Json<AddRequest>, ApiError>,
+) -> Result<(StatusCode, Json<AddQueued>), Error> {
+    let Json(AddRequest { a, b }) = body?;
     let task = enqueue(
         &state,
         &caller,
         &headers,
         "add".into(),
-        json!({"a": a, "b": b}),
+        serde_json::to_value(AddRequest { a, b }).map_err(|e| Error::Internal(e.to_string()))?,
         Priority::Normal,
         None,
     )
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"result_id": task.id, "task_id": task.id})),
+        Json(AddQueued {
+            result_id: task.id.clone(),
+            task_id: task.id,
+        }),
     ))
 }
 
 /// `GET /result/{id}` → `{"ready","successful","value"}`: `ready` once the task is final,
 /// `value` its result (or its last error when it did not succeed).
-pub(crate) async fn result(
+async fn result(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<Json<TaskResult>, Error> {
     let q = store(&state)?;
     let t = visible(&*q, &caller, &id).await?;
     let ready = t.status.is_final();
@@ -274,86 +244,58 @@ pub(crate) async fn result(
     } else {
         Value::Null
     };
-    Ok(axum::Json(json!({
-        "id": t.id,
-        "status": t.status,
-        "ready": ready,
-        "successful": successful,
-        "value": value,
-    })))
+    Ok(Json(TaskResult {
+        id: t.id,
+        status: t.status.as_str().into(),
+        ready,
+        successful,
+        value,
+    }))
 }
 
 /// `GET /tasks/{id}`, `GET /task/{id}`.
-pub(crate) async fn get_task(
+async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Task>, Error> {
+) -> Result<Json<Task>, Error> {
     let q = store(&state)?;
-    Ok(axum::Json(visible(&*q, &caller, &id).await?))
+    Ok(Json(visible(&*q, &caller, &id).await?))
 }
 
 /// `DELETE /tasks/{id}`: cancels a task that waits to run; `409` when running or finished.
-pub(crate) async fn cancel(
+async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Task>, Error> {
+) -> Result<Json<Task>, Error> {
     let q = store(&state)?;
     visible(&*q, &caller, &id).await?;
-    Ok(axum::Json(q.cancel(&id).await.map_err(queue_error)?))
+    Ok(Json(q.cancel(&id).await?))
 }
 
 /// `POST /tasks/{id}/requeue` (admin): a dead task back in the queue with fresh attempts.
-pub(crate) async fn requeue(
+async fn requeue(
     State(state): State<AppState>,
-    caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, axum::Json<Task>), Error> {
-    if !caller.has_role(ADMIN) {
-        return Err(Error::Forbidden(
-            "re-queueing a task needs the admin role".into(),
-        ));
-    }
+) -> Result<(StatusCode, Json<Task>), Error> {
     let q = store(&state)?;
-    let task = q.requeue(&id).await.map_err(queue_error)?;
-    Ok((StatusCode::ACCEPTED, axum::Json(task)))
-}
-
-/// `GET /tasks` query.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListParams {
-    status: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
-    /// Admins only: one owner's tasks.
-    owner: Option<String>,
+    let task = q.requeue(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
 /// `GET /tasks?status=&type=&limit=&cursor=`: the caller's tasks (admins: everyone's), newest
 /// first, `{"tasks": [...], "next_cursor"}`.
-pub(crate) async fn list(
+async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<axum::Json<queue::Page>, Error> {
-    let Query(p) = query
-        .map_err(|e| Error::Rejected(ApiError::bad_request("invalid_query", e.body_text())))?;
-    let status = p
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-        .map_err(queue_error)?;
+    query: Result<Query<TasksQuery>, QueryRejection>,
+) -> Result<Json<queue::Page>, Error> {
+    let Query(p) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let status = p.status.as_deref().map(str::parse::<Status>).transpose()?;
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(Error::Rejected(ApiError::bad_request(
-            "invalid_query",
-            "limit is 1 to 500",
-        )));
+        return Err(Error::InvalidQuery("limit is 1 to 500".into()));
     }
     let owner = if caller.has_role(ADMIN) {
         p.owner
@@ -369,33 +311,24 @@ pub(crate) async fn list(
             limit,
             cursor: p.cursor,
         })
-        .await
-        .map_err(queue_error)?;
-    Ok(axum::Json(page))
+        .await?;
+    Ok(Json(page))
 }
 
 /// `GET /tasks/stats` (admin): tasks by status and queue depth by priority.
-pub(crate) async fn stats(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<axum::Json<Value>, Error> {
-    if !caller.has_role(ADMIN) {
-        return Err(Error::Forbidden(
-            "GET /tasks/stats needs the admin role".into(),
-        ));
-    }
+async fn stats(State(state): State<AppState>) -> Result<Json<Tagged<queue::Stats>>, Error> {
     let q = store(&state)?;
-    let stats = q.stats().await.map_err(queue_error)?;
-    let mut body = serde_json::to_value(stats).map_err(|e| Error::Internal(e.to_string()))?;
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("gateway_id".into(), Value::from(&*state.inner.instance.id));
-    }
-    Ok(axum::Json(body))
+    Ok(Json(Tagged {
+        inner: q.stats().await?,
+        gateway_id: state.inner.instance.id.to_string(),
+    }))
 }
 
 /// `GET /tasks/types`: the task types and their payload fields.
-pub(crate) async fn types() -> axum::Json<Value> {
-    axum::Json(json!({ "types": queue::types::TYPES }))
+async fn types() -> Json<TaskTypes<&'static [queue::types::TaskType]>> {
+    Json(TaskTypes {
+        types: queue::types::TYPES,
+    })
 }
 
 /// What the events stream last sent.
@@ -409,7 +342,7 @@ struct Seen {
 /// `GET /tasks/{id}/events`: server-sent events. `event: status` (the whole task) whenever its
 /// status or attempt changes, `event: progress` when only its progress does; the stream ends
 /// after the task reaches `succeeded`, `dead` or `cancelled`. The store is read every 200 ms.
-pub(crate) async fn events(
+async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -1,0 +1,258 @@
+//! `GET /data` cache-aside, `PUT /data/{key}`, and the cache's administration.
+//!
+//! A read asks the cache, then (on a miss, a cache outage or `refresh`) makes one shared db read per
+//! key however many misses wait for it (`single_flight`), and refills the cache unless a write
+//! landed meanwhile (`fence`). A write goes to the db, then deletes the cached entry.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use common::{ApiError, Json, RequestId};
+
+use api::wire::db::PutRecord;
+use api::wire::gateway::{CacheStatsAnswer, DataQuery, DataResponse, DataWritten, Flushed};
+
+use super::{cache_error, x_cache};
+use crate::error::from_client;
+use crate::policy::Endpoint;
+use crate::single_flight::Aborted;
+use crate::{AppState, Error};
+
+/// The key `GET /data` reads when none is given (the lab's).
+pub const DEFAULT_KEY: &str = "my_data";
+/// Longest `/data` key, in bytes.
+const MAX_KEY_BYTES: usize = 256;
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/data", get_data),
+        Endpoint::new(Method::GET, "/data/{key}", get_data_path),
+        Endpoint::new(Method::PUT, "/data/{key}", put_data),
+        Endpoint::new(Method::GET, "/cache/stats", cache_stats),
+        Endpoint::new(Method::POST, "/cache/flush", cache_flush),
+    ]
+}
+
+fn valid_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(Error::InvalidKey(format!(
+            "a key is 1 to {MAX_KEY_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn truthy(s: Option<&str>) -> Result<bool, Error> {
+    match s.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0" | "no" | "") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(_) => Err(Error::InvalidQuery("refresh must be true or false".into())),
+    }
+}
+
+fn query(q: Result<Query<DataQuery>, QueryRejection>) -> Result<DataQuery, Error> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Error::InvalidQuery(e.body_text()))
+}
+
+fn path_key(key: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    key.map(|Path(k)| k)
+        .map_err(|_| Error::InvalidKey("the key is not valid UTF-8".into()))
+}
+
+/// `GET /data[?key=K][&refresh=true]`: cache-aside read.
+async fn get_data(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    q: Result<Query<DataQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let q = query(q)?;
+        let refresh = truthy(q.refresh.as_deref())?;
+        let key = q.key.unwrap_or_else(|| DEFAULT_KEY.to_string());
+        read_through(&state, key, refresh, &rid).await
+    }
+    .await;
+    with_miss_header(result)
+}
+
+/// `GET /data/{key}`: the same read, with the key in the path.
+async fn get_data_path(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    key: Result<Path<String>, PathRejection>,
+    q: Result<Query<DataQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let key = path_key(key)?;
+        let q = query(q)?;
+        read_through(&state, key, truthy(q.refresh.as_deref())?, &rid).await
+    }
+    .await;
+    with_miss_header(result)
+}
+
+/// Every `/data` answer carries `X-Cache`; errors never came from the cache.
+fn with_miss_header(result: Result<Response, Error>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let mut resp = e.into_response();
+            let (name, value) = x_cache(false);
+            resp.headers_mut().insert(name, value);
+            resp
+        }
+    }
+}
+
+fn count(state: &AppState, hit: bool) {
+    metrics::counter!(
+        "scalelab_gateway_cache_total",
+        "outcome" => if hit { "hit" } else { "miss" },
+        "id" => state.inner.instance.id.to_string()
+    )
+    .increment(1);
+}
+
+/// Cache, then (on a miss, a cache outage or `refresh`) one shared db read that refills the cache.
+async fn read_through(
+    state: &AppState,
+    key: String,
+    refresh: bool,
+    rid: &str,
+) -> Result<Response, Error> {
+    valid_key(&key)?;
+    let gateway_id = state.inner.instance.id.to_string();
+    if !refresh {
+        match state.inner.cache.get(&key, rid).await {
+            Ok(Some(data)) => {
+                count(state, true);
+                let body = DataResponse {
+                    cached: true,
+                    key,
+                    data,
+                    gateway_id,
+                };
+                return Ok(([x_cache(true)], Json(body)).into_response());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // A cache outage costs latency, never an answer: read the db.
+                tracing::warn!(error = %e, backend = state.inner.cache.name(), %key, "cache read failed; reading the db");
+                cache_error("get");
+            }
+        }
+    }
+    count(state, false);
+    let work_state = state.clone();
+    let work_key = key.clone();
+    let work_rid = rid.to_string();
+    let (read, _role) = state
+        .inner
+        .flights
+        .run(key.clone(), move || load(work_state, work_key, work_rid))
+        .await
+        .map_err(|Aborted| Error::Internal("the shared db read ended without a result".into()))?;
+    match read {
+        Ok(Some(data)) => {
+            let body = DataResponse {
+                cached: false,
+                key,
+                data,
+                gateway_id,
+            };
+            Ok(([x_cache(false)], Json(body)).into_response())
+        }
+        Ok(None) => Err(Error::NotFound(format!("no record for key {key:?}"))),
+        Err(e) => Err(Error::Shared(e)),
+    }
+}
+
+/// The one db read of a flight, and the cache refill.
+async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead {
+    metrics::counter!("scalelab_gateway_db_reads_total").increment(1);
+    // Noted before the read: a write that lands after it makes the fill below store nothing.
+    let seen = state.inner.fence.generation(&key);
+    let record = state
+        .inner
+        .db
+        .get(&key, &rid)
+        .await
+        .map_err(|e| std::sync::Arc::new(from_client(e)))?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
+    let fill = state.inner.cache.set(&key, &record.value, ttl, &rid);
+    let stored = state.inner.fence.fill_if_unchanged(&key, seen, fill).await;
+    if let Some(Err(e)) = stored {
+        tracing::warn!(error = %e, backend = state.inner.cache.name(), %key, "cache write failed; the next read goes to the db again");
+        cache_error("set");
+    }
+    Ok(Some(record.value))
+}
+
+/// `PUT /data/{key}` `{"value": any}`: write to the db, then delete the cached entry.
+async fn put_data(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Json<PutRecord>, ApiError>,
+) -> Response {
+    let result = async {
+        let key = path_key(key)?;
+        valid_key(&key)?;
+        let Json(body) = body?;
+        let record = state.inner.db.put(&key, &body.value, &rid).await?;
+        // Delete on write: the next read misses and loads the new value. A failed delete leaves
+        // the old value until its TTL runs out; it is logged, the write itself succeeded.
+        let delete = state.inner.cache.delete(&key, &rid);
+        let invalidated = match state.inner.fence.invalidate(&key, delete).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, %key, "cache delete after a write failed; the old value stays until its TTL");
+                cache_error("delete");
+                false
+            }
+        };
+        let body = DataWritten {
+            key: record.key,
+            value: record.value,
+            updated_at: record.updated_at,
+            invalidated,
+            gateway_id: state.inner.instance.id.to_string(),
+        };
+        Ok::<_, Error>(([x_cache(false)], Json(body)).into_response())
+    }
+    .await;
+    with_miss_header(result)
+}
+
+/// `GET /cache/stats` (admin).
+async fn cache_stats(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+) -> Result<Json<CacheStatsAnswer>, Error> {
+    let stats = state.inner.cache.stats(&rid).await?;
+    Ok(Json(CacheStatsAnswer {
+        stats,
+        backend: state.inner.cache.name().into(),
+        gateway_id: state.inner.instance.id.to_string(),
+    }))
+}
+
+/// `POST /cache/flush` (admin).
+async fn cache_flush(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+) -> Result<Json<Flushed>, Error> {
+    state.inner.cache.flush(&rid).await?;
+    tracing::info!(backend = state.inner.cache.name(), "cache flushed");
+    Ok(Json(Flushed {
+        flushed: true,
+        backend: state.inner.cache.name().into(),
+    }))
+}

@@ -1,0 +1,241 @@
+//! Profiles through the gateway: your own profile, the admin routes, and `GET /users/{id}`
+//! cache-aside. (Registration, which creates a profile, is in `accounts.rs`.)
+//!
+//! - `DELETE /users/me` removes the profile, then the account; both steps treat "already gone" as
+//!   done, so a retry after a failure finishes the job.
+//! - Roles come from the token; the role each route needs is the route table's (`policy.rs`). A
+//!   role change (`PATCH /users/{id}/role`) is written to `users` and `auth`; it is in the user's
+//!   tokens from their next login on.
+//! - `GET /users/{id}` is cached under a key no `/data` key can be (it starts with a control
+//!   character, which `/data` refuses), filled from the shard's primary (never a lagging replica),
+//!   and deleted on every update and delete of that user.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use common::{ApiError, Json, RequestId};
+
+use api::client::{ClientError, UsersClient};
+use api::wire::auth::{Account, RolesRequest};
+use api::wire::gateway::{Deleted, RoleChanged, UsersQuery};
+use api::wire::users::{Profile, ProfilePage, RoleChange, UpdateProfile};
+
+use super::{cache_error, x_cache};
+use crate::error::from_client;
+use crate::policy::{Endpoint, GUEST};
+use crate::tokens::Caller;
+use crate::{AppState, Error};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/users/me", me),
+        Endpoint::new(Method::PATCH, "/users/me", update_me),
+        Endpoint::new(Method::DELETE, "/users/me", delete_me),
+        Endpoint::new(Method::GET, "/getUserData", me),
+        Endpoint::new(Method::GET, "/users", list),
+        Endpoint::new(Method::GET, "/users/{id}", get_user),
+        Endpoint::new(Method::PATCH, "/users/{id}/role", set_role),
+    ]
+}
+
+fn users(state: &AppState) -> Result<&UsersClient, Error> {
+    state
+        .inner
+        .users
+        .as_ref()
+        .ok_or_else(|| Error::UpstreamOverloaded {
+            service: "users",
+            detail: "this topology has no users service (users_url is empty)".into(),
+        })
+}
+
+/// A `users` failure for the client: its own 4xx and its `503 shard_unavailable` (which names a
+/// shard and nothing internal) pass through; the rest as usual.
+pub(super) fn users_error(e: ClientError) -> Error {
+    match e {
+        ClientError::Status {
+            service,
+            status,
+            body,
+        } if status.is_client_error() || body.error == "shard_unavailable" => Error::Upstream {
+            service,
+            status,
+            body,
+        },
+        other => from_client(other),
+    }
+}
+
+fn me_of(caller: &Caller) -> Result<(&str, &str), Error> {
+    match caller {
+        Caller::User(c) if c.sub != GUEST => Ok((&c.sub, &c.username)),
+        _ => Err(Error::Forbidden(
+            "this route needs a user's token (log in first)".into(),
+        )),
+    }
+}
+
+fn cache_key(id: &str) -> String {
+    format!("\u{1f}users:{id}")
+}
+
+async fn invalidate(state: &AppState, id: &str, rid: &str) {
+    if let Err(e) = state.inner.cache.delete(&cache_key(id), rid).await {
+        tracing::warn!(error = %e, %id, "cache delete after a profile write failed; the old profile stays until its TTL");
+        cache_error("delete");
+    }
+}
+
+/// `GET /users/me`, `GET /getUserData`: your profile, from the primary (read-your-writes).
+async fn me(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    caller: Caller,
+) -> Result<Json<Profile>, Error> {
+    let (id, _) = me_of(&caller)?;
+    users(&state)?
+        .get(id, true, &rid)
+        .await
+        .map_err(users_error)?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound("you have no profile".into()))
+}
+
+/// `PATCH /users/me`: change your email or names; your role only with the role route's role.
+async fn update_me(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    caller: Caller,
+    body: Result<Json<UpdateProfile>, ApiError>,
+) -> Result<Json<Profile>, Error> {
+    let (id, _) = me_of(&caller)?;
+    let Json(req) = body?;
+    if req.role.is_some() {
+        state
+            .policies()
+            .get("PATCH /users/{id}/role")?
+            .require(&caller, "PATCH /users/{id}/role")?;
+    }
+    let profile = users(&state)?
+        .update(id, &req, &rid)
+        .await
+        .map_err(users_error)?;
+    invalidate(&state, id, &rid).await;
+    if let Some(role) = req.role {
+        // An admin changing their own role: auth must agree, as for `PATCH /users/{id}/role`.
+        set_account_role(&state, &profile.username, role, &rid).await?;
+    }
+    Ok(Json(profile))
+}
+
+/// Writes `role` to the account in auth (the roles future tokens carry).
+async fn set_account_role(
+    state: &AppState,
+    username: &str,
+    role: String,
+    rid: &str,
+) -> Result<Account, Error> {
+    let roles = RolesRequest { roles: vec![role] };
+    Ok(state.inner.auth.set_roles(username, &roles, rid).await?)
+}
+
+/// `DELETE /users/me`: the profile, then the account.
+async fn delete_me(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    caller: Caller,
+) -> Result<Json<Deleted>, Error> {
+    let (id, username) = me_of(&caller)?;
+    let profile = users(&state)?.delete(id, &rid).await.map_err(users_error)?;
+    invalidate(&state, id, &rid).await;
+    let account = state.inner.auth.delete_account(username, &rid).await?;
+    Ok(Json(Deleted {
+        deleted: true,
+        profile,
+        account,
+    }))
+}
+
+/// `GET /users?after=&limit=` (admin by default): one page in id order across every shard.
+async fn list(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<Json<ProfilePage>, Error> {
+    let Query(q) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    users(&state)?
+        .list(q.after.as_deref(), q.limit.unwrap_or(50), &rid)
+        .await
+        .map(Json)
+        .map_err(users_error)
+}
+
+/// `GET /users/{id}`: yours, or anyone's with the route's role (the guard decides); cache-aside.
+async fn get_user(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let Path(id) = id.map_err(|_| Error::NotFound("no user has this id".into()))?;
+    let users = users(&state)?;
+    let key = cache_key(&id);
+    match state.inner.cache.get(&key, &rid).await {
+        Ok(Some(value)) => {
+            if let Ok(profile) = serde_json::from_value::<Profile>(value) {
+                return Ok(([x_cache(true)], Json(profile)).into_response());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // A cache outage costs latency, never an answer.
+            tracing::warn!(error = %e, "cache read failed; reading users");
+            cache_error("get");
+        }
+    }
+    let profile = users
+        .get(&id, true, &rid)
+        .await
+        .map_err(users_error)?
+        .ok_or_else(|| Error::NotFound(format!("no user has the id {id:?}")))?;
+    let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
+    match serde_json::to_value(&profile) {
+        Ok(value) => {
+            if let Err(e) = state.inner.cache.set(&key, &value, ttl, &rid).await {
+                tracing::warn!(error = %e, "cache write failed");
+                cache_error("set");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "a profile did not serialise for the cache"),
+    }
+    Ok(([x_cache(false)], Json(profile)).into_response())
+}
+
+/// `PATCH /users/{id}/role` `{"role": "admin"}` (admin by default): in `users` and in `auth`;
+/// effective from the user's next login.
+async fn set_role(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<RoleChange>, ApiError>,
+) -> Result<Json<RoleChanged>, Error> {
+    let Path(id) = id.map_err(|_| Error::NotFound("no user has this id".into()))?;
+    let Json(change) = body?;
+    let update = UpdateProfile {
+        role: Some(change.role.clone()),
+        ..UpdateProfile::default()
+    };
+    let profile = users(&state)?
+        .update(&id, &update, &rid)
+        .await
+        .map_err(users_error)?;
+    invalidate(&state, &id, &rid).await;
+    let account = set_account_role(&state, &profile.username, change.role, &rid).await?;
+    Ok(Json(RoleChanged {
+        profile,
+        roles: account.roles,
+        effective: "at the user's next login".into(),
+    }))
+}
