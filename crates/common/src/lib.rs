@@ -2,11 +2,14 @@
 //! middleware stack and routes ([`stack`]), the JSON error type and extractor ([`error`]), request ids
 //! ([`RequestId`]), Prometheus metrics ([`metrics`]) and logging setup ([`telemetry`]).
 //!
+//! Crates that keep rows open their SQLite or PostgreSQL database through [`sql`].
+//!
 //! A service crate builds its own `Router` of business routes and hands it to [`stack::wrap`], which
 //! adds `/health`, `/metrics`, the JSON `404`/`405` fallbacks and the middleware every instance has.
 
 pub mod error;
 pub mod metrics;
+pub mod sql;
 pub mod sqlite;
 pub mod stack;
 pub mod telemetry;
