@@ -31,9 +31,10 @@ pub enum Error {
     /// No account of this name.
     #[error("no account named {0:?}")]
     AccountNotFound(String),
-    /// The credential store failed or could not be reached.
+    /// The credential store failed: `503 store_unavailable` when it cannot be reached
+    /// (`common::sql::is_unavailable`), `500 internal` when it refused a statement.
     #[error("credential store: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
     /// The configuration cannot work (bad argon2 parameters, unsupported URL, ...).
     #[error("invalid auth configuration: {0}")]
     Config(String),
@@ -53,6 +54,17 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
+impl From<sqlx::Error> for Error {
+    /// A database URL that cannot work is a configuration error; every other failure is the
+    /// store's.
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Configuration(message) => Error::Config(message.to_string()),
+            other => Error::Store(other),
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let message = self.to_string();
@@ -65,7 +77,7 @@ impl IntoResponse for Error {
             Error::WeakPassword { .. } => ApiError::bad_request("weak_password", message),
             Error::UsernameTaken => ApiError::new(StatusCode::CONFLICT, "username_taken", message),
             Error::AccountNotFound(_) => ApiError::not_found(message),
-            Error::Store(e) => {
+            Error::Store(e) if common::sql::is_unavailable(&e) => {
                 // The detail (host names, SQL) stays in the log.
                 tracing::error!(error = %e, "credential store failed");
                 ApiError::new(
@@ -74,9 +86,11 @@ impl IntoResponse for Error {
                     "the credential store is unavailable; try again later",
                 )
             }
-            Error::Config(_) | Error::Key { .. } | Error::Internal(_) | Error::Serve(_) => {
-                ApiError::internal(message)
-            }
+            Error::Store(_)
+            | Error::Config(_)
+            | Error::Key { .. }
+            | Error::Internal(_)
+            | Error::Serve(_) => ApiError::internal(message),
         };
         api.into_response()
     }

@@ -29,9 +29,7 @@ pub use config::Config;
 pub use error::Error;
 pub use keys::{HS256_KID, jwk_thumbprint, jwks_document};
 pub use state::AppState;
-pub use store::postgres::PgStore;
-pub use store::sqlite::SqliteStore;
-pub use store::{CredentialStore, StoredAccount};
+pub use store::{CredentialStore, SqlStore, StoredAccount};
 
 /// The auth API wrapped in the standard stack (`/health`, `/metrics`, request ids, limits):
 ///

@@ -1,24 +1,34 @@
-//! Where accounts live: the [`CredentialStore`] trait and its two implementations, embedded SQLite
-//! ([`sqlite::SqliteStore`]) and PostgreSQL ([`postgres::PgStore`]), chosen by
-//! `Config::database_url`.
+//! Where accounts live: the [`CredentialStore`] trait and [`SqlStore`], its implementation over
+//! embedded SQLite or PostgreSQL (`common::sql`), chosen by `Config::database_url`.
 //!
 //! Every auth instance of a topology uses the same store, so an account registered through one
 //! instance logs in through the other. Usernames are unique (case-sensitive) in the store itself:
 //! two instances racing to create the same name end with one account, and the loser sees `false`
 //! from [`CredentialStore::insert`].
 
-pub(crate) mod postgres;
-pub(crate) mod sqlite;
-
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::sql::{self, Db, Schema};
 
 use crate::{Config, Error};
 
 /// How long a request waits for a store connection before answering `503 store_unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: Schema = Schema::same(
+    "CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY NOT NULL,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+)",
+);
+
+const COLUMNS: &str = "id, username, password_hash, roles, created_at";
 
 /// One row of the `accounts` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,20 +77,114 @@ pub trait CredentialStore: Send + Sync + 'static {
 /// Opens (and creates the schema of) the store `config` names.
 pub(crate) async fn open(config: &Config) -> Result<Arc<dyn CredentialStore>, Error> {
     match config.database_url.as_deref().map(str::trim) {
-        None | Some("") => {
-            let path = config.data_dir.join("auth.sqlite");
-            Ok(Arc::new(sqlite::SqliteStore::open_file(&path).await?))
-        }
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(postgres::PgStore::connect(url).await?))
-        }
-        Some(url) if url.starts_with("sqlite:") => {
-            Ok(Arc::new(sqlite::SqliteStore::open_url(url).await?))
-        }
-        Some(url) => Err(Error::Config(format!(
-            "database_url {:?} is neither postgres://... nor sqlite:...",
-            crate::config::redact_url(url)
-        ))),
+        None | Some("") => Ok(Arc::new(
+            SqlStore::open_file(&config.data_dir.join("auth.sqlite")).await?,
+        )),
+        Some(url) => Ok(Arc::new(SqlStore::open(url).await?)),
+    }
+}
+
+/// Accounts in a SQLite file (WAL mode, shared by every auth instance on the machine) or a
+/// PostgreSQL database (instances on several machines).
+#[derive(Debug)]
+pub struct SqlStore {
+    db: Db,
+}
+
+impl SqlStore {
+    /// Opens `url` (`sqlite:PATH` or `postgres://...`; see `common::sql` for when it connects).
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        Ok(Self {
+            db: Db::open(url, SCHEMA, options()).await?,
+        })
+    }
+
+    /// Opens the SQLite file at `path`, creating the file, its directory and the schema when
+    /// missing.
+    pub async fn open_file(path: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            db: Db::open_file(path, SCHEMA, options()).await?,
+        })
+    }
+}
+
+fn options() -> sql::Options {
+    sql::Options {
+        max_connections: 8,
+        acquire_timeout: ACQUIRE_TIMEOUT,
+        ..sql::Options::default()
+    }
+}
+
+fn row_to_account(row: &sql::Row) -> Result<StoredAccount, Error> {
+    Ok(StoredAccount {
+        id: row.get("id")?,
+        username: row.get("username")?,
+        password_hash: row.get("password_hash")?,
+        roles: decode_roles(&row.get::<String>("roles")?)?,
+        created_at_ms: row.get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl CredentialStore for SqlStore {
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(self.db.ping().await?)
+    }
+
+    async fn find(&self, username: &str) -> Result<Option<StoredAccount>, Error> {
+        let row = self
+            .db
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM accounts WHERE username = $1"),
+                &[username.into()],
+            )
+            .await?;
+        row.as_ref().map(row_to_account).transpose()
+    }
+
+    async fn insert(&self, account: &StoredAccount) -> Result<bool, Error> {
+        let roles = encode_roles(&account.roles);
+        let inserted = self
+            .db
+            .execute(
+                &format!(
+                    "INSERT INTO accounts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (username) DO NOTHING"
+                ),
+                &[
+                    (&account.id).into(),
+                    (&account.username).into(),
+                    (&account.password_hash).into(),
+                    (&roles).into(),
+                    account.created_at_ms.into(),
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn delete(&self, username: &str) -> Result<bool, Error> {
+        let deleted = self
+            .db
+            .execute(
+                "DELETE FROM accounts WHERE username = $1",
+                &[username.into()],
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn set_roles(&self, username: &str, roles: &[String]) -> Result<bool, Error> {
+        let roles = encode_roles(roles);
+        let changed = self
+            .db
+            .execute(
+                "UPDATE accounts SET roles = $2 WHERE username = $1",
+                &[username.into(), (&roles).into()],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 }
 
@@ -160,6 +264,66 @@ pub(crate) mod tests {
         assert_eq!(encode_roles(&roles), r#"["user","admin"]"#);
         assert_eq!(decode_roles(&encode_roles(&roles)).expect("decode"), roles);
         assert!(decode_roles("user,admin").is_err());
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_behaves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqlStore::open_file(&dir.path().join("nested/auth.sqlite"))
+            .await
+            .expect("open");
+        exercise(&store).await;
+    }
+
+    #[tokio::test]
+    async fn two_pools_on_one_file_share_accounts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("auth.sqlite");
+        let (a, b) = tokio::join!(SqlStore::open_file(&path), SqlStore::open_file(&path));
+        let (a, b) = (a.expect("open a"), b.expect("open b"));
+        assert!(
+            a.insert(&account("shared", &["user"]))
+                .await
+                .expect("insert")
+        );
+        assert!(b.find("shared").await.expect("find").is_some());
+        assert!(
+            !b.insert(&account("shared", &["user"]))
+                .await
+                .expect("insert")
+        );
+        let mode =
+            a.db.fetch_one("PRAGMA journal_mode", &[])
+                .await
+                .expect("pragma")
+                .get::<String>("journal_mode")
+                .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn sqlite_urls_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("by-url.sqlite").display());
+        let store = SqlStore::open(&url).await.expect("open");
+        store.ping().await.expect("ping");
+        assert!(dir.path().join("by-url.sqlite").exists());
+    }
+
+    #[tokio::test]
+    async fn postgres_store_behaves() {
+        let Some(db) = common::testing::fresh_postgres("auth").await else {
+            return;
+        };
+        // Two stores on one database, as two auth instances would have: both create the schema.
+        let (a, b) = tokio::join!(SqlStore::open(&db.url), SqlStore::open(&db.url));
+        let (a, b) = (a.expect("connect a"), b.expect("connect b"));
+        let (pa, pb) = tokio::join!(a.ping(), b.ping());
+        pa.and(pb).expect("both create the schema");
+        exercise(&a).await;
+        assert!(b.find("racer").await.expect("find").is_some());
+        a.db.close().await;
+        b.db.close().await;
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use auth::{AppState, Config, CredentialStore, Error, SqliteStore, StoredAccount};
+use auth::{AppState, Config, CredentialStore, Error, SqlStore, StoredAccount};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -467,7 +467,7 @@ async fn hs256_compat_mode_signs_with_the_secret_and_publishes_nothing() {
 
 /// A store that can be switched off, to see what clients get when the database goes away.
 struct Switchable {
-    inner: SqliteStore,
+    inner: SqlStore,
     down: AtomicBool,
 }
 
@@ -509,7 +509,7 @@ impl CredentialStore for Switchable {
 async fn a_store_outage_is_503_store_unavailable_and_not_ready() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Switchable {
-        inner: SqliteStore::open_file(&dir.path().join("auth.sqlite"))
+        inner: SqlStore::open_file(&dir.path().join("auth.sqlite"))
             .await
             .expect("sqlite"),
         down: AtomicBool::new(false),
