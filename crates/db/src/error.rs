@@ -48,14 +48,11 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     /// Tells a database that is not there (worth a retry elsewhere: `503`) from one that refused
-    /// the query (a bug: `500`).
+    /// the query (a bug: `500`), by `common::sql::is_unavailable`.
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(e.to_string()),
+            sqlx::Error::Configuration(message) => Error::Config(message.to_string()),
+            e if common::sql::is_unavailable(&e) => Error::Unavailable(e.to_string()),
             other => Error::Database(other),
         }
     }

@@ -3,10 +3,10 @@
 //! gateways' cache and of failover is visible from the outside.
 //!
 //! [`Config`] is the role's section of the topology file. [`AppState::new`] opens the [`Store`]
-//! chosen by [`Config::database_url`] ([`SqliteStore`] or [`PostgresStore`]), creates the table and
+//! chosen by [`Config::database_url`] ([`SqlStore`], SQLite or PostgreSQL), creates the table and
 //! seeds it. [`router`] holds the routes (`routes.rs`: `GET /db`, `GET`/`PUT /db/{key}`,
 //! `GET /ready`) inside the standard stack of `common`; [`serve`] runs it on a socket. Start
-//! reading at `routes.rs`, then `store/mod.rs`.
+//! reading at `routes.rs`, then `store.rs`.
 
 mod error;
 mod routes;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use error::Error;
-pub use store::{PostgresStore, SqliteStore, Store};
+pub use store::{SqlStore, Store};
 
 /// The `[db]` section of the topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
