@@ -50,31 +50,15 @@ pub enum Error {
 }
 
 impl From<sqlx::Error> for Error {
-    /// A database that is not there is worth a `503`; one that refused the query is a bug.
+    /// A database that is not there is worth a `503` (`common::sql::is_unavailable`); one that
+    /// refused the query is a bug; a URL that cannot work is the configuration's fault.
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(e.to_string()),
-            other if common::sqlite::is_busy(&other) || refuses_connections(&other) => {
-                Error::Unavailable(other.to_string())
-            }
+            sqlx::Error::Configuration(message) => Error::Config(message.to_string()),
+            e if common::sql::is_unavailable(&e) => Error::Unavailable(e.to_string()),
             other => Error::Database(other),
         }
     }
-}
-
-/// PostgreSQL answers that mean "not reachable now" rather than "bad query": connection
-/// exceptions (class 08), shutting down or starting up (57P01-57P03), too many connections (53300),
-/// and a database that does not accept connections (55000, `ALLOW_CONNECTIONS false`).
-fn refuses_connections(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| {
-            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300" | "55000")
-        })
 }
 
 impl From<api::wire::users::Invalid> for Error {

@@ -1,8 +1,8 @@
 //! One shard's database: the [`ShardStore`] trait and [`SqlStore`], its implementation over
 //! SQLite (embedded, one file per shard) and PostgreSQL (one database per shard).
 //!
-//! Both engines run the same SQL text (`$1` placeholders work in both), so one implementation
-//! serves both; the trait exists so that tests can put a shard that is down in the layout.
+//! Both engines run the same SQL text through `common::sql`, so one implementation serves both;
+//! the trait exists so that tests can put a shard that is down in the layout.
 //!
 //! Each shard holds two tables:
 //! - `profiles`: the profiles whose id hashes to this shard;
@@ -10,19 +10,16 @@
 //!   username is unique across shards with one lookup on one shard (see `shards.rs`).
 
 use std::fmt::Debug;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::wire::users::Profile;
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use common::sql::{self, Arg, Db, Schema};
 
 use crate::Error;
 
-const SCHEMA: &str = "
+const SCHEMA: Schema = Schema::same(
+    "
 CREATE TABLE IF NOT EXISTS profiles (
     id TEXT PRIMARY KEY NOT NULL,
     username TEXT NOT NULL UNIQUE,
@@ -41,7 +38,8 @@ CREATE TABLE IF NOT EXISTS layout (
     name TEXT PRIMARY KEY NOT NULL,
     shard_count BIGINT NOT NULL,
     target BIGINT
-);";
+);",
+);
 
 const COLUMNS: &str = "id, username, email, first_name, last_name, role, created_at, updated_at";
 
@@ -133,177 +131,98 @@ pub trait ShardStore: Send + Sync + Debug {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Runs the same body against whichever pool is open (each arm is its own concrete type).
-macro_rules! on_pool {
-    ($self:ident, |$pool:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
-        }
-    };
-}
-
-/// A shard database over SQLite or PostgreSQL.
+/// A shard database over SQLite or PostgreSQL (`common::sql`: one SQL text for both).
 #[derive(Debug)]
 pub struct SqlStore {
-    pool: Pool,
-    /// PostgreSQL pools connect lazily, so that a shard that is down at start does not stop the
-    /// others from serving; the schema is created on the first query that reaches it.
-    schema_ready: AtomicBool,
+    db: Db,
 }
 
 impl SqlStore {
-    /// Opens `url`: `sqlite:PATH` (created if missing, WAL) or `postgres://...` (lazily).
+    /// Opens `url`: `sqlite:PATH` (created if missing, WAL) or `postgres://...` (connects on
+    /// first use, so that a shard that is down at start does not stop the others from serving).
     pub async fn open(url: &str) -> Result<SqlStore, Error> {
-        Self::open_pool(url, false).await
-    }
-
-    async fn open_pool(url: &str, replica: bool) -> Result<SqlStore, Error> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(|e| Error::Config(format!("bad PostgreSQL URL: {e}")))?;
-            let pool = PgPoolOptions::new()
-                .max_connections(8)
-                // A shard that does not answer within this is reported down (503) rather than
-                // holding requests until the stack's timeout. A replica gets less: its reads
-                // have the primary to fall back to.
-                .acquire_timeout(if replica {
-                    Duration::from_millis(500)
-                } else {
-                    Duration::from_secs(2)
-                })
-                .connect_lazy_with(options);
-            let store = SqlStore {
-                pool: Pool::Postgres(pool),
-                schema_ready: AtomicBool::new(replica),
-            };
-            if replica {
-                return Ok(store);
-            }
-            if let Err(e) = store.ensure_schema().await {
-                tracing::warn!(error = %e, "a PostgreSQL shard is not reachable at start; its users get 503 until it is");
-            }
-            Ok(store)
-        } else if let Some(rest) = url.strip_prefix("sqlite:") {
-            let options = SqliteConnectOptions::from_str(&format!("sqlite:{rest}"))
-                .map_err(|e| Error::Config(format!("bad SQLite URL: {e}")))?;
-            let pool =
-                common::sqlite::open_shared(options, 8, SCHEMA, Duration::from_secs(15)).await?;
-            Ok(SqlStore {
-                pool: Pool::Sqlite(pool),
-                schema_ready: AtomicBool::new(true),
-            })
-        } else {
-            Err(Error::Config(format!(
-                "a shard URL must start with sqlite: or postgres://; got {:?}",
-                url.split("://").next().unwrap_or_default()
-            )))
-        }
+        Self::open_with(url, false).await
     }
 
     /// Opens a read replica: like [`SqlStore::open`] for SQLite; for PostgreSQL no schema is
     /// created (a hot standby refuses DDL; the schema arrives from the primary by replication).
     pub async fn open_replica(url: &str) -> Result<SqlStore, Error> {
-        let store = Self::open_pool(url, true).await?;
-        Ok(store)
+        Self::open_with(url, true).await
     }
 
-    async fn ensure_schema(&self) -> Result<(), Error> {
-        if self.schema_ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        on_pool!(self, |p| sqlx::raw_sql(SCHEMA).execute(p).await.map(|_| ()))?;
-        self.schema_ready.store(true, Ordering::Release);
-        Ok(())
+    async fn open_with(url: &str, replica: bool) -> Result<SqlStore, Error> {
+        let options = sql::Options {
+            max_connections: 8,
+            // A shard that does not answer within this is reported down (503) rather than
+            // holding requests until the stack's timeout. A replica gets less: its reads have
+            // the primary to fall back to.
+            acquire_timeout: if replica {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(2)
+            },
+            replica,
+        };
+        Ok(SqlStore {
+            db: Db::open(url, SCHEMA, options).await?,
+        })
     }
 }
 
-fn profile<R: Row>(row: &R) -> Result<Profile, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn profile(row: &sql::Row) -> Result<Profile, sqlx::Error> {
     Ok(Profile {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        first_name: row.try_get("first_name")?,
-        last_name: row.try_get("last_name")?,
-        role: row.try_get("role")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        id: row.get("id")?,
+        username: row.get("username")?,
+        email: row.get("email")?,
+        first_name: row.get("first_name")?,
+        last_name: row.get("last_name")?,
+        role: row.get("role")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+/// The eight columns of a profile, in [`COLUMNS`] order, as statement arguments.
+fn profile_args(p: &Profile) -> [Arg<'_>; 8] {
+    [
+        (&p.id).into(),
+        (&p.username).into(),
+        (&p.email).into(),
+        (&p.first_name).into(),
+        (&p.last_name).into(),
+        (&p.role).into(),
+        (&p.created_at).into(),
+        (&p.updated_at).into(),
+    ]
 }
 
 #[async_trait]
 impl ShardStore for SqlStore {
     fn engine(&self) -> &'static str {
-        match self.pool {
-            Pool::Sqlite(_) => "sqlite",
-            Pool::Postgres(_) => "postgres",
-        }
+        self.db.engine().as_str()
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        self.ensure_schema().await?;
-        on_pool!(self, |p| sqlx::query("SELECT 1")
-            .execute(p)
-            .await
-            .map(|_| ()))?;
-        Ok(())
+        Ok(self.db.ping().await?)
     }
 
     async fn insert(&self, p: &Profile) -> Result<bool, Error> {
-        self.ensure_schema().await?;
         let sql =
             format!("INSERT INTO profiles ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
-        let result = on_pool!(self, |pool| sqlx::query(&sql)
-            .bind(&p.id)
-            .bind(&p.username)
-            .bind(&p.email)
-            .bind(&p.first_name)
-            .bind(&p.last_name)
-            .bind(&p.role)
-            .bind(&p.created_at)
-            .bind(&p.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ()));
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
+        match self.db.execute(&sql, &profile_args(p)).await {
+            Ok(_) => Ok(true),
+            Err(e) if sql::is_unique_violation(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn get(&self, id: &str) -> Result<Option<Profile>, Error> {
-        self.ensure_schema().await?;
         let sql = format!("SELECT {COLUMNS} FROM profiles WHERE id = $1");
-        let found = on_pool!(self, |pool| {
-            sqlx::query(&sql)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| profile(&r))
-                .transpose()
-        })?;
-        Ok(found)
+        let row = self.db.fetch_optional(&sql, &[id.into()]).await?;
+        Ok(row.as_ref().map(profile).transpose()?)
     }
 
     async fn update(&self, id: &str, c: &Changes) -> Result<Option<Profile>, Error> {
-        self.ensure_schema().await?;
         // COALESCE keeps the fields the update does not name; one statement, so concurrent
         // updates of different fields do not undo each other.
         let sql = format!(
@@ -311,109 +230,79 @@ impl ShardStore for SqlStore {
              last_name = COALESCE($4, last_name), role = COALESCE($5, role), updated_at = $6
              WHERE id = $1 RETURNING {COLUMNS}"
         );
-        let found = on_pool!(self, |pool| {
-            sqlx::query(&sql)
-                .bind(id)
-                .bind(&c.email)
-                .bind(&c.first_name)
-                .bind(&c.last_name)
-                .bind(&c.role)
-                .bind(&c.updated_at)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| profile(&r))
-                .transpose()
-        })?;
-        Ok(found)
+        let row = self
+            .db
+            .fetch_optional(
+                &sql,
+                &[
+                    id.into(),
+                    (&c.email).into(),
+                    (&c.first_name).into(),
+                    (&c.last_name).into(),
+                    (&c.role).into(),
+                    (&c.updated_at).into(),
+                ],
+            )
+            .await?;
+        Ok(row.as_ref().map(profile).transpose()?)
     }
 
     async fn delete(&self, id: &str) -> Result<bool, Error> {
-        self.ensure_schema().await?;
-        let n = on_pool!(self, |pool| sqlx::query(
-            "DELETE FROM profiles WHERE id = $1"
-        )
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
+        let n = self
+            .db
+            .execute("DELETE FROM profiles WHERE id = $1", &[id.into()])
+            .await?;
         Ok(n > 0)
     }
 
     async fn list_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Profile>, Error> {
-        self.ensure_schema().await?;
         let sql = format!("SELECT {COLUMNS} FROM profiles WHERE id > $1 ORDER BY id LIMIT $2");
-        let rows = on_pool!(self, |pool| {
-            sqlx::query(&sql)
-                .bind(after.unwrap_or(""))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(profile)
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        Ok(rows)
+        let rows = self
+            .db
+            .fetch_all(&sql, &[after.unwrap_or("").into(), i64::from(limit).into()])
+            .await?;
+        Ok(rows.iter().map(profile).collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn count(&self) -> Result<u64, Error> {
-        self.ensure_schema().await?;
-        let n: i64 = on_pool!(self, |pool| sqlx::query(
-            "SELECT COUNT(*) AS n FROM profiles"
-        )
-        .fetch_one(pool)
-        .await
-        .and_then(|r| r.try_get("n")))?;
+        let n: i64 = self
+            .db
+            .fetch_one("SELECT COUNT(*) AS n FROM profiles", &[])
+            .await?
+            .get("n")?;
         Ok(n.max(0) as u64)
     }
 
     async fn claim_username(&self, username: &str, id: &str) -> Result<bool, Error> {
-        self.ensure_schema().await?;
-        let n = on_pool!(self, |pool| {
-            sqlx::query(
-            "INSERT INTO usernames (username, id) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING"
-        )
-        .bind(username)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
-        })?;
+        let n = self
+            .db
+            .execute(
+                "INSERT INTO usernames (username, id) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING",
+                &[username.into(), id.into()],
+            )
+            .await?;
         Ok(n > 0)
     }
 
     async fn lookup_username(&self, username: &str) -> Result<Option<String>, Error> {
-        self.ensure_schema().await?;
-        let id = on_pool!(self, |pool| {
-            sqlx::query("SELECT id FROM usernames WHERE username = $1")
-                .bind(username)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| r.try_get::<String, _>("id"))
-                .transpose()
-        })?;
-        Ok(id)
+        let row = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM usernames WHERE username = $1",
+                &[username.into()],
+            )
+            .await?;
+        Ok(row.map(|r| r.get("id")).transpose()?)
     }
 
     async fn upsert(&self, p: &Profile) -> Result<(), Error> {
-        self.ensure_schema().await?;
         let sql = format!(
             "INSERT INTO profiles ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET username = excluded.username, email = excluded.email,
              first_name = excluded.first_name, last_name = excluded.last_name,
              role = excluded.role, created_at = excluded.created_at, updated_at = excluded.updated_at"
         );
-        on_pool!(self, |pool| sqlx::query(&sql)
-            .bind(&p.id)
-            .bind(&p.username)
-            .bind(&p.email)
-            .bind(&p.first_name)
-            .bind(&p.last_name)
-            .bind(&p.role)
-            .bind(&p.created_at)
-            .bind(&p.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
+        self.db.execute(&sql, &profile_args(p)).await?;
         Ok(())
     }
 
@@ -422,79 +311,67 @@ impl ShardStore for SqlStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, Error> {
-        self.ensure_schema().await?;
-        let rows = on_pool!(self, |pool| {
-            sqlx::query(
+        let rows = self
+            .db
+            .fetch_all(
                 "SELECT username, id FROM usernames WHERE username > $1 ORDER BY username LIMIT $2",
+                &[after.unwrap_or("").into(), i64::from(limit).into()],
             )
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
+            .await?;
+        Ok(rows
             .iter()
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get("username")?, r.try_get("id")?)))
-            .collect::<Result<Vec<_>, _>>()
-        })?;
-        Ok(rows)
+            .map(|r| Ok::<_, sqlx::Error>((r.get("username")?, r.get("id")?)))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn put_username(&self, username: &str, id: &str) -> Result<(), Error> {
-        self.ensure_schema().await?;
-        on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO usernames (username, id) VALUES ($1, $2)
-             ON CONFLICT (username) DO UPDATE SET id = excluded.id"
-        )
-        .bind(username)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        self.db
+            .execute(
+                "INSERT INTO usernames (username, id) VALUES ($1, $2)
+                 ON CONFLICT (username) DO UPDATE SET id = excluded.id",
+                &[username.into(), id.into()],
+            )
+            .await?;
         Ok(())
     }
 
     async fn load_layout(&self) -> Result<Option<(u32, Option<u32>)>, Error> {
-        self.ensure_schema().await?;
-        let row = on_pool!(self, |pool| {
-            sqlx::query("SELECT shard_count, target FROM layout WHERE name = 'users'")
-                .fetch_optional(pool)
-                .await?
-                .map(|r| {
-                    Ok::<_, sqlx::Error>((
-                        r.try_get::<i64, _>("shard_count")?,
-                        r.try_get::<Option<i64>, _>("target")?,
-                    ))
-                })
-                .transpose()
-        })?;
+        let row = self
+            .db
+            .fetch_optional(
+                "SELECT shard_count, target FROM layout WHERE name = 'users'",
+                &[],
+            )
+            .await?;
+        let row = row
+            .map(|r| {
+                Ok::<_, sqlx::Error>((
+                    r.get::<i64>("shard_count")?,
+                    r.get::<Option<i64>>("target")?,
+                ))
+            })
+            .transpose()?;
         Ok(row.map(|(c, t)| (c.max(1) as u32, t.map(|t| t.max(1) as u32))))
     }
 
     async fn save_layout(&self, count: u32, target: Option<u32>) -> Result<(), Error> {
-        self.ensure_schema().await?;
-        on_pool!(self, |pool| {
-            sqlx::query(
-            "INSERT INTO layout (name, shard_count, target) VALUES ('users', $1, $2)
-             ON CONFLICT (name) DO UPDATE SET shard_count = excluded.shard_count, target = excluded.target"
-        )
-        .bind(i64::from(count))
-        .bind(target.map(i64::from))
-        .execute(pool)
-        .await
-        .map(|_| ())
-        })?;
+        self.db
+            .execute(
+                "INSERT INTO layout (name, shard_count, target) VALUES ('users', $1, $2)
+                 ON CONFLICT (name) DO UPDATE SET shard_count = excluded.shard_count, target = excluded.target",
+                &[i64::from(count).into(), target.map(i64::from).into()],
+            )
+            .await?;
         Ok(())
     }
 
     async fn release_username(&self, username: &str, id: &str) -> Result<(), Error> {
-        self.ensure_schema().await?;
-        on_pool!(self, |pool| sqlx::query(
-            "DELETE FROM usernames WHERE username = $1 AND id = $2"
-        )
-        .bind(username)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        self.db
+            .execute(
+                "DELETE FROM usernames WHERE username = $1 AND id = $2",
+                &[username.into(), id.into()],
+            )
+            .await?;
         Ok(())
     }
 }
