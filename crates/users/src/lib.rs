@@ -5,15 +5,16 @@
 //! [`Config`] is the `[users]` section of the topology: the shard layout (embedded: `shard_count`
 //! SQLite files in the data directory; distributed: one PostgreSQL URL per shard, each with its
 //! replicas). [`AppState::new`] opens every shard; [`router`] serves `routes.rs` inside the standard
-//! stack. Start reading at `shard.rs` (which shard a user lives on: jump hash over FNV-1a), then
-//! `shards.rs` (routing of reads, writes, the username index and scatter-gather), `store.rs` (one
-//! shard's SQL), `rebalance.rs` (moving users to a new shard count online) and `routes.rs`.
+//! stack. Start reading at `placement.rs` (which shard a user lives on: jump hash over FNV-1a),
+//! then `sharded.rs` ([`Shards`]: routing of reads, writes, the username index and
+//! scatter-gather), `store.rs` (one shard's SQL, over `common::sql`), `rebalance.rs` (moving
+//! users to a new shard count online) and `routes.rs`.
 
 mod error;
+pub mod placement;
 mod rebalance;
 mod routes;
-pub mod shard;
-mod shards;
+mod sharded;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -27,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use error::Error;
-pub use shards::{Consistency, Layout, Shard, Shards};
+/// The former name of [`placement`], kept for callers outside this crate.
+pub use placement as shard;
+pub use sharded::{Consistency, Layout, Shard, Shards};
 pub use store::{Changes, ShardStore, SqlStore};
 
 /// The `[users]` section of the topology file.
@@ -202,7 +205,7 @@ impl AppState {
 
 /// What changing the shard count to `to` would move, counted over every profile on the current
 /// layout's primaries (read-only; the service may keep running). Under `hash % N` beside it.
-pub async fn plan_move(config: &Config, to: u32) -> Result<shard::MovePlan, Error> {
+pub async fn plan_move(config: &Config, to: u32) -> Result<placement::MovePlan, Error> {
     config.validate()?;
     if to == 0 {
         return Err(Error::Config(
@@ -237,7 +240,7 @@ pub async fn plan_move(config: &Config, to: u32) -> Result<shard::MovePlan, Erro
             ids.extend(page.into_iter().map(|p| p.id));
         }
     }
-    Ok(shard::MovePlan::new(
+    Ok(placement::MovePlan::new(
         ids.iter().map(String::as_str),
         layout.len() as u32,
         to,

@@ -6,7 +6,7 @@
 //! (verify), and only then deleted from the old one. When a whole pass is done the layout row
 //! says `count = M, target = none` (switch) and the service places users over M shards. Every
 //! step is idempotent, so a kill at any point and a restart (or a rerun) finish the job with no
-//! user lost or duplicated; `shards.rs` explains why reads and writes stay right meanwhile.
+//! user lost or duplicated; `sharded.rs` explains why reads and writes stay right meanwhile.
 //!
 //! The per-user locks are in this process: a move needs the topology's single `users` instance
 //! (the default).
@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::shard::shard_of;
-use crate::shards::{Layout, Shards};
+use crate::placement::shard_of;
+use crate::sharded::{Layout, Shards};
 use crate::{Config, Error, Shard, ShardStore, SqlStore};
 
 /// `GET /rebalance`.

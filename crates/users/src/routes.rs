@@ -25,7 +25,7 @@ use api::wire::users::{
     CreateProfile, Profile, ProfilePage, ShardsReport, UpdateProfile, check_id, check_username,
 };
 
-use crate::shards::Consistency;
+use crate::sharded::Consistency;
 use crate::store::Changes;
 use crate::{AppState, Error};
 use common::time::now_rfc3339;

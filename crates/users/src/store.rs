@@ -7,7 +7,7 @@
 //! Each shard holds two tables:
 //! - `profiles`: the profiles whose id hashes to this shard;
 //! - `usernames`: the username index entries whose *username* hashes to this shard, so that a
-//!   username is unique across shards with one lookup on one shard (see `shards.rs`).
+//!   username is unique across shards with one lookup on one shard (see `sharded.rs`).
 
 use std::fmt::Debug;
 use std::time::Duration;

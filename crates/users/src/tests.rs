@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use api::wire::users::Profile;
 
-use crate::shard::shard_of;
+use crate::placement::shard_of;
 use crate::store::{Changes, ShardStore, SqlStore};
 use crate::{AppState, Config, Error, Shard, Shards, router};
 

@@ -1,6 +1,6 @@
 //! The shard layout and how each operation is routed over it.
 //!
-//! - A profile lives on `shard_of(id, n)` (jump hash, `shard.rs`).
+//! - A profile lives on `shard_of(id, n)` (jump hash, `placement.rs`).
 //! - Writes go to the shard's primary.
 //! - Reads go to the shard's replicas in turn (round robin) when it has any, and to the primary
 //!   when a replica fails; a read that asks for `Consistency::Primary` (a user reading their own
@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use api::wire::users::{Profile, ShardStatus};
 
 use crate::Error;
-use crate::shard::shard_of;
+use crate::placement::shard_of;
 use crate::store::{Changes, ShardStore};
 
 /// Which copy a read may use.
@@ -272,7 +272,7 @@ impl Shards {
     }
 
     pub(crate) async fn lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let i = crate::shard::fnv1a64(key.as_bytes()) as usize % self.inner.locks.len();
+        let i = crate::placement::fnv1a64(key.as_bytes()) as usize % self.inner.locks.len();
         self.inner.locks[i].lock().await
     }
 
@@ -287,8 +287,8 @@ impl Shards {
     ) {
         let n = self.inner.locks.len();
         let (i, j) = (
-            crate::shard::fnv1a64(a.as_bytes()) as usize % n,
-            crate::shard::fnv1a64(b.as_bytes()) as usize % n,
+            crate::placement::fnv1a64(a.as_bytes()) as usize % n,
+            crate::placement::fnv1a64(b.as_bytes()) as usize % n,
         );
         if i == j {
             (self.inner.locks[i].lock().await, None)
