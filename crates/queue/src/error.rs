@@ -61,17 +61,12 @@ pub enum Error {
 }
 
 impl From<sqlx::Error> for Error {
-    /// Tells a store that is not there (`503`, retry later) from one that refused the statement.
+    /// Tells a store that is not there (`503`, retry later: `common::sql::is_unavailable`) from
+    /// one that refused the statement; a URL that cannot work is the configuration's fault.
     fn from(e: sqlx::Error) -> Self {
-        if common::sqlite::is_busy(&e) {
-            return Error::Unavailable(e.to_string());
-        }
         match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(e.to_string()),
+            sqlx::Error::Configuration(message) => Error::Config(message.to_string()),
+            e if common::sql::is_unavailable(&e) => Error::Unavailable(e.to_string()),
             other => Error::Database(other),
         }
     }

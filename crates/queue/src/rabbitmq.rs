@@ -12,8 +12,8 @@
 //!   stored (manual ack after completion), or dead-lettered (`basic.nack`, no requeue) into the
 //!   queue's dead-letter exchange when the task dies. A worker process that dies closes its
 //!   channel, and the broker delivers its messages again.
-//! - Leases, heartbeats, retries with backoff and "recorded once" are the store's, exactly as in
-//!   the PostgreSQL backend.
+//! - Leases, heartbeats, retries with backoff and "recorded once" are the store's (a
+//!   [`SqlQueue`] on PostgreSQL), exactly as without the broker.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,15 +29,13 @@ use lapin::{
 };
 use serde_json::Value;
 
-use crate::{
-    Config, Error, ListQuery, NewTask, Page, PostgresQueue, Priority, Stats, Status, Task,
-};
+use crate::{Config, Error, ListQuery, NewTask, Page, Priority, SqlQueue, Stats, Status, Task};
 
 /// Tasks delivered through RabbitMQ, with their state in PostgreSQL.
 #[derive(Debug)]
 pub struct RabbitQueue {
-    /// The task store.
-    store: PostgresQueue,
+    /// The task store (PostgreSQL).
+    store: SqlQueue,
     /// Keeps the connection open for as long as the queue lives.
     _connection: Connection,
     /// One channel, in confirm mode: publishes, gets and acks (delivery tags are per channel).
@@ -78,7 +76,7 @@ impl RabbitQueue {
             .ok_or_else(|| {
                 Error::Config("the RabbitMQ backend keeps task state in PostgreSQL: set url".into())
             })?;
-        let store = PostgresQueue::connect_lazy(store_url, config)?;
+        let store = SqlQueue::open(store_url, config).await?;
         let connection = Connection::connect(amqp_url, ConnectionProperties::default())
             .await
             .map_err(amqp)?;

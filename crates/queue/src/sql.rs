@@ -1,0 +1,582 @@
+//! The SQL store: [`SqlQueue`], tasks in one table of SQLite (one file in WAL mode, shared by
+//! the gateways and workers of one machine) or PostgreSQL (several machines), through
+//! `common::sql`. Every statement is the same text for both (`statements.rs`); the claim is where
+//! the engines differ:
+//! - SQLite runs the claim in a `BEGIN IMMEDIATE` transaction: it takes the file's write lock
+//!   before reading, so two processes can never pick the same task;
+//! - PostgreSQL locks the candidate row with `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent
+//!   claimers skip each other's rows instead of waiting on them, and never take the same one.
+//!
+//! A PostgreSQL pool connects on first use and the table is created then: a gateway starts while
+//! the database is down, answers `503 queue_unavailable`, and works as soon as it is back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::sql::{self, Arg, Db, Engine, Pool, Schema};
+use serde_json::Value;
+
+use crate::statements::{self as st};
+use crate::{Config, Error, ListQuery, NewTask, Page, Priority, Queue, Stats, Status, Task};
+
+/// The table. Per engine only the `seq` column (SQLite `AUTOINCREMENT`, PostgreSQL `BIGSERIAL`).
+const SCHEMA: Schema = Schema {
+    sqlite: "
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    result TEXT,
+    error TEXT,
+    progress TEXT,
+    owner TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    worker_id TEXT,
+    not_before INTEGER NOT NULL,
+    lease_until INTEGER,
+    UNIQUE (owner, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
+    WHERE status IN ('queued', 'failed', 'running');
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+",
+    postgres: "
+CREATE TABLE IF NOT EXISTS tasks (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    result TEXT,
+    error TEXT,
+    progress TEXT,
+    owner TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    worker_id TEXT,
+    not_before BIGINT NOT NULL,
+    lease_until BIGINT,
+    UNIQUE (owner, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
+    WHERE status IN ('queued', 'failed', 'running');
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+",
+};
+
+/// Tasks in a SQLite file or a PostgreSQL database.
+#[derive(Debug)]
+pub struct SqlQueue {
+    db: Db,
+    /// Default attempts and the backoff.
+    config: Config,
+    /// The claim statements, built once with the engine's locking clause.
+    claims: Claims,
+}
+
+/// The three claims: any claimable task, and the RabbitMQ backend's two (due retries and lapsed
+/// leases; one task by id).
+#[derive(Debug)]
+struct Claims {
+    any: String,
+    due: String,
+    by_id: String,
+}
+
+impl SqlQueue {
+    /// Opens the queue at `url` (`sqlite:PATH`, `sqlite::memory:`, `postgres://...`), creating
+    /// its table if needed (on first use for PostgreSQL).
+    pub async fn open(url: &str, config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self::new(Db::open(url, SCHEMA, options()).await?, config))
+    }
+
+    /// Opens (creating if needed) the queue file at `path`.
+    pub async fn open_file(path: &Path, config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self::new(
+            Db::open_file(path, SCHEMA, options()).await?,
+            config,
+        ))
+    }
+
+    fn new(db: Db, config: &Config) -> Self {
+        // Per engine: PostgreSQL locks the candidate row; SQLite's claim holds the write lock.
+        let lock = match db.engine() {
+            Engine::Sqlite => "",
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let claim = |candidate: &str| st::claim(&format!("{candidate}{lock}"));
+        Self {
+            claims: Claims {
+                any: claim(st::CANDIDATE),
+                due: claim(st::CANDIDATE_DUE),
+                by_id: claim(st::CANDIDATE_ID),
+            },
+            db,
+            config: config.clone(),
+        }
+    }
+
+    /// The engine this queue runs on.
+    pub(crate) fn engine(&self) -> Engine {
+        self.db.engine()
+    }
+
+    /// Marks dead the lapsed last attempts, then runs the claim statement `sql`.
+    async fn claim_with(
+        &self,
+        sql: &str,
+        worker_id: &str,
+        lease: Duration,
+        id: Option<&str>,
+    ) -> Result<Option<Task>, Error> {
+        let now = now_ms();
+        let mut args: Vec<Arg<'_>> = vec![worker_id.into(), (now + ms(lease)).into(), now.into()];
+        if let Some(id) = id {
+            args.push(id.into());
+        }
+        let row = match self.db.pool().await? {
+            // Per engine: IMMEDIATE takes SQLite's write lock before the candidate is read, so
+            // no other process can claim between the read and the update.
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sql::query(st::REAP, &[now.into()])
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sql::query(sql, &args).fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
+                row.map(sql::Row::Sqlite)
+            }
+            // PostgreSQL's statement locks its row (`FOR UPDATE SKIP LOCKED`) by itself.
+            Pool::Postgres(_) => {
+                self.db.execute(st::REAP, &[now.into()]).await?;
+                self.db.fetch_optional(sql, &args).await?
+            }
+        };
+        row.as_ref().map(task).transpose()
+    }
+
+    /// Claims a due retry or a task whose lease lapsed (not fresh tasks).
+    pub(crate) async fn claim_due(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Option<Task>, Error> {
+        self.claim_with(&self.claims.due, worker_id, lease, None)
+            .await
+    }
+
+    /// Claims the task `id` if it is queued.
+    pub(crate) async fn claim_id(
+        &self,
+        id: &str,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Option<Task>, Error> {
+        self.claim_with(&self.claims.by_id, worker_id, lease, Some(id))
+            .await
+    }
+
+    /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
+    pub(crate) async fn insert(&self, task: NewTask) -> Result<(Task, bool), Error> {
+        let max_attempts = attempts_of(&task, self.config.max_attempts)?;
+        let id = new_id();
+        let payload = task.payload.to_string();
+        let inserted = self
+            .db
+            .fetch_optional(
+                &st::returning(st::INSERT),
+                &[
+                    (&id).into(),
+                    (&task.kind).into(),
+                    (&payload).into(),
+                    task.priority.rank().into(),
+                    max_attempts.into(),
+                    (&task.owner).into(),
+                    (&task.idempotency_key).into(),
+                    now_ms().into(),
+                ],
+            )
+            .await?;
+        match inserted {
+            Some(row) => Ok((self::task(&row)?, true)),
+            // The key was used before: the first submission's task, whatever its status.
+            None => {
+                let row = self
+                    .db
+                    .fetch_one(
+                        &st::select_by_key(),
+                        &[(&task.owner).into(), (&task.idempotency_key).into()],
+                    )
+                    .await?;
+                Ok((self::task(&row)?, false))
+            }
+        }
+    }
+
+    /// Deletes a task that was never announced (a submission undone).
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), Error> {
+        self.db.execute(st::DELETE_QUEUED, &[id.into()]).await?;
+        Ok(())
+    }
+
+    /// Runs a statement that returns the changed task; `None` when it matched nothing.
+    async fn change(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Task>, Error> {
+        let row = self.db.fetch_optional(&st::returning(sql), args).await?;
+        row.as_ref().map(task).transpose()
+    }
+}
+
+fn options() -> sql::Options {
+    sql::Options {
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(3),
+        ..sql::Options::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for SqlQueue {
+    fn backend(&self) -> &'static str {
+        self.engine().as_str()
+    }
+
+    async fn submit(&self, task: NewTask) -> Result<Task, Error> {
+        Ok(self.insert(task).await?.0)
+    }
+
+    async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
+        self.claim_with(&self.claims.any, worker_id, lease, None)
+            .await
+    }
+
+    async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
+        let until = now_ms() + ms(lease);
+        let rows = self
+            .db
+            .execute(st::HEARTBEAT, &[id.into(), worker_id.into(), until.into()])
+            .await?;
+        held(rows, id, worker_id)
+    }
+
+    async fn progress(
+        &self,
+        id: &str,
+        worker_id: &str,
+        progress: Value,
+        lease: Duration,
+    ) -> Result<(), Error> {
+        let until = now_ms() + ms(lease);
+        let progress = progress.to_string();
+        let rows = self
+            .db
+            .execute(
+                st::PROGRESS,
+                &[
+                    id.into(),
+                    worker_id.into(),
+                    until.into(),
+                    (&progress).into(),
+                ],
+            )
+            .await?;
+        held(rows, id, worker_id)
+    }
+
+    async fn complete(&self, id: &str, worker_id: &str, result: Value) -> Result<Task, Error> {
+        let result = result.to_string();
+        let args = [
+            id.into(),
+            worker_id.into(),
+            (&result).into(),
+            now_ms().into(),
+        ];
+        self.change(st::COMPLETE, &args)
+            .await?
+            .ok_or_else(|| lease_lost(id, worker_id))
+    }
+
+    async fn fail(&self, id: &str, worker_id: &str, error: &str) -> Result<Task, Error> {
+        let Some(held) = self
+            .db
+            .fetch_optional(st::HELD, &[id.into(), worker_id.into()])
+            .await?
+        else {
+            return Err(lease_lost(id, worker_id));
+        };
+        let attempts: i64 = held.get("attempts")?;
+        let max_attempts: i64 = held.get("max_attempts")?;
+        let now = now_ms();
+        // The statement repeats the precondition (and the attempt read above), so a lease taken
+        // over in between makes it match nothing.
+        let (sql, at) = if attempts >= max_attempts {
+            (st::FAIL_DEAD, now)
+        } else {
+            let wait = self
+                .config
+                .backoff()
+                .delay(u32::try_from(attempts).unwrap_or(u32::MAX));
+            (st::FAIL_RETRY, now + ms(wait))
+        };
+        let args = [
+            id.into(),
+            worker_id.into(),
+            attempts.into(),
+            error.into(),
+            at.into(),
+        ];
+        self.change(sql, &args)
+            .await?
+            .ok_or_else(|| lease_lost(id, worker_id))
+    }
+
+    async fn release(&self, id: &str, worker_id: &str) -> Result<(), Error> {
+        let rows = self
+            .db
+            .execute(st::RELEASE, &[id.into(), worker_id.into(), now_ms().into()])
+            .await?;
+        held(rows, id, worker_id)
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Task, Error> {
+        match self
+            .change(st::CANCEL, &[id.into(), now_ms().into()])
+            .await?
+        {
+            Some(task) => Ok(task),
+            None => Err(refusal(self, id, "cancelling", "queued").await),
+        }
+    }
+
+    async fn requeue(&self, id: &str) -> Result<Task, Error> {
+        match self
+            .change(st::REQUEUE, &[id.into(), now_ms().into()])
+            .await?
+        {
+            Some(task) => Ok(task),
+            None => Err(refusal(self, id, "re-queueing", "dead").await),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Task>, Error> {
+        let row = self
+            .db
+            .fetch_optional(&st::select_by_id(), &[id.into()])
+            .await?;
+        row.as_ref().map(task).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        let limit = page_limit(query.limit);
+        let args = [
+            query.owner.as_deref().into(),
+            query.status.map(Status::as_str).into(),
+            query.kind.as_deref().into(),
+            parse_cursor(query.cursor.as_deref())?.into(),
+            (limit + 1).into(),
+        ];
+        let rows = self.db.fetch_all(&st::list(), &args).await?;
+        let mut tasks = Vec::with_capacity(rows.len());
+        let mut next_cursor = None;
+        for (i, row) in rows.iter().enumerate() {
+            if i as i64 == limit {
+                break;
+            }
+            if i as i64 == limit - 1 && rows.len() as i64 > limit {
+                let seq: i64 = row.get("seq")?;
+                next_cursor = Some(seq.to_string());
+            }
+            tasks.push(task(row)?);
+        }
+        Ok(Page { tasks, next_cursor })
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        let mut stats = Stats {
+            backend: self.backend().to_string(),
+            ..Stats::default()
+        };
+        for row in self.db.fetch_all(st::COUNT_BY_STATUS, &[]).await? {
+            let status: String = row.get("status")?;
+            let n: i64 = row.get("n")?;
+            stats.by_status.insert(status, n.max(0) as u64);
+        }
+        for row in self.db.fetch_all(st::DEPTH_BY_PRIORITY, &[]).await? {
+            let p = Priority::from_rank(row.get("priority")?)?;
+            let n: i64 = row.get("n")?;
+            stats
+                .depth_by_priority
+                .insert(p.as_str().to_string(), n.max(0) as u64);
+        }
+        // Every status and priority is present, zero included.
+        for s in Status::ALL {
+            stats.by_status.entry(s.as_str().to_string()).or_insert(0);
+        }
+        for p in Priority::ALL {
+            stats
+                .depth_by_priority
+                .entry(p.as_str().to_string())
+                .or_insert(0);
+        }
+        Ok(stats)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(self.db.ping().await?)
+    }
+}
+
+/// Reads a task from a row of [`st::COLUMNS`].
+fn task(row: &sql::Row) -> Result<Task, Error> {
+    let id: String = row.get("id")?;
+    let json = |what: &str, text: &str| {
+        serde_json::from_str::<Value>(text)
+            .map_err(|e| Error::Corrupt(format!("{what} of task {id} is not JSON: {e}")))
+    };
+    let optional_json = |what: &str, column: &str| -> Result<Option<Value>, Error> {
+        row.get::<Option<String>>(column)?
+            .map(|t| json(what, &t))
+            .transpose()
+    };
+    Ok(Task {
+        kind: row.get("kind")?,
+        payload: json("payload", &row.get::<String>("payload")?)?,
+        status: Status::parse(&row.get::<String>("status")?)?,
+        priority: Priority::from_rank(row.get("priority")?)?,
+        attempts: u32::try_from(row.get::<i64>("attempts")?).unwrap_or(0),
+        max_attempts: u32::try_from(row.get::<i64>("max_attempts")?).unwrap_or(0),
+        result: optional_json("result", "result")?,
+        error: row.get("error")?,
+        progress: optional_json("progress", "progress")?,
+        owner: row.get("owner")?,
+        idempotency_key: row.get("idempotency_key")?,
+        created_at: row.get("created_at")?,
+        started_at: row.get("started_at")?,
+        finished_at: row.get("finished_at")?,
+        worker_id: row.get("worker_id")?,
+        not_before: row.get("not_before")?,
+        lease_until: row.get("lease_until")?,
+        id,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    common::now_ms() as i64
+}
+
+/// A duration in milliseconds, for arithmetic on stored times.
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// The page size actually used.
+fn page_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, 500))
+}
+
+/// The store's cursor: the sequence number of the last task of the previous page.
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<i64>, Error> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| Error::InvalidQuery("cursor is not one this server gave".into()))
+        })
+        .transpose()
+}
+
+fn lease_lost(id: &str, worker_id: &str) -> Error {
+    Error::LeaseLost {
+        id: id.to_string(),
+        worker_id: worker_id.to_string(),
+    }
+}
+
+/// `Ok` when a holder's statement changed the row; [`Error::LeaseLost`] when it matched nothing.
+fn held(rows: u64, id: &str, worker_id: &str) -> Result<(), Error> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(lease_lost(id, worker_id))
+    }
+}
+
+/// Why a status-guarded change matched nothing: no such task, or it is in another status.
+async fn refusal(queue: &SqlQueue, id: &str, action: &'static str, needs: &'static str) -> Error {
+    match queue.get(id).await {
+        Ok(None) => Error::NotFound(id.to_string()),
+        Ok(Some(task)) => Error::Conflict {
+            id: id.to_string(),
+            status: task.status,
+            action,
+            needs,
+        },
+        Err(e) => e,
+    }
+}
+
+/// A new task id: a UUID v7, so that ids sort by submission time.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The attempts a submission gets, checked.
+fn attempts_of(task: &NewTask, default: u32) -> Result<i64, Error> {
+    let n = task.max_attempts.unwrap_or(default);
+    if n == 0 || n > crate::MAX_ATTEMPTS {
+        return Err(Error::InvalidPayload(format!(
+            "max_attempts must be 1 to {}; got {n}",
+            crate::MAX_ATTEMPTS
+        )));
+    }
+    Ok(i64::from(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EXPLAIN QUERY PLAN` of `sql` (its `$N` parameters all bound to 0), one line per step.
+    async fn plan(q: &SqlQueue, sql: &str) -> String {
+        let sql = (1..=4).fold(sql.to_string(), |s, n| s.replace(&format!("${n}"), "?"));
+        let params = sql.matches('?').count();
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let Pool::Sqlite(pool) = q.db.pool().await.expect("pool") else {
+            panic!("a SQLite queue")
+        };
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+        for _ in 0..params {
+            query = query.bind(0_i64);
+        }
+        let rows = query.fetch_all(pool).await.expect("query plan");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// A claim reads only unfinished tasks, in claim order, through the partial index: its cost
+    /// does not grow with the number of finished tasks kept for their results.
+    #[tokio::test]
+    async fn claims_and_the_reaper_use_the_claim_index() {
+        let q = SqlQueue::open("sqlite::memory:", &Config::default())
+            .await
+            .expect("open");
+        for sql in [st::CANDIDATE, st::REAP, &q.claims.any] {
+            let plan = plan(&q, sql).await;
+            assert!(plan.contains("USING INDEX tasks_claim"), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+        }
+    }
+}

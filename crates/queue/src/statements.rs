@@ -1,0 +1,126 @@
+//! Every statement of the SQL store, written once with `$N` parameters for both engines (only
+//! the claim's locking clause and the table's `seq` column differ: see `sql.rs`).
+//!
+//! A task's row is changed only by single statements whose `WHERE` states the precondition
+//! (`status = 'running' AND worker_id = $2` for a holder's calls), so that a late worker, a
+//! concurrent cancel or a second gateway can never half-apply a change: the statement matches,
+//! or it changes nothing and the caller is told why.
+
+/// The columns a task is read from, in order, for `SELECT` and `RETURNING`.
+pub(crate) const COLUMNS: &str = "id, kind, payload, status, priority, attempts, max_attempts, \
+    result, error, progress, owner, idempotency_key, created_at, started_at, finished_at, \
+    worker_id, not_before, lease_until";
+
+/// Inserts a task; `ON CONFLICT DO NOTHING` makes a repeated idempotency key return no row.
+pub(crate) const INSERT: &str = "INSERT INTO tasks (id, kind, payload, status, priority, attempts, \
+    max_attempts, owner, idempotency_key, created_at, not_before) \
+    VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $7, $8, $8) \
+    ON CONFLICT (owner, idempotency_key) DO NOTHING";
+
+/// Marks `dead` the running tasks whose lease lapsed on their last attempt (their worker died
+/// with no attempt left), so that they are not redelivered for ever.
+pub(crate) const REAP: &str = "UPDATE tasks SET status = 'dead', finished_at = $1, lease_until = NULL, \
+    error = 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed on the last attempt' \
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
+
+/// What a claim may take: waiting tasks whose backoff is over, and running tasks whose lease
+/// lapsed with attempts left. Most urgent first, then oldest.
+///
+/// The leading `status IN (...)` term repeats the `WHERE` of the partial index `tasks_claim`
+/// (priority, seq over unfinished tasks): SQLite uses a partial index only when the query's
+/// `WHERE` contains that term as such, and without it every claim (and [`REAP`]) scanned the
+/// whole table, finished tasks included, and sorted it: claims slowed down as history grew.
+pub(crate) const CANDIDATE: &str = "SELECT id FROM tasks \
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND ((status IN ('queued', 'failed') AND not_before <= $3) \
+       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
+    ORDER BY priority, seq LIMIT 1";
+
+/// What the RabbitMQ backend claims from the store rather than from the broker: retries whose
+/// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). The
+/// leading term is there for the index, as in [`CANDIDATE`].
+pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
+    WHERE status IN ('queued', 'failed', 'running') \
+      AND ((status = 'failed' AND not_before <= $3) \
+       OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
+    ORDER BY priority, seq LIMIT 1";
+
+/// One queued task by id (`$4`): the RabbitMQ backend's claim of a delivered message.
+pub(crate) const CANDIDATE_ID: &str = "SELECT id FROM tasks WHERE id = $4 AND status = 'queued'";
+
+/// Deletes a task that was never announced (the RabbitMQ backend's undone submission).
+pub(crate) const DELETE_QUEUED: &str = "DELETE FROM tasks WHERE id = $1 AND status = 'queued'";
+
+/// Takes the candidate ([`CANDIDATE`] or another, with the engine's locking clause).
+pub(crate) fn claim(candidate: &str) -> String {
+    format!(
+        "UPDATE tasks SET status = 'running', worker_id = $1, lease_until = $2, \
+         attempts = attempts + 1, started_at = $3, progress = NULL, \
+         error = CASE WHEN status = 'running' \
+                 THEN 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed' ELSE error END \
+         WHERE id = ({candidate}) RETURNING {}",
+        COLUMNS
+    )
+}
+
+pub(crate) const HEARTBEAT: &str = "UPDATE tasks SET lease_until = $3 \
+    WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+pub(crate) const PROGRESS: &str = "UPDATE tasks SET lease_until = $3, progress = $4 \
+    WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+pub(crate) const RELEASE: &str = "UPDATE tasks SET status = 'queued', attempts = attempts - 1, \
+    worker_id = NULL, lease_until = NULL, not_before = $3, \
+    started_at = CASE WHEN attempts <= 1 THEN NULL ELSE started_at END \
+    WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+pub(crate) const HELD: &str = "SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+/// Builds the statements that return the changed row.
+pub(crate) fn returning(sql: &str) -> String {
+    format!("{sql} RETURNING {}", COLUMNS)
+}
+
+pub(crate) const COMPLETE: &str = "UPDATE tasks SET status = 'succeeded', result = $3, \
+    finished_at = $4, lease_until = NULL, error = NULL \
+    WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+pub(crate) const FAIL_DEAD: &str = "UPDATE tasks SET status = 'dead', error = $4, finished_at = $5, \
+    lease_until = NULL WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3";
+
+pub(crate) const FAIL_RETRY: &str = "UPDATE tasks SET status = 'failed', error = $4, not_before = $5, \
+    lease_until = NULL WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3";
+
+pub(crate) const CANCEL: &str = "UPDATE tasks SET status = 'cancelled', finished_at = $2 \
+    WHERE id = $1 AND status IN ('queued', 'failed')";
+
+pub(crate) const REQUEUE: &str = "UPDATE tasks SET status = 'queued', attempts = 0, not_before = $2, \
+    finished_at = NULL, worker_id = NULL, lease_until = NULL, started_at = NULL \
+    WHERE id = $1 AND status = 'dead'";
+
+pub(crate) fn select_by_id() -> String {
+    format!("SELECT {} FROM tasks WHERE id = $1", COLUMNS)
+}
+
+pub(crate) fn select_by_key() -> String {
+    format!(
+        "SELECT {} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+        COLUMNS
+    )
+}
+
+pub(crate) fn list() -> String {
+    format!(
+        "SELECT {}, seq FROM tasks \
+         WHERE ($1 IS NULL OR owner = $1) AND ($2 IS NULL OR status = $2) \
+           AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR seq < $4) \
+         ORDER BY seq DESC LIMIT $5",
+        COLUMNS
+    )
+}
+
+pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status";
+
+pub(crate) const DEPTH_BY_PRIORITY: &str = "SELECT priority, COUNT(*) AS n FROM tasks \
+    WHERE status IN ('queued', 'failed') GROUP BY priority";
