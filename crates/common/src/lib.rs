@@ -10,7 +10,6 @@
 pub mod error;
 pub mod metrics;
 pub mod sql;
-pub mod sqlite;
 pub mod stack;
 pub mod telemetry;
 pub mod testing;
