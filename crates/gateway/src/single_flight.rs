@@ -153,9 +153,14 @@ mod tests {
                 .await
             }));
         }
-        while sf.waiting() < 10 {
-            tokio::task::yield_now().await;
-        }
+        // Bounded: a regression that never lets the callers wait fails here instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while sf.waiting() < 10 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("ten callers waiting on one run");
         assert_eq!(sf.in_flight(), 1);
         gate.notify_one();
         let mut leaders = 0;

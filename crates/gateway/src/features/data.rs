@@ -42,6 +42,13 @@ fn valid_key(key: &str) -> Result<(), Error> {
             "a key is 1 to {MAX_KEY_BYTES} bytes without control characters"
         )));
     }
+    // HTTP clients normalise `/data/..` away before sending, so these keys could never be read or
+    // written by path: refuse them everywhere rather than store what cannot be read back.
+    if key == "." || key == ".." {
+        return Err(Error::InvalidKey(
+            "the keys . and .. are not allowed (clients rewrite them out of paths)".into(),
+        ));
+    }
     Ok(())
 }
 

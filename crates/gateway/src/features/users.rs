@@ -8,7 +8,8 @@
 //!   tokens from their next login on.
 //! - `GET /users/{id}` is cached under a key no `/data` key can be (it starts with a control
 //!   character, which `/data` refuses), filled from the shard's primary (never a lagging replica),
-//!   and deleted on every update and delete of that user.
+//!   and deleted on every update and delete of that user, through the write fence, so that a read
+//!   racing an update cannot store the old profile.
 
 use std::time::Duration;
 
@@ -82,8 +83,12 @@ fn cache_key(id: &str) -> String {
     format!("\u{1f}users:{id}")
 }
 
+/// Deletes the cached profile through the write fence, so that a read already on its way cannot
+/// put the old profile back (the same mechanism as `PUT /data`).
 async fn invalidate(state: &AppState, id: &str, rid: &str) {
-    if let Err(e) = state.inner.cache.delete(&cache_key(id), rid).await {
+    let key = cache_key(id);
+    let delete = state.inner.cache.delete(&key, rid);
+    if let Err(e) = state.inner.fence.invalidate(&key, delete).await {
         tracing::warn!(error = %e, %id, "cache delete after a profile write failed; the old profile stays until its TTL");
         cache_error("delete");
     }
@@ -195,6 +200,8 @@ async fn get_user(
             cache_error("get");
         }
     }
+    // Noted before the read: an update that lands after it makes the fill below store nothing.
+    let seen = state.inner.fence.generation(&key);
     let profile = users
         .get(&id, true, &rid)
         .await
@@ -203,7 +210,8 @@ async fn get_user(
     let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
     match serde_json::to_value(&profile) {
         Ok(value) => {
-            if let Err(e) = state.inner.cache.set(&key, &value, ttl, &rid).await {
+            let fill = state.inner.cache.set(&key, &value, ttl, &rid);
+            if let Some(Err(e)) = state.inner.fence.fill_if_unchanged(&key, seen, fill).await {
                 tracing::warn!(error = %e, "cache write failed");
                 cache_error("set");
             }

@@ -117,6 +117,8 @@ pub(crate) struct Auth {
     pub(crate) jwks_fetches: Arc<AtomicUsize>,
     /// Bodies of `POST /register` as received.
     pub(crate) registrations: Arc<Mutex<Vec<Value>>>,
+    /// Usernames of `DELETE /accounts/{username}` as received.
+    pub(crate) deleted_accounts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Auth {
@@ -129,12 +131,17 @@ impl Auth {
             keys: Arc::new(Mutex::new(vec![Key::generate("key-1")])),
             jwks_fetches: Arc::default(),
             registrations: Arc::default(),
+            deleted_accounts: Arc::default(),
         };
         let app = Router::new()
             .route("/.well-known/jwks.json", get(jwks))
             .route("/login", post(login))
             .route("/register", post(register))
             .route("/guest-token", post(guest))
+            .route(
+                "/accounts/{username}",
+                axum::routing::delete(delete_account),
+            )
             .route("/health", get(|| async { "ok" }))
             .with_state(auth.clone());
         (auth.clone(), spawn_on(listener, app))
@@ -192,6 +199,14 @@ async fn register(State(auth): State<Auth>, Json(body): Json<Value>) -> impl Int
         StatusCode::CREATED,
         Json(json!({"id": "new-id", "username": body["username"], "roles": [role]})),
     )
+}
+
+async fn delete_account(
+    State(auth): State<Auth>,
+    axum::extract::Path(username): axum::extract::Path<String>,
+) -> Json<Value> {
+    auth.deleted_accounts.lock().unwrap().push(username);
+    Json(json!({"deleted": true}))
 }
 
 async fn guest(State(auth): State<Auth>) -> Json<Value> {

@@ -307,6 +307,10 @@ async fn bad_input_is_answered_in_json() {
         ("/data?key=", "invalid_key"),
         ("/data?refresh=maybe", "invalid_query"),
         (&*format!("/data?key={}", "k".repeat(300)), "invalid_key"),
+        // Clients normalise `.` and `..` out of paths, so such keys are refused, not looked up.
+        ("/data/%2E%2E", "invalid_key"),
+        ("/data/%2e", "invalid_key"),
+        ("/data?key=..", "invalid_key"),
     ] {
         let a = send(&app, get_with_token(uri, &token)).await;
         assert_eq!(
@@ -319,7 +323,7 @@ async fn bad_input_is_answered_in_json() {
     for uri in [
         "/data/..%2F..%2Fetc",
         "/data?key=..%2Fadmin",
-        "/data/%2E%2E",
+        "/data/%2E%2E%2E",
     ] {
         let a = send(&app, get_with_token(uri, &token)).await;
         assert_eq!(

@@ -408,32 +408,26 @@ async fn lab_calls_longtask_add_and_result() {
     );
 }
 
+/// Reads the event stream into `text` until it holds `what` (10 s at most).
+async fn next_events(body: &mut Body, text: &mut String, what: &str) {
+    while !text.contains(what) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} in the stream: {text}"))
+            .unwrap_or_else(|| panic!("the stream ended before {what}: {text}"))
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).expect("UTF-8"));
+        }
+    }
+}
+
 #[tokio::test]
 async fn events_stream_follows_the_task_until_it_finishes() {
     let t = start().await;
     let id = t
         .submit(&t.alice(), json!({"type": "sleep", "payload": {"ms": 5}}))
         .await;
-    let q = t.queue.clone();
-    let worker = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let task = q
-            .claim("w", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        q.progress(
-            &task.id,
-            "w",
-            json!({"done": 1, "total": 2}),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        q.complete(&task.id, "w", json!("ok")).await.unwrap();
-    });
     let resp = t
         .app
         .clone()
@@ -447,13 +441,34 @@ async fn events_stream_follows_the_task_until_it_finishes() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+    // Each change is made only after the stream reported the previous state, so every state is
+    // seen whatever the poll interval and the machine's speed.
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    next_events(&mut body, &mut text, "\"status\":\"queued\"").await;
+    let q = t.queue.clone();
+    let task = q
+        .claim("w", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    next_events(&mut body, &mut text, "\"status\":\"running\"").await;
+    q.progress(
+        &task.id,
+        "w",
+        json!({"done": 1, "total": 2}),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    next_events(&mut body, &mut text, "event: progress").await;
+    q.complete(&task.id, "w", json!("ok")).await.unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .expect("the stream ends when the task finishes")
         .unwrap()
         .to_bytes();
-    worker.await.unwrap();
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.push_str(std::str::from_utf8(&rest).unwrap());
     let statuses: Vec<String> = text
         .split("\n\n")
         .filter(|e| e.contains("event: status"))

@@ -19,19 +19,26 @@ use crate::router;
 
 /// The fake `users`: profiles by id in memory, a switch that makes `POST /users` fail, and a
 /// count of profile reads.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Users {
     profiles: Arc<std::sync::Mutex<Vec<Value>>>,
     fail_creates: Arc<AtomicBool>,
     reads: Arc<AtomicUsize>,
+    /// Reads answer (with what they read on arrival) only while this is `true`.
+    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Users {
     async fn start() -> (Users, Server) {
-        let users = Users::default();
+        let users = Users {
+            profiles: Arc::default(),
+            fail_creates: Arc::default(),
+            reads: Arc::default(),
+            open: Arc::new(tokio::sync::watch::Sender::new(true)),
+        };
         let app = Router::new()
             .route("/users", post(create).get(list))
-            .route("/users/{id}", get(read).patch(update))
+            .route("/users/{id}", get(read).patch(update).delete(remove))
             .with_state(users.clone());
         (users, spawn(app).await)
     }
@@ -59,9 +66,17 @@ async fn create(State(u): State<Users>, Json(body): Json<Value>) -> axum::respon
 }
 
 async fn read(State(u): State<Users>, Path(id): Path<String>) -> axum::response::Response {
+    let found = u
+        .profiles
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned();
     u.reads.fetch_add(1, Ordering::SeqCst);
-    match u.profiles.lock().unwrap().iter().find(|p| p["id"] == id) {
-        Some(p) => Json(p.clone()).into_response(),
+    let _ = u.open.subscribe().wait_for(|open| *open).await;
+    match found {
+        Some(p) => Json(p).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "not_found", "message": "no such user"})),
@@ -81,6 +96,21 @@ async fn update(
         p[k] = v.clone();
     }
     Json(p.clone())
+}
+
+async fn remove(State(u): State<Users>, Path(id): Path<String>) -> axum::response::Response {
+    let mut profiles = u.profiles.lock().unwrap();
+    let before = profiles.len();
+    profiles.retain(|p| p["id"] != id);
+    if profiles.len() < before {
+        Json(json!({"deleted": true})).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "message": "no such user"})),
+        )
+            .into_response()
+    }
 }
 
 async fn list(State(u): State<Users>) -> Json<Value> {
@@ -133,6 +163,8 @@ async fn registration_makes_a_profile_or_nothing() {
     let a = send(&app, json_request(Method::POST, "/register", body, None)).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.json);
     assert_eq!(a.error(), "registration_failed");
+    // ... and it is true: the account auth had made was deleted again.
+    assert_eq!(*h.auth.deleted_accounts.lock().unwrap(), ["ann"]);
 }
 
 #[tokio::test]
@@ -200,4 +232,48 @@ async fn roles_come_from_the_topology_and_user_reads_are_cached() {
     let app = router(state_with(config, "gateway-2").await);
     let a = send(&app, get_with_token("/users", &h.user())).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+}
+
+#[tokio::test]
+async fn a_profile_read_that_raced_an_update_does_not_bring_the_old_profile_back() {
+    let (h, users) = harness().await;
+    users.profiles.lock().unwrap().push(json!({
+        "id": "id-alice", "username": "alice", "email": null, "first_name": "A", "last_name": null,
+        "role": "user", "created_at": "t", "updated_at": "t"
+    }));
+    let app = h.app().await;
+    // A miss whose answer (the old profile) is still on its way...
+    users.open.send_replace(false);
+    let reader = {
+        let (app, token) = (app.clone(), h.admin());
+        tokio::spawn(async move { send(&app, get_with_token("/users/id-alice", &token)).await })
+    };
+    super::wait_until("the read to reach users", || {
+        users.reads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // ...while alice's update lands and invalidates.
+    let a = send(
+        &app,
+        json_request(
+            Method::PATCH,
+            "/users/me",
+            json!({"first_name": "Alice"}),
+            Some(&h.user()),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    users.open.send_replace(true);
+    let stale = reader.await.unwrap();
+    assert_eq!(
+        stale.json["first_name"], "A",
+        "that read began before the update"
+    );
+    // The old profile must not have been cached: the next read goes to users and sees the update.
+    let next = send(&app, get_with_token("/users/id-alice", &h.admin())).await;
+    assert_eq!(
+        (next.header("x-cache"), next.json["first_name"].clone()),
+        ("MISS", json!("Alice"))
+    );
 }
