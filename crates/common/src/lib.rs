@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod sql;
 pub mod stack;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 

@@ -1,5 +1,6 @@
 //! Helpers for tests that need the real engines on 127.0.0.1: a fresh PostgreSQL database or a fresh
-//! Redis key prefix per test, so that runs never see each other's data.
+//! Redis key prefix per test, so that runs never see each other's data. Behind the `testing`
+//! feature (crates enable it in their `[dev-dependencies]`, so no production binary carries them).
 //!
 //! When a server is unreachable: with `CI` set the helper fails the test (CI must not skip silently);
 //! without it, it prints why and returns `None`, and the test returns early.
