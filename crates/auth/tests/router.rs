@@ -6,13 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use auth::{AppState, Config, CredentialStore, Error, SqlStore, StoredAccount};
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode, header};
+use common::testing;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use api::wire::auth::{Account, Claims, TokenResponse};
 use common::Instance;
@@ -48,30 +46,12 @@ async fn call(
     uri: &str,
     body: Option<&str>,
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .expect("request");
-    let resp = auth::router(state.clone())
-        .oneshot(req)
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-    };
-    (status, headers, json)
+    let answer = testing::call(
+        &auth::router(state.clone()),
+        testing::request(method, uri, body),
+    )
+    .await;
+    (answer.status, answer.headers, answer.json)
 }
 
 async fn post(state: &AppState, uri: &str, body: Value) -> (StatusCode, Value) {

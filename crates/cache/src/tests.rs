@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{HeaderMap, Method, StatusCode};
+use common::testing;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use api::client::encode_segment;
 use api::wire::cache::{CacheEntry, CacheStats};
@@ -25,27 +23,9 @@ async fn send(
     uri: &str,
     body: Option<String>,
 ) -> (StatusCode, HeaderMap, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(b) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b)
-        }
-        None => Body::empty(),
-    };
-    let resp = router(state.clone())
-        .oneshot(req.body(body).expect("request"))
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
-    (status, headers, json)
+    let request = testing::request(method, uri, body.as_deref());
+    let answer = testing::call(&router(state.clone()), request).await;
+    (answer.status, answer.headers, answer.json)
 }
 
 async fn set(state: &AppState, key: &str, body: Value) -> (StatusCode, Value) {

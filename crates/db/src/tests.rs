@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
+use common::testing;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use api::wire::db::Record;
 
@@ -38,22 +36,10 @@ async fn send(
     uri: &str,
     body: Option<String>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(b) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b)
-        }
-        None => Body::empty(),
-    };
-    let resp = router(state.clone())
-        .oneshot(req.body(body).expect("request"))
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes).expect("every answer is JSON");
-    (status, json)
+    let request = testing::request(method, uri, body.as_deref());
+    let answer = testing::call(&router(state.clone()), request).await;
+    assert!(!answer.json.is_null(), "every answer is JSON: {answer:?}");
+    (answer.status, answer.json)
 }
 
 async fn put(state: &AppState, key: &str, value: Value) -> (StatusCode, Value) {

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{HeaderMap, Method, StatusCode};
+use common::testing;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use api::wire::service::ProcessResponse;
 
@@ -30,17 +28,9 @@ fn waiting_only(work_ms: u64, max_concurrency: usize) -> Config {
 }
 
 async fn send(state: AppState, method: Method, uri: &str) -> (StatusCode, HeaderMap, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::empty())
-        .expect("request");
-    let resp = router(state).oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes).expect("every answer is JSON");
-    (status, headers, json)
+    let answer = testing::call(&router(state), testing::request(method, uri, None)).await;
+    assert!(!answer.json.is_null(), "every answer is JSON: {answer:?}");
+    (answer.status, answer.headers, answer.json)
 }
 
 async fn process(state: AppState) -> ProcessResponse {

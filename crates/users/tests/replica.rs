@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request};
-use http_body_util::BodyExt;
+use axum::http::Method;
+use common::testing;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use users::{AppState, Config, ShardConfig, router};
 
@@ -17,28 +15,15 @@ async fn call(
     uri: &str,
     body: Option<Value>,
 ) -> (u16, String, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let copy = resp
-        .headers()
+    let body = body.map(|b| b.to_string());
+    let answer = testing::call(app, testing::request(method, uri, body.as_deref())).await;
+    let copy = answer
+        .headers
         .get("x-read-copy")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        copy,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    (answer.status.as_u16(), copy, answer.json)
 }
 
 fn shell(command: &str) {

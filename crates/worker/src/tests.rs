@@ -4,13 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::testing;
 use queue::{NewTask, Queue, Status};
 use serde_json::json;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::{AppState, Config, Registry, router};
 
@@ -141,12 +139,8 @@ async fn health_ready_and_metrics() {
     let (state, q, _dir) = setup(fast()).await;
     let app = router(state.clone());
     for path in ["/health", "/ready", "/metrics"] {
-        let resp = app
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let answer = testing::call(&app, testing::get(path)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
     }
     // The gauges appear once the refresher ran.
     q.submit(NewTask::new("add", json!({"a": 1, "b": 1}), "u"))
@@ -156,20 +150,7 @@ async fn health_ready_and_metrics() {
     let runner = tokio::spawn(crate::run(state, stop_rx));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let resp = app
-            .clone()
-            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let text = String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap();
+        let text = testing::call(&app, testing::get("/metrics")).await.text;
         if text.contains("scalelab_queue_depth") && text.contains("scalelab_task_run_seconds") {
             break;
         }
