@@ -198,6 +198,9 @@ pub struct RedisLimiter {
     script: redis::Script,
     /// Used while Redis cannot be reached.
     fallback: LocalLimiter,
+    /// Whether the last check fell back, so that an outage is logged once when it starts and once
+    /// when it ends, not once per request.
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 impl RedisLimiter {
@@ -208,6 +211,7 @@ impl RedisLimiter {
             prefix: prefix.to_string(),
             script: redis::Script::new(GCRA_LUA),
             fallback: LocalLimiter::default(),
+            degraded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -241,10 +245,18 @@ impl RedisLimiter {
 #[async_trait]
 impl Limiter for RedisLimiter {
     async fn check(&self, route: &str, client: &str, rule: &Rule) -> Decision {
+        use std::sync::atomic::Ordering;
         match self.try_check(route, client, rule).await {
-            Ok(d) => d,
+            Ok(d) => {
+                if self.degraded.swap(false, Ordering::AcqRel) {
+                    tracing::info!("redis rate limiter reachable again; limits are global again");
+                }
+                d
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "redis rate limiter unreachable; limiting in this instance only");
+                if !self.degraded.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "redis rate limiter unreachable; limiting in this instance only until it is back");
+                }
                 metrics::counter!("scalelab_gateway_rate_limit_fallback_total").increment(1);
                 self.fallback.check_now(route, client, rule)
             }

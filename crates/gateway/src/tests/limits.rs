@@ -177,3 +177,38 @@ async fn redis_limits_are_global() {
     assert_eq!(a.header("ratelimit-limit"), "3");
     assert!(a.header("retry-after").parse::<u64>().unwrap() >= 1);
 }
+
+/// The fallback counter's value in the process-wide recorder.
+fn fallbacks() -> u64 {
+    common::metrics::handle()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("scalelab_gateway_rate_limit_fallback_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_each_gateway_limits_locally_and_never_fails() {
+    let mut h = Harness::start().await;
+    h.config.rate_limit.backend = LimiterBackend::Redis;
+    // A port nothing listens on: every Redis call fails at once.
+    h.config.redis_url = Some(
+        super::fakes::dead_url()
+            .await
+            .replace("http://", "redis://"),
+    );
+    h.config.rate_limit.routes = process_limit(3);
+    let one = h.app().await;
+    let two = router(state_with(h.config.clone(), "gateway-2").await);
+    let token = h.user();
+    let before = fallbacks();
+    // `admitted_by` fails on anything but 200 and 429: no 5xx while Redis is down.
+    let admitted = admitted_by(&[&one, &two], &token, 10).await;
+    assert_eq!(
+        admitted, 6,
+        "each gateway admits its own burst of 3, then refuses"
+    );
+    // Every one of the 20 checks fell back (this is the only test whose Redis is unreachable).
+    assert_eq!(fallbacks() - before, 20);
+}
