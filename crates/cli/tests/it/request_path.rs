@@ -14,6 +14,8 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
+use crate::support::read;
+
 fn topology() -> Topology {
     Topology::new()
         .program(env!("CARGO_BIN_EXE_scalelab"))
@@ -25,14 +27,6 @@ fn topology() -> Topology {
         )
 }
 
-async fn json(resp: reqwest::Response) -> (StatusCode, HeaderMap, Value) {
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
-    (status, headers, body)
-}
-
 /// Asserts the JSON error shape and the status, and returns the error code.
 fn error_code(status: StatusCode, body: &Value, want: u16) -> String {
     assert_eq!(status.as_u16(), want, "{body}");
@@ -41,7 +35,7 @@ fn error_code(status: StatusCode, body: &Value, want: u16) -> String {
 }
 
 async fn login(sys: &Running, user: &str, password: &str) -> (StatusCode, HeaderMap, Value) {
-    json(
+    read(
         sys.client()
             .post(format!("{}/login", sys.lb_url()))
             .json(&json!({"username": user, "password": password}))
@@ -53,7 +47,7 @@ async fn login(sys: &Running, user: &str, password: &str) -> (StatusCode, Header
 }
 
 async fn get(sys: &Running, path: &str, token: &str) -> (StatusCode, HeaderMap, Value) {
-    json(
+    read(
         sys.client()
             .get(format!("{}{path}", sys.lb_url()))
             .header("authorization", format!("Bearer {token}"))
@@ -160,7 +154,7 @@ async fn every_flow_through_the_balancer() {
     assert_eq!(r.status(), 409);
 
     // The balancer's stats saw both gateways.
-    let (status, _, stats) = json(http.get(format!("{lb}/_lb/stats")).send().await.unwrap()).await;
+    let (status, _, stats) = read(http.get(format!("{lb}/_lb/stats")).send().await.unwrap()).await;
     assert_eq!(status, 200);
     let backends = stats["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 2);
@@ -207,7 +201,7 @@ async fn bad_input(sys: &Running, token: &str) {
             .send()
             .await
             .unwrap();
-        let (s, _, b) = json(r).await;
+        let (s, _, b) = read(r).await;
         assert_eq!(error_code(s, &b, 400), code, "{body}");
     }
     let huge = format!("{{\"value\": \"{}\"}}", "x".repeat(200_000));
@@ -219,7 +213,7 @@ async fn bad_input(sys: &Running, token: &str) {
         .send()
         .await
         .unwrap();
-    let (s, _, b) = json(r).await;
+    let (s, _, b) = read(r).await;
     assert_eq!(error_code(s, &b, 413), "payload_too_large");
     let (s, _, b) = get(sys, "/no/such/route", token).await;
     assert_eq!(error_code(s, &b, 404), "not_found");
@@ -229,7 +223,7 @@ async fn bad_input(sys: &Running, token: &str) {
         .send()
         .await
         .unwrap();
-    let (s, _, b) = json(r).await;
+    let (s, _, b) = read(r).await;
     assert_eq!(error_code(s, &b, 405), "method_not_allowed");
     let (s, _, b) = get(sys, "/data?key=no-such-key", token).await;
     assert_eq!(error_code(s, &b, 404), "not_found");
@@ -273,7 +267,7 @@ async fn expect_401(sys: &Running, token: Option<String>, want: &str) {
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let (s, h, b) = json(req.send().await.unwrap()).await;
+    let (s, h, b) = read(req.send().await.unwrap()).await;
     assert_eq!(error_code(s, &b, 401), want, "{b}");
     let challenge = h
         .get("www-authenticate")

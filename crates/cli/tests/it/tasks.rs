@@ -7,6 +7,8 @@ use e2e::{Running, Topology};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::support::send;
+
 /// The default topology plus two workers of one slot each, with short leases and retries so that
 /// redeliveries happen in seconds.
 fn topology() -> Topology {
@@ -39,13 +41,8 @@ async fn call(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(json!({ "raw": text })),
-    )
+    let (status, _, body) = send(req).await;
+    (status, body)
 }
 
 async fn post(sys: &Running, path: &str, token: &str, body: Value) -> (u16, Value) {

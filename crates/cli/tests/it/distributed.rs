@@ -4,8 +4,10 @@
 
 use std::collections::HashSet;
 
-use e2e::{Running, Topology};
-use serde_json::{Value, json};
+use e2e::Topology;
+use serde_json::json;
+
+use crate::support::{login, send};
 
 /// The shipped distributed file, minus the ports and data directory the harness chooses, with
 /// this test's own databases and key prefix.
@@ -13,7 +15,7 @@ async fn distributed() -> Option<(Topology, common::testing::TestDb, common::tes
     let auth_db = common::testing::fresh_postgres("e2e_auth").await?;
     let data_db = common::testing::fresh_postgres("e2e_db").await?;
     let prefix = common::testing::fresh_redis_prefix().await?;
-    let shipped = include_str!("../../../scalelab.distributed.toml");
+    let shipped = include_str!("../../../../scalelab.distributed.toml");
     let mut file: toml::Table = toml::from_str(shipped).unwrap();
     file.remove("instances");
     file.remove("data_dir");
@@ -30,27 +32,6 @@ async fn distributed() -> Option<(Topology, common::testing::TestDb, common::tes
             common::testing::redis_url(),
         ));
     Some((topo, auth_db, data_db))
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, headers, body)
-}
-
-async fn login(
-    sys: &Running,
-    user: &str,
-    password: &str,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    send(
-        sys.client()
-            .post(format!("{}/login", sys.lb_url()))
-            .json(&json!({"username": user, "password": password})),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

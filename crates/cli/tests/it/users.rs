@@ -10,6 +10,8 @@ use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::support::{self, send};
+
 fn topology() -> Topology {
     Topology::new()
         .program(env!("CARGO_BIN_EXE_scalelab"))
@@ -21,15 +23,6 @@ fn topology() -> Topology {
         )
         .toml_extra("[gateway.rate_limit]\nlogin_per_minute = 0\n")
         .toml_extra("[db]\nlatency_ms = 0\njitter_ms = 0\nseed_records = 1\n")
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(json!({ "raw": text }));
-    (status, headers, body)
 }
 
 struct Client<'a> {
@@ -47,13 +40,7 @@ impl Client<'_> {
     }
 
     async fn login(&self, user: &str, password: &str) -> (u16, Value) {
-        let (s, _, b) = send(
-            self.sys
-                .client()
-                .post(self.url("/login"))
-                .json(&json!({"username": user, "password": password})),
-        )
-        .await;
+        let (s, _, b) = support::login(self.sys, user, password).await;
         (s, b)
     }
 
@@ -107,7 +94,7 @@ async fn distributed() -> Option<(Topology, Vec<common::testing::TestDb>)> {
         dbs.push(common::testing::fresh_postgres(name).await?);
     }
     let prefix = common::testing::fresh_redis_prefix().await?;
-    let shipped = include_str!("../../../scalelab.distributed.toml");
+    let shipped = include_str!("../../../../scalelab.distributed.toml");
     let mut file: toml::Table = toml::from_str(shipped).unwrap();
     file.remove("instances");
     file.remove("data_dir");

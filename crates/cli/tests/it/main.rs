@@ -1,0 +1,24 @@
+//! The end-to-end tests: the real `scalelab` binary (`CARGO_BIN_EXE_scalelab`, which cargo builds
+//! for the tests of this crate only, hence their place here), started on free ports by the harness
+//! in `crates/e2e` and driven over HTTP. One test binary, one module per concern:
+//!
+//! - `request_path`: every flow through the balancer (login, data, process, bad input, tokens),
+//!   a killed gateway, a dead or slow db, `up` refusing a port in use.
+//! - `distributed`: the same flows on `scalelab.distributed.toml`, PostgreSQL and Redis on
+//!   127.0.0.1 (fresh databases and key prefix per test).
+//! - `tasks`: the task queue with two real workers, one killed; the whole system restarted.
+//! - `tasks_kill`: 1,000 tasks, a worker killed mid-drain, none lost, each recorded once.
+//! - `users`: the users service and its shards (bulk registration, roles and bad input, a shard
+//!   down, rebalancing 3 to 4 shards under load with a kill), on SQLite and PostgreSQL.
+//! - `scenario`: `scalelab bench scenario all --quick` and its report.
+//! - `support`: the helpers the modules share (send and read JSON, log in).
+//!
+//! Run one module with a filter: `cargo test -p cli --test it users::`.
+
+mod distributed;
+mod request_path;
+mod scenario;
+mod support;
+mod tasks;
+mod tasks_kill;
+mod users;
