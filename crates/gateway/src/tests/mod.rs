@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tower::ServiceExt;
 
 use crate::{AppState, CacheBackend, Config, router};
@@ -90,34 +90,8 @@ pub(crate) async fn state_with(config: Config, id: &str) -> AppState {
         .expect("valid config")
 }
 
-/// One answer, with its body parsed as JSON (every gateway answer is JSON).
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) json: Value,
-}
-
-impl Answer {
-    pub(crate) fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-
-    /// Asserts the JSON error shape and returns the code.
-    pub(crate) fn error(&self) -> &str {
-        assert!(
-            self.json["message"].is_string(),
-            "no message: {}",
-            self.json
-        );
-        self.json["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error: {}", self.json))
-    }
-}
+/// One answer, with its body parsed as JSON (the helper every crate's tests share).
+pub(crate) type Answer = common::testing::Response;
 
 /// A request builder with the usual defaults.
 pub(crate) fn req(method: Method, uri: &str) -> axum::http::request::Builder {
@@ -138,18 +112,17 @@ pub(crate) fn from_peer(mut r: Request<Body>, peer: &str) -> Request<Body> {
     r
 }
 
+/// Sends `r` through `app` (no socket) and reads the answer, which must be JSON: every gateway
+/// answer is.
 pub(crate) async fn send(app: &Router, r: Request<Body>) -> Answer {
-    let resp = app.clone().oneshot(r).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON ({status}): {:?}", String::from_utf8_lossy(&bytes)));
-    Answer {
-        status,
-        headers,
-        json,
-    }
+    let a = common::testing::call(app, r).await;
+    assert!(
+        !a.json.is_null() || a.text.trim() == "null",
+        "not JSON ({}): {:?}",
+        a.status,
+        a.text
+    );
+    a
 }
 
 /// Polls `cond` until it holds (10 s at most).
