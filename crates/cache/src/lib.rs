@@ -3,13 +3,13 @@
 //! `POST /cache/flush`, `GET /cache/stats`).
 //!
 //! [`Config`] is the role's section of the topology file; [`AppState::new`] builds the store
-//! (`store.rs`: a `moka` cache bounded by entry count, with per-entry expiry and counters for hits,
-//! misses, evictions and expirations); [`router`] holds the routes (`routes.rs`) inside the standard
-//! stack of `common`; [`serve`] runs it on a socket. Start reading at `routes.rs`.
+//! ([`common::ttl_cache::TtlCache`], shared with the gateway's local cache: `moka` bounded by entry
+//! count with LRU eviction, per-entry expiry and counters for hits, misses, evictions and
+//! expirations); [`router`] holds the routes (`routes.rs`) inside the standard stack of `common`;
+//! [`serve`] runs it on a socket. Start reading at `routes.rs`.
 
 mod error;
 mod routes;
-mod store;
 #[cfg(test)]
 mod tests;
 
@@ -17,12 +17,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use common::ttl_cache::TtlCache;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub use error::Error;
-
-use store::Store;
 
 /// The `[cache]` section of the topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,8 +79,9 @@ impl Config {
 pub struct AppState {
     /// Read by the handlers (TTL bounds) and by [`router`] (body limit).
     config: Arc<Config>,
-    /// The entries and the counters behind `GET /cache/stats`.
-    store: Store,
+    /// The entries and the counters behind `GET /cache/stats`; values are shared so that a read
+    /// clones a pointer, not a value of up to `max_body_bytes`.
+    store: TtlCache<Arc<Value>>,
     /// Labels the metrics and is needed by the standard stack.
     instance: common::Instance,
 }
@@ -90,7 +91,7 @@ impl AppState {
     /// service cannot honour (zero capacity, a default TTL above the maximum, ...).
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
         config.validate()?;
-        let store = Store::new(config.max_entries);
+        let store = TtlCache::new(config.max_entries);
         Ok(AppState {
             config: Arc::new(config),
             store,

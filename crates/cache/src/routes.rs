@@ -1,8 +1,10 @@
-//! The cache's HTTP API: one handler per route, each a thin layer over [`crate::store::Store`].
+//! The cache's HTTP API: one handler per route, each a thin layer over the store
+//! ([`common::ttl_cache::TtlCache`]).
 //!
 //! `/cache/flush` and `/cache/stats` are fixed routes, so `flush` and `stats` cannot be used as
 //! keys (a fixed route wins over `/cache/{key}`, and answers `405` to the other methods).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, State};
@@ -109,7 +111,7 @@ async fn set_entry(
     }
     state
         .store
-        .set(key.clone(), body.value, Duration::from_secs(ttl))
+        .insert(key.clone(), Arc::new(body.value), Duration::from_secs(ttl))
         .await;
     Ok(Json(Stored {
         stored: true,
@@ -120,13 +122,13 @@ async fn set_entry(
 
 /// `DELETE /cache/{key}`: `200` whether or not the key was there; `deleted` says which.
 async fn delete_entry(State(state): State<AppState>, Key(key): Key) -> Json<Value> {
-    let deleted = state.store.delete(&key).await;
+    let deleted = state.store.remove(&key).await;
     Json(json!({"deleted": deleted}))
 }
 
 /// `POST /cache/flush`: empties the cache; `flushed` is the number of entries removed.
 async fn flush(State(state): State<AppState>) -> Json<Value> {
-    let flushed = state.store.flush().await;
+    let flushed = state.store.clear().await;
     tracing::info!(flushed, "cache flushed");
     Json(json!({"flushed": flushed}))
 }

@@ -1,6 +1,7 @@
 //! What every scalelab service shares: serving with graceful shutdown ([`serve`]), the standard
 //! middleware stack and routes ([`stack`]), the JSON error type and extractor ([`error`]), request ids
-//! ([`RequestId`]), Prometheus metrics ([`metrics`]) and logging setup ([`telemetry`]).
+//! ([`RequestId`]), Prometheus metrics ([`metrics`]), logging setup ([`telemetry`]) and the
+//! per-entry-TTL cache of the cache service and the gateway's local cache ([`ttl_cache`]).
 //!
 //! Crates that keep rows open their SQLite or PostgreSQL database through [`sql`].
 //!
@@ -15,6 +16,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod ttl_cache;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,86 +1,30 @@
-//! An in-process cache (moka), one per gateway instance.
+//! An in-process cache, one per gateway instance: [`common::ttl_cache::TtlCache`], the same
+//! piece that stores the `cache` service's entries (moka bounded by entry count, LRU eviction so
+//! that a value just stored is always admitted, a TTL per entry, hit/miss/eviction/expiry counters).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::wire::cache::CacheStats;
 use async_trait::async_trait;
-use moka::Expiry;
-use moka::notification::RemovalCause;
+use common::ttl_cache::TtlCache;
 use serde_json::Value;
 
-use super::{Cache, hit_ratio};
+use super::Cache;
 use crate::Error;
 
-/// A value and how long it lives.
+/// The `local` backend: bounded by entry count (least recently used evicted beyond it), with a
+/// TTL per entry; nothing is shared between gateway instances.
 #[derive(Debug, Clone)]
-struct Entry {
-    value: Value,
-    ttl: Duration,
-}
-
-/// Gives each entry its own time to live.
-struct PerEntryTtl;
-
-impl Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        entry: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
-    expired: AtomicU64,
-}
-
-/// moka, bounded by entry count (TinyLFU eviction), with a TTL per entry.
-#[derive(Clone)]
 pub struct LocalCache {
-    entries: moka::future::Cache<String, Entry>,
-    counters: Arc<Counters>,
-}
-
-impl std::fmt::Debug for LocalCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCache")
-            .field("entries", &self.entries.entry_count())
-            .finish()
-    }
+    entries: TtlCache<Value>,
 }
 
 impl LocalCache {
     /// An empty cache holding at most `max_entries`.
     pub fn new(max_entries: u64) -> Self {
-        let counters = Arc::new(Counters::default());
-        let listener = counters.clone();
-        let entries = moka::future::Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(PerEntryTtl)
-            .eviction_listener(move |_, _, cause| match cause {
-                RemovalCause::Size => {
-                    listener.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Expired => {
-                    listener.expired.fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Explicit | RemovalCause::Replaced => {}
-            })
-            .build();
-        Self { entries, counters }
+        Self {
+            entries: TtlCache::new(max_entries),
+        }
     }
 }
 
@@ -91,48 +35,28 @@ impl Cache for LocalCache {
     }
 
     async fn get(&self, key: &str, _: &str) -> Result<Option<Value>, Error> {
-        let found = self.entries.get(key).await.map(|e| e.value);
-        let counter = if found.is_some() {
-            &self.counters.hits
-        } else {
-            &self.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(found)
+        Ok(self.entries.get(key).await)
     }
 
     async fn set(&self, key: &str, value: &Value, ttl: Duration, _: &str) -> Result<(), Error> {
-        let entry = Entry {
-            value: value.clone(),
-            ttl,
-        };
-        self.entries.insert(key.to_string(), entry).await;
+        self.entries
+            .insert(key.to_string(), value.clone(), ttl)
+            .await;
         Ok(())
     }
 
     async fn delete(&self, key: &str, _: &str) -> Result<(), Error> {
-        self.entries.invalidate(key).await;
+        self.entries.remove(key).await;
         Ok(())
     }
 
     async fn flush(&self, _: &str) -> Result<(), Error> {
-        self.entries.invalidate_all();
-        self.entries.run_pending_tasks().await;
+        self.entries.clear().await;
         Ok(())
     }
 
     async fn stats(&self, _: &str) -> Result<CacheStats, Error> {
-        self.entries.run_pending_tasks().await;
-        let hits = self.counters.hits.load(Ordering::Relaxed);
-        let misses = self.counters.misses.load(Ordering::Relaxed);
-        Ok(CacheStats {
-            entries: self.entries.entry_count(),
-            hits,
-            misses,
-            hit_ratio: hit_ratio(hits, misses),
-            evictions: self.counters.evictions.load(Ordering::Relaxed),
-            expired: self.counters.expired.load(Ordering::Relaxed),
-        })
+        Ok(self.entries.stats().await)
     }
 
     async fn ping(&self, _: &str) -> Result<(), Error> {
@@ -142,6 +66,8 @@ impl Cache for LocalCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use serde_json::json;
 
