@@ -266,7 +266,13 @@ impl JsonClient {
                 body,
             });
         }
-        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Decode {
+        // A success without a body (`204 No Content`) reads as JSON `null`.
+        let body: &[u8] = if answer.body.is_empty() {
+            b"null"
+        } else {
+            &answer.body
+        };
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
             service,
             detail: format!("unreadable answer to {path}: {e}"),
         })
@@ -536,7 +542,51 @@ impl UsersClient {
 
 #[cfg(test)]
 mod tests {
-    use super::encode_segment;
+    use super::*;
+
+    /// A transport that answers every request with one status and body.
+    #[derive(Debug)]
+    struct Canned(StatusCode, &'static str);
+
+    impl Transport for Canned {
+        fn service(&self) -> &'static str {
+            "auth"
+        }
+
+        fn send<'a>(&'a self, _: Outbound<'a>) -> BoxFuture<'a, Result<Inbound, ClientError>> {
+            Box::pin(async move {
+                Ok(Inbound {
+                    status: self.0,
+                    body: Bytes::from_static(self.1.as_bytes()),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_decoded_or_classified() {
+        // 204 with no body is a success (auth's DELETE /accounts answers so).
+        let deleted = AuthClient(JsonClient::over(Canned(StatusCode::NO_CONTENT, "")));
+        assert!(deleted.delete_account("ann", "rid").await.expect("deleted"));
+        let gone = AuthClient(JsonClient::over(Canned(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"not_found","message":"no such account"}"#,
+        )));
+        assert!(!gone.delete_account("ann", "rid").await.expect("absent"));
+        let broken = JsonClient::over(Canned(StatusCode::OK, "not json"));
+        assert!(matches!(
+            broken.health("rid").await,
+            Err(ClientError::Decode { .. })
+        ));
+        let refused = JsonClient::over(Canned(StatusCode::CONFLICT, "plain text"));
+        match refused.health("rid").await {
+            Err(ClientError::Status { status, body, .. }) => {
+                assert_eq!(status, StatusCode::CONFLICT);
+                assert_eq!(body.error, "upstream_error");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn segments_are_percent_encoded() {

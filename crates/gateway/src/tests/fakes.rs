@@ -204,9 +204,10 @@ async fn register(State(auth): State<Auth>, Json(body): Json<Value>) -> impl Int
 async fn delete_account(
     State(auth): State<Auth>,
     axum::extract::Path(username): axum::extract::Path<String>,
-) -> Json<Value> {
+) -> StatusCode {
     auth.deleted_accounts.lock().unwrap().push(username);
-    Json(json!({"deleted": true}))
+    // What the real auth answers: no body.
+    StatusCode::NO_CONTENT
 }
 
 async fn guest(State(auth): State<Auth>) -> Json<Value> {
