@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The balancer hop alone (issue 14): wrk -> proxy -> two nginx `return 200` backends, so that only
+# the proxy's work is measured. Each proxy runs pinned to the proxy cores (default: core 0, one
+# worker/thread); the backends and wrk run on the other core. All three proxies are measured in one
+# run, in turns, with the same wrk and the same backends:
+#   nginx (Debian, keepalive upstream), HAProxy (Debian, http-reuse always), `scalelab serve lb`
+#   (round robin; every feature on: health checks, X-Forwarded-*, request ids, metrics, retries,
+#   body limit).
+# Needs: nginx, haproxy, wrk (apt-get install -y nginx haproxy wrk); a release build of scalelab.
+# Usage: bench/lb-hop.sh [duration] [connections] [proxy cores, e.g. 0 or 0-1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10s}
+CONNS=${2:-32}
+PCORES=${3:-0}
+BIN=${SCALELAB_BIN:-target/release/scalelab}
+[ -x "$BIN" ] || cargo build --release
+for c in nginx haproxy wrk; do command -v $c >/dev/null || { echo "needs $c: apt-get install -y nginx haproxy wrk" >&2; exit 1; }; done
+NCPU=$(nproc)
+# The other side: every core not used by the proxy (on 2 cores with the proxy on 0: core 1).
+if [ "$PCORES" = "0" ]; then OCORES=$(seq -s, 1 $((NCPU - 1))); else OCORES=$(seq -s, 0 $((NCPU - 1))); fi
+NWORKERS=$(taskset -c "$PCORES" nproc)
+
+WORK=$(mktemp -d /tmp/scalelab-lbhop.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/tmp"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; echo "port $1 did not answer" >&2; return 1; }
+
+# Two backends: nginx returning a small body, on the other cores.
+B1=$(free_port); B2=$(free_port)
+cat > "$WORK/backends.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/b.pid; error_log $WORK/b-error.log warn;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  server { listen 127.0.0.1:$B1; location / { return 200 "ok\n"; } location /health { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$B2; location / { return 200 "ok\n"; } location /health { return 200 "ok\n"; } } }
+CONF
+taskset -c "$OCORES" nginx -c "$WORK/backends.conf" -p "$WORK" & PIDS+=($!)
+wait_port "$B1"; wait_port "$B2"
+
+# nginx as the proxy.
+PN=$(free_port)
+cat > "$WORK/proxy-nginx.conf" <<CONF
+worker_processes $NWORKERS; daemon off; pid $WORK/p.pid; error_log $WORK/p-error.log warn;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  upstream b { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:$PN;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+taskset -c "$PCORES" nginx -c "$WORK/proxy-nginx.conf" -p "$WORK" & PIDS+=($!)
+
+# HAProxy as the proxy.
+PH=$(free_port)
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread $NWORKERS
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+frontend f
+  bind 127.0.0.1:$PH
+  default_backend b
+backend b
+  balance roundrobin
+  http-reuse always
+  server s1 127.0.0.1:$B1
+  server s2 127.0.0.1:$B2
+CONF
+taskset -c "$PCORES" haproxy -db -f "$WORK/haproxy.cfg" & PIDS+=($!)
+
+# scalelab's balancer.
+PS=$(free_port)
+cat > "$WORK/scalelab.toml" <<CONF
+[lb]
+backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
+CONF
+SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-1 --port "$PS" --config "$WORK/scalelab.toml" --data-dir "$WORK/data" > "$WORK/lb.log" 2>&1 & PIDS+=($!)
+for p in "$PN" "$PH" "$PS"; do wait_port "$p"; done
+
+echo "machine: $NCPU cores, $(uname -r); proxy on core(s) $PCORES ($NWORKERS worker(s)), backends and wrk on $OCORES"
+echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
+printf '%-34s %10s %9s %9s %8s\n' proxy "req/s" p50 p99 "vs nginx"
+NGINX_RPS=
+for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS"; do
+  name=${target%%:*}; p=${target##*:}
+  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
+  out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+  [ -z "$NGINX_RPS" ] && NGINX_RPS=$rps
+  ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
+  printf '%-34s %10s %9s %9s %8s %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$errs"
+done
