@@ -74,6 +74,75 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every setting auth cannot honour, as `field: problem` lines (empty when the section is
+    /// valid). `scalelab up` reports them before starting anything; `AppState::new` refuses to
+    /// start on any of them. Whether `signing_key_file` exists is left to start-up (it is the
+    /// machine's state, not the file's).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        if let Some(url) = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            p.url("database_url", url, common::validate::database_url);
+        }
+        p.check(
+            self.token_ttl_secs > 0,
+            "token_ttl_secs",
+            "must be at least 1",
+        );
+        p.check(
+            self.guest_token_ttl_secs > 0,
+            "guest_token_ttl_secs",
+            "must be at least 1",
+        );
+        p.check(!self.issuer.is_empty(), "issuer", "must not be empty");
+        p.check(
+            self.hs256_secret.as_deref() != Some(""),
+            "hs256_secret",
+            "is empty (leave it unset for Ed25519)",
+        );
+        p.check(
+            crate::validate::username(&self.admin_username).is_ok(),
+            "admin_username",
+            format_args!(
+                "{:?} is not a valid username (3 to 64 of A-Z a-z 0-9 _ . -)",
+                self.admin_username
+            ),
+        );
+        p.check(
+            (1..=crate::validate::MAX_PASSWORD_CHARS).contains(&self.password_min_len),
+            "password_min_len",
+            format_args!("must be 1 to {}", crate::validate::MAX_PASSWORD_CHARS),
+        );
+        if let Err(e) = argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        ) {
+            p.push(
+                "argon2_memory_kib, argon2_iterations, argon2_parallelism",
+                e,
+            );
+        }
+        p.check(
+            self.max_concurrent_hashes > 0,
+            "max_concurrent_hashes",
+            "must be at least 1",
+        );
+        p.into_vec()
+    }
+
+    /// [`Config::validate`] as the error start-up fails with.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        match common::validate::joined(&self.validate()) {
+            Some(problems) => Err(crate::Error::Config(problems)),
+            None => Ok(()),
+        }
+    }
+
     /// The signing key file in effect: the configured one or `<data_dir>/auth-signing-key.pem`.
     pub fn signing_key_path(&self) -> PathBuf {
         self.signing_key_file

@@ -35,6 +35,8 @@ impl AppState {
     /// Opens the store `config` names, loads or makes the signing key and makes sure the
     /// bootstrap admin account exists.
     pub async fn new(config: Config, instance: Instance) -> Result<AppState, Error> {
+        // Before the store is opened, so that a bad setting creates no file.
+        config.check()?;
         let store = store::open(&config).await?;
         Self::with_store(config, instance, store).await
     }
@@ -45,6 +47,7 @@ impl AppState {
         instance: Instance,
         store: Arc<dyn CredentialStore>,
     ) -> Result<AppState, Error> {
+        config.check()?;
         let signer = Signer::from_config(&config)?;
         let hasher = Hasher::new(&config, instance.id.clone()).await?;
         let admin_password = config.admin_password.take();

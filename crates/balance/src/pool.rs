@@ -48,6 +48,32 @@ impl Default for PoolConfig {
     }
 }
 
+impl PoolConfig {
+    /// Every setting a pool cannot honour, as `field: problem` lines relative to this section
+    /// (empty when valid); the owner of the section prefixes its path (`pool.`, `services.`).
+    pub fn validate(&self) -> Vec<String> {
+        let h = &self.health;
+        let at_least_one = [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("response_timeout_ms", self.response_timeout_ms),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("health.interval_ms", h.interval_ms),
+            ("health.timeout_ms", h.timeout_ms),
+            ("health.fall", u64::from(h.fall)),
+            ("health.rise", u64::from(h.rise)),
+        ];
+        let mut problems: Vec<String> = at_least_one
+            .iter()
+            .filter(|(_, v)| *v == 0)
+            .map(|(field, _)| format!("{field}: must be at least 1"))
+            .collect();
+        if !h.path.starts_with('/') {
+            problems.push(format!("health.path: {:?} must start with /", h.path));
+        }
+        problems
+    }
+}
+
 /// Why a request could not be served by any backend.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -340,5 +366,31 @@ impl HttpBody for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_reports_every_unusable_setting_with_its_path() {
+        assert_eq!(PoolConfig::default().validate(), Vec::<String>::new());
+        let mut bad = PoolConfig {
+            max_attempts: 0,
+            connect_timeout_ms: 0,
+            ..PoolConfig::default()
+        };
+        bad.health.fall = 0;
+        bad.health.path = "health".into();
+        assert_eq!(
+            bad.validate(),
+            vec![
+                "connect_timeout_ms: must be at least 1",
+                "max_attempts: must be at least 1",
+                "health.fall: must be at least 1",
+                "health.path: \"health\" must start with /",
+            ]
+        );
     }
 }

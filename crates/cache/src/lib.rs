@@ -52,25 +52,24 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Refuses settings the service cannot honour, so that a typo fails at start and not on the
-    /// first request.
-    fn validate(&self) -> Result<(), Error> {
-        if self.max_entries == 0 {
-            return Err(Error::Config("max_entries must be at least 1".into()));
-        }
-        if self.max_ttl_secs == 0 {
-            return Err(Error::Config("max_ttl_secs must be at least 1".into()));
-        }
-        if self.default_ttl_secs == 0 || self.default_ttl_secs > self.max_ttl_secs {
-            return Err(Error::Config(format!(
-                "default_ttl_secs must be between 1 and max_ttl_secs ({})",
-                self.max_ttl_secs
-            )));
-        }
-        if self.max_body_bytes == 0 {
-            return Err(Error::Config("max_body_bytes must be at least 1".into()));
-        }
-        Ok(())
+    /// Every setting the service cannot honour, as `field: problem` lines (empty when the section
+    /// is valid). `scalelab up` reports them before starting anything; [`AppState::new`] refuses
+    /// to start on any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        p.check(self.max_entries > 0, "max_entries", "must be at least 1");
+        p.check(self.max_ttl_secs > 0, "max_ttl_secs", "must be at least 1");
+        p.check(
+            self.default_ttl_secs > 0 && self.default_ttl_secs <= self.max_ttl_secs,
+            "default_ttl_secs",
+            format_args!("must be between 1 and max_ttl_secs ({})", self.max_ttl_secs),
+        );
+        p.check(
+            self.max_body_bytes > 0,
+            "max_body_bytes",
+            "must be at least 1",
+        );
+        p.into_vec()
     }
 }
 
@@ -90,7 +89,9 @@ impl AppState {
     /// Validates `config` and builds an empty cache. Fails with [`Error::Config`] on settings the
     /// service cannot honour (zero capacity, a default TTL above the maximum, ...).
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
-        config.validate()?;
+        if let Some(problems) = common::validate::joined(&config.validate()) {
+            return Err(Error::Config(problems));
+        }
         let store = TtlCache::new(config.max_entries);
         Ok(AppState {
             config: Arc::new(config),

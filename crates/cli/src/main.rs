@@ -1,6 +1,7 @@
 //! `scalelab`: the one binary. It parses arguments, loads the topology, sets up logging and hands
 //! over to a crate: `up` runs the whole topology under the [`supervisor`], `serve ROLE` runs one
-//! instance, `config` prints the default topology, `bench` runs the load generator.
+//! instance, `config` prints the default topology (or, with `--check FILE`, validates every role's
+//! section of a file as `up` does before starting anything), `bench` runs the load generator.
 //!
 //! This is the only crate that reads argv, environment variables and files.
 
@@ -13,6 +14,7 @@ mod up;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc rather than glibc's allocator: the proxy and the gateways allocate and free small
@@ -43,7 +45,7 @@ enum Command {
     Up(up::UpArgs),
     /// Run one instance of one role (what `up` runs, and what a deployment runs).
     Serve(serve::ServeArgs),
-    /// Print the default topology file, every field documented.
+    /// Print the default topology file, every field documented; or check a topology file.
     Config {
         /// Print the effective topology instead: FILE (or the default) with derived URLs filled in.
         #[arg(long)]
@@ -51,6 +53,10 @@ enum Command {
         /// A topology file to read instead of the built-in one (with --effective).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Check FILE as `scalelab up` would before starting anything (every role's section,
+        /// every problem with its path) and exit non-zero if there is any.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["effective", "config"])]
+        check: Option<PathBuf>,
     },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
     Bench(Box<bench::BenchArgs>),
@@ -78,7 +84,14 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::Config { effective, config } => print_config(effective, config),
+            Command::Config {
+                effective,
+                config,
+                check,
+            } => match check {
+                Some(file) => check_config(&file),
+                None => print_config(effective, config),
+            },
             Command::Bench(args) => bench_cmd(*args).await,
             Command::Shards(args) => shards::run(args).await,
         }
@@ -103,6 +116,19 @@ fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut t = topology::Topology::load(path.as_deref())?;
     t.resolve(None);
     print!("{}", t.to_toml()?);
+    Ok(())
+}
+
+/// `scalelab config --check FILE`: the checks of `scalelab up`, without starting anything.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let topo = topology::Topology::load(Some(file))?;
+    topo.check()
+        .with_context(|| format!("in the topology file {}", file.display()))?;
+    println!(
+        "{}: ok ({} instances)",
+        file.display(),
+        topo.instances().len()
+    );
     Ok(())
 }
 

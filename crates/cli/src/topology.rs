@@ -5,10 +5,12 @@
 //! roles find each other are derived from `[instances]` here ([`Topology::resolve`]) unless a section
 //! sets them, so that a topology names every port once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The default topology, as shipped: `scalelab.toml` at the repository root.
@@ -18,6 +20,43 @@ pub(crate) const DEFAULT_TOML: &str = include_str!("../../../scalelab.toml");
 pub(crate) const ROLES: [&str; 8] = [
     "auth", "db", "worker", "cache", "service", "users", "gateway", "lb",
 ];
+
+/// The top-level keys of a topology file: `data_dir`, `instances`, the roles' sections and the
+/// shared `[queue]`.
+const SECTIONS: [&str; 11] = [
+    "data_dir",
+    "instances",
+    "lb",
+    "gateway",
+    "auth",
+    "cache",
+    "db",
+    "service",
+    "queue",
+    "worker",
+    "users",
+];
+
+/// Every problem found in a topology, each as `path.in.the.file: what is wrong`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Invalid(pub(crate) Vec<String>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} problem{} in the topology:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 /// The whole topology file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,18 +142,131 @@ impl Topology {
         Self::parse(DEFAULT_TOML).context("the built-in scalelab.toml does not parse")
     }
 
-    /// Parses a topology document.
+    /// Parses a topology document. On failure the error is an [`Invalid`] with every problem
+    /// at once: each section that does not parse (the first error in it: serde stops there),
+    /// then what [`Topology::problems`] finds in the sections that did.
     pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
-        let t: Topology = toml::from_str(text)?;
-        for role in t.instances.ports.keys() {
-            if !ROLES.contains(&role.as_str()) {
-                bail!(
-                    "[instances] names an unknown role {role:?}; roles are {}",
-                    ROLES.join(", ")
-                );
+        let (topology, mut problems, broken) = Self::parse_sections(text);
+        if problems.is_empty() {
+            return Ok(topology);
+        }
+        problems.extend(topology.problems().into_iter().filter(|p| {
+            let section = p.split(['.', ':']).next().unwrap_or_default();
+            !broken.iter().any(|b| b == section)
+        }));
+        Err(Invalid(problems).into())
+    }
+
+    /// Reads each top-level section on its own into its type, so that an error in one does not
+    /// hide the errors in the others. Returns the topology (a section that failed keeps its
+    /// default), the problems with their paths, and the names of the sections that failed.
+    fn parse_sections(text: &str) -> (Self, Vec<String>, Vec<String>) {
+        let mut t = Topology::default();
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(table) => table,
+            // Not even TOML: nothing can be read section by section.
+            Err(e) => return (t, vec![e.to_string().trim_end().to_string()], vec![]),
+        };
+        let mut problems = Vec::new();
+        let mut broken = Vec::new();
+        for (key, value) in table {
+            let read = match key.as_str() {
+                "data_dir" => read_section(value, &mut t.data_dir),
+                "instances" => read_section(value, &mut t.instances),
+                "lb" => read_section(value, &mut t.lb),
+                "gateway" => read_section(value, &mut t.gateway),
+                "auth" => read_section(value, &mut t.auth),
+                "cache" => read_section(value, &mut t.cache),
+                "db" => read_section(value, &mut t.db),
+                "service" => read_section(value, &mut t.service),
+                "queue" => read_section(value, &mut t.queue),
+                "worker" => read_section(value, &mut t.worker),
+                "users" => read_section(value, &mut t.users),
+                _ => Err(format!(
+                    ": unknown section; sections are {}",
+                    SECTIONS.join(", ")
+                )),
+            };
+            if let Err(e) = read {
+                problems.push(format!("{key}{e}"));
+                broken.push(key);
             }
         }
-        Ok(t)
+        for role in t.instances.ports.keys() {
+            if !ROLES.contains(&role.as_str()) {
+                problems.push(format!(
+                    "instances.{role}: unknown role; roles are {}",
+                    ROLES.join(", ")
+                ));
+            }
+        }
+        (t, problems, broken)
+    }
+
+    /// What each role would refuse at start, found now: the `validate` of every section whose
+    /// role has instances (and of `[queue]` when gateways or workers run), on the topology with
+    /// its derived URLs filled in, plus ports given to two instances. Each line starts with its
+    /// path in the file. Empty when every instance can start.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut t = self.clone();
+        // The URLs roles find each other by are derived from [instances]: check what will run.
+        t.resolve(None);
+        let mut problems = Vec::new();
+        let mut owners: HashMap<u16, String> = HashMap::new();
+        for i in t.instances() {
+            if i.port == 0 {
+                continue;
+            }
+            if let Some(other) = owners.insert(i.port, i.id.clone()) {
+                problems.push(format!(
+                    "instances.{}: port {} is also given to {other}",
+                    i.role, i.port
+                ));
+            }
+        }
+        let runs = |role: &str| !t.ports(role).is_empty();
+        let mut section = |name: &str, found: Vec<String>| {
+            problems.extend(found.into_iter().map(|p| format!("{name}.{p}")));
+        };
+        if runs("lb") {
+            section("lb", t.lb.validate());
+        }
+        if runs("gateway") {
+            section("gateway", t.gateway.validate());
+        }
+        if runs("auth") {
+            section("auth", t.auth.validate());
+        }
+        if runs("cache") {
+            section("cache", t.cache.validate());
+        }
+        if runs("db") {
+            section("db", t.db.validate());
+        }
+        if runs("service") {
+            section("service", t.service.validate());
+        }
+        if runs("gateway") || runs("worker") {
+            section("queue", t.queue.validate());
+        }
+        if runs("worker") {
+            section("worker", t.worker.validate());
+        }
+        if runs("users") {
+            section("users", t.users.validate());
+        }
+        problems
+    }
+
+    /// [`Topology::problems`] as an error: what `scalelab up` and `scalelab config --check` run
+    /// before anything starts.
+    pub(crate) fn check(&self) -> Result<(), Invalid> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(problems))
+        }
     }
 
     /// Reads `path`, or the built-in default when `None`.
@@ -226,6 +378,29 @@ impl Topology {
     }
 }
 
+/// Reads one section into `into`; on failure, the path inside the section and the message
+/// (`.pool.strategy: unknown variant ...`, or `: ...` for the section itself).
+fn read_section<T: DeserializeOwned>(value: toml::Value, into: &mut T) -> Result<(), String> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(v) => {
+            *into = v;
+            Ok(())
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = inner.trim_end();
+            if path == "." {
+                Err(format!(": {message}"))
+            } else if path.starts_with('[') {
+                Err(format!("{path}: {message}"))
+            } else {
+                Err(format!(".{path}: {message}"))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +471,106 @@ mod tests {
         assert!(Topology::parse("[lb]\nstrategy = \"x\"\n").is_err());
         let err = Topology::parse("[lb]\nbackendz = []\n").unwrap_err();
         assert!(format!("{err:#}").contains("backendz"), "{err:#}");
+    }
+
+    #[test]
+    fn the_shipped_topology_has_no_problems() {
+        assert_eq!(
+            Topology::builtin().unwrap().problems(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn bad_values_in_two_sections_are_both_reported_with_their_paths() {
+        let t = Topology::parse(
+            r#"
+[instances]
+lb = [18000]
+gateway = [15000]
+cache = [15004]
+db = [15002]
+auth = [15011]
+
+[lb.rate_limit]
+requests_per_second = 0
+
+[cache]
+max_entries = 0
+"#,
+        )
+        .expect("the file parses: its problems are values");
+        assert_eq!(
+            t.check(),
+            Err(Invalid(vec![
+                "lb.rate_limit.requests_per_second: must be at least 1".into(),
+                "cache.max_entries: must be at least 1".into(),
+            ]))
+        );
+    }
+
+    #[test]
+    fn sections_that_do_not_parse_are_reported_beside_the_bad_values_of_the_others() {
+        let err = Topology::parse(
+            r#"
+[instances]
+cache = [15004]
+service = [15001]
+webserver = [1]
+
+[lb.pool]
+strategy = "fastest"
+
+[gateway]
+cache_ttl = 5
+
+[cache]
+max_entries = 0
+
+[caches]
+"#,
+        )
+        .unwrap_err();
+        let Some(Invalid(problems)) = err.downcast_ref::<Invalid>() else {
+            panic!("not an Invalid: {err:#}");
+        };
+        let want = [
+            "caches: unknown section",
+            "gateway.cache_ttl: unknown field `cache_ttl`",
+            "lb.pool.strategy: unknown variant `fastest`",
+            "instances.webserver: unknown role",
+            "cache.max_entries: must be at least 1",
+        ];
+        assert_eq!(problems.len(), want.len(), "{problems:#?}");
+        for (got, want) in problems.iter().zip(want) {
+            assert!(
+                got.starts_with(want),
+                "{got:?} does not start with {want:?}"
+            );
+        }
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("5 problems in the topology:\n  caches: "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_port_given_twice_is_reported() {
+        let t = Topology::parse("[instances]\ncache = [5004]\ndb = [5004]\n").unwrap();
+        assert_eq!(
+            t.problems(),
+            vec!["instances.cache: port 5004 is also given to db-1"]
+        );
+    }
+
+    #[test]
+    fn not_toml_at_all_is_one_problem() {
+        let err = Topology::parse("[lb\n").unwrap_err();
+        let Some(Invalid(problems)) = err.downcast_ref::<Invalid>() else {
+            panic!("not an Invalid: {err:#}");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     /// Every setting the code knows appears in the shipped file, where it is documented.

@@ -31,6 +31,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.free_ports {
         topo.use_free_ports()?;
     }
+    // Every role's section is checked here, all at once, before the data directory is made or
+    // any child starts: a bad value is reported with its path, not by one child among thirteen.
+    topo.check().with_context(|| match &args.config {
+        Some(p) => format!("in the topology file {}", p.display()),
+        None => "in the built-in topology".into(),
+    })?;
     let effective = prepare(&mut topo)?;
     let program = std::env::current_exe().context("cannot find the scalelab binary")?;
     let specs = child_specs(&topo, &effective, &program);

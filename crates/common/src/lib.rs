@@ -1,7 +1,8 @@
 //! What every scalelab service shares: serving with graceful shutdown ([`serve`]), the standard
 //! middleware stack and routes ([`stack`]), the JSON error type and extractor ([`error`]), request ids
-//! ([`RequestId`]), Prometheus metrics ([`metrics`]), logging setup ([`telemetry`]) and the
-//! per-entry-TTL cache of the cache service and the gateway's local cache ([`ttl_cache`]).
+//! ([`RequestId`]), Prometheus metrics ([`metrics`]), logging setup ([`telemetry`]), the
+//! per-entry-TTL cache of the cache service and the gateway's local cache ([`ttl_cache`]) and the
+//! helpers of every `Config::validate` ([`validate`]).
 //!
 //! Crates that keep rows open their SQLite or PostgreSQL database through [`sql`].
 //!
@@ -17,6 +18,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 pub mod ttl_cache;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;

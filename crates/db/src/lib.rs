@@ -66,18 +66,33 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Refuses settings the service cannot honour, so that a typo fails at start.
-    fn validate(&self) -> Result<(), Error> {
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err(Error::Config(format!(
-                "failure_rate must be between 0.0 and 1.0; got {}",
-                self.failure_rate
-            )));
+    /// Every setting the service cannot honour, as `field: problem` lines (empty when the section
+    /// is valid). `scalelab up` reports them before starting anything; [`AppState::new`] refuses
+    /// to start on any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        if let Some(url) = &self.database_url {
+            p.url("database_url", url, common::validate::database_url);
         }
-        if self.max_value_bytes == 0 {
-            return Err(Error::Config("max_value_bytes must be at least 1".into()));
+        p.check(
+            (0.0..=1.0).contains(&self.failure_rate),
+            "failure_rate",
+            format_args!("must be between 0.0 and 1.0; got {}", self.failure_rate),
+        );
+        p.check(
+            self.max_value_bytes > 0,
+            "max_value_bytes",
+            "must be at least 1",
+        );
+        p.into_vec()
+    }
+
+    /// [`Config::validate`] as the error start-up fails with.
+    fn check(&self) -> Result<(), Error> {
+        match common::validate::joined(&self.validate()) {
+            Some(problems) => Err(Error::Config(problems)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -96,7 +111,7 @@ impl AppState {
     /// Validates `config`, opens the store it names, creates the table if needed and seeds the
     /// records that are missing. Fails if the configuration is wrong or the database unreachable.
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
-        config.validate()?;
+        config.check()?;
         let store = store::open(&config).await?;
         Self::with_store(config, instance, store).await
     }
@@ -108,7 +123,7 @@ impl AppState {
         instance: common::Instance,
         store: Arc<dyn Store>,
     ) -> Result<AppState, Error> {
-        config.validate()?;
+        config.check()?;
         let seeded = store
             .insert_missing(&store::seed(config.seed_records))
             .await?;

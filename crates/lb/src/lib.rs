@@ -61,15 +61,44 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Every setting the balancer cannot honour, as `field: problem` lines (empty when the
+    /// section is valid). `scalelab up` reports them before starting anything; [`AppState::new`]
+    /// refuses to start on any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        p.check(
+            !self.backends.is_empty(),
+            "backends",
+            "no backends: set [lb] backends or [instances] gateway",
+        );
+        for (i, url) in self.backends.iter().enumerate() {
+            p.url(&format!("backends[{i}]"), url, common::validate::http_url);
+        }
+        p.nested("pool", self.pool.validate());
+        if let Some(limit) = &self.rate_limit {
+            p.check(
+                limit.requests_per_second > 0,
+                "rate_limit.requests_per_second",
+                "must be at least 1",
+            );
+            p.check(limit.burst > 0, "rate_limit.burst", "must be at least 1");
+        }
+        p.check(
+            self.max_body_bytes > 0,
+            "max_body_bytes",
+            "must be at least 1",
+        );
+        p.into_vec()
+    }
+}
+
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration names no backend.
-    #[error("the load balancer has no backends: set [lb] backends or [instances] gateway")]
-    NoBackends,
-    /// A backend URL is not `http://host:port`.
-    #[error("backend URL {0:?} is not of the form http://host:port")]
-    BadBackend(String),
+    /// The configuration cannot be honoured (every problem of [`Config::validate`], joined).
+    #[error("invalid lb configuration: {0}")]
+    Config(String),
     /// Serving failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
@@ -91,15 +120,8 @@ pub struct AppState {
 impl AppState {
     /// Builds the state; does not start health checks (see [`serve`]).
     pub fn new(config: Config, instance: common::Instance) -> Result<Self, Error> {
-        if config.backends.is_empty() {
-            return Err(Error::NoBackends);
-        }
-        if let Some(bad) = config
-            .backends
-            .iter()
-            .find(|u| !u.starts_with("http://") || u.len() <= "http://".len())
-        {
-            return Err(Error::BadBackend(bad.clone()));
+        if let Some(problems) = common::validate::joined(&config.validate()) {
+            return Err(Error::Config(problems));
         }
         Ok(Self {
             pool: Pool::new("gateway", &config.backends, config.pool.clone()),

@@ -48,20 +48,57 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Refuses settings the queue cannot honour.
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS {
-            return Err(Error::Config(format!(
-                "max_attempts must be 1 to {MAX_ATTEMPTS}; got {}",
-                self.max_attempts
-            )));
+    /// Every setting the queue cannot honour, as `field: problem` lines (empty when the section
+    /// is valid). `scalelab up` reports them before starting anything; opening a queue refuses
+    /// any of them ([`Config::check`]).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        if let Some(url) = &self.url {
+            p.url("url", url, common::validate::database_url);
         }
-        if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
-            return Err(Error::Config(
-                "retry_base_ms must be at least 1 and retry_max_ms at least retry_base_ms".into(),
-            ));
+        if let Some(amqp_url) = &self.amqp_url {
+            p.check(
+                amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://"),
+                "amqp_url",
+                "must start with amqp:// or amqps://",
+            );
+            p.check(
+                self.url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://")),
+                "url",
+                "the RabbitMQ backend (amqp_url) keeps task state in PostgreSQL: set a postgres:// url",
+            );
+            p.check(
+                !self.amqp_queue.is_empty(),
+                "amqp_queue",
+                "must not be empty",
+            );
         }
-        Ok(())
+        p.check(
+            (1..=MAX_ATTEMPTS).contains(&self.max_attempts),
+            "max_attempts",
+            format_args!("must be 1 to {MAX_ATTEMPTS}; got {}", self.max_attempts),
+        );
+        p.check(
+            self.retry_base_ms > 0,
+            "retry_base_ms",
+            "must be at least 1",
+        );
+        p.check(
+            self.retry_max_ms >= self.retry_base_ms,
+            "retry_max_ms",
+            format_args!("must be at least retry_base_ms ({})", self.retry_base_ms),
+        );
+        p.into_vec()
+    }
+
+    /// [`Config::validate`] as the error opening a queue fails with.
+    pub fn check(&self) -> Result<(), Error> {
+        match common::validate::joined(&self.validate()) {
+            Some(problems) => Err(Error::Config(problems)),
+            None => Ok(()),
+        }
     }
 
     /// The backoff these settings describe.

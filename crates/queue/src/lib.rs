@@ -36,7 +36,7 @@ pub use task::{ListQuery, NewTask, Page, Priority, Stats, Status, Task};
 /// Opens the queue `config` names, creating its table if needed. A PostgreSQL queue connects on
 /// first use, so that a gateway starts (and answers `503`) while the database is down.
 pub async fn open(config: &Config) -> Result<Arc<dyn Queue>, Error> {
-    config.validate()?;
+    config.check()?;
     if let Some(amqp_url) = config.amqp_url.as_deref() {
         let q = RabbitQueue::connect(amqp_url, &config.amqp_queue, config, None).await?;
         return Ok(Arc::new(q));

@@ -100,13 +100,13 @@ impl SqlQueue {
     /// Opens the queue at `url` (`sqlite:PATH`, `sqlite::memory:`, `postgres://...`), creating
     /// its table if needed (on first use for PostgreSQL).
     pub async fn open(url: &str, config: &Config) -> Result<Self, Error> {
-        config.validate()?;
+        config.check()?;
         Ok(Self::new(Db::open(url, SCHEMA, options()).await?, config))
     }
 
     /// Opens (creating if needed) the queue file at `path`.
     pub async fn open_file(path: &Path, config: &Config) -> Result<Self, Error> {
-        config.validate()?;
+        config.check()?;
         Ok(Self::new(
             Db::open_file(path, SCHEMA, options()).await?,
             config,

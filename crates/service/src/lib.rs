@@ -53,16 +53,17 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Refuses settings the service cannot honour, so that a typo fails at start.
-    fn validate(&self) -> Result<(), Error> {
-        if self.max_concurrency == 0 || self.max_concurrency > Semaphore::MAX_PERMITS {
-            return Err(Error::Config(format!(
-                "max_concurrency must be between 1 and {}; got {}",
-                Semaphore::MAX_PERMITS,
-                self.max_concurrency
-            )));
-        }
-        Ok(())
+    /// Every setting the service cannot honour, as `field: problem` lines (empty when the section
+    /// is valid). `scalelab up` reports them before starting anything; [`AppState::new`] refuses
+    /// to start on any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        p.check(
+            (1..=Semaphore::MAX_PERMITS).contains(&self.max_concurrency),
+            "max_concurrency",
+            format_args!("must be between 1 and {}", Semaphore::MAX_PERMITS),
+        );
+        p.into_vec()
     }
 }
 
@@ -82,7 +83,9 @@ impl AppState {
     /// Validates `config` and builds the slots. Fails with [`Error::Config`] when
     /// `max_concurrency` is 0 (no request could ever run).
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
-        config.validate()?;
+        if let Some(problems) = common::validate::joined(&config.validate()) {
+            return Err(Error::Config(problems));
+        }
         let permits = Arc::new(Semaphore::new(config.max_concurrency));
         Ok(AppState {
             config: Arc::new(config),

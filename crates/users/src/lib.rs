@@ -107,14 +107,44 @@ impl Config {
             .collect())
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        if self.shards.is_empty() && self.shard_count == 0 {
-            return Err(Error::Config("shard_count must be at least 1".into()));
+    /// Every setting the service cannot honour, as `field: problem` lines (empty when the section
+    /// is valid). `scalelab up` reports them before starting anything; [`AppState::new`] refuses
+    /// to start on any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        p.check(
+            !self.shards.is_empty() || self.shard_count > 0,
+            "shard_count",
+            "must be at least 1",
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            p.url(
+                &format!("shards[{i}].url"),
+                &shard.url,
+                common::validate::database_url,
+            );
+            for (j, replica) in shard.replicas.iter().enumerate() {
+                p.url(
+                    &format!("shards[{i}].replicas[{j}]"),
+                    replica,
+                    common::validate::database_url,
+                );
+            }
         }
-        if self.max_page_size == 0 {
-            return Err(Error::Config("max_page_size must be at least 1".into()));
+        p.check(
+            self.max_page_size > 0,
+            "max_page_size",
+            "must be at least 1",
+        );
+        p.into_vec()
+    }
+
+    /// [`Config::validate`] as the error start-up fails with.
+    fn check(&self) -> Result<(), Error> {
+        match common::validate::joined(&self.validate()) {
+            Some(problems) => Err(Error::Config(problems)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -133,7 +163,7 @@ impl AppState {
     /// Validates `config` and opens every shard (SQLite files are created; PostgreSQL shards
     /// connect lazily so that one shard down at start does not stop the others).
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
-        config.validate()?;
+        config.check()?;
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let mut shards = Vec::new();
         for s in config.layout() {
@@ -193,7 +223,7 @@ impl AppState {
         instance: common::Instance,
         shards: Shards,
     ) -> Result<AppState, Error> {
-        config.validate()?;
+        config.check()?;
         tracing::info!(shards = shards.count(), "users ready");
         Ok(AppState {
             config: Arc::new(config),
@@ -206,7 +236,7 @@ impl AppState {
 /// What changing the shard count to `to` would move, counted over every profile on the current
 /// layout's primaries (read-only; the service may keep running). Under `hash % N` beside it.
 pub async fn plan_move(config: &Config, to: u32) -> Result<placement::MovePlan, Error> {
-    config.validate()?;
+    config.check()?;
     if to == 0 {
         return Err(Error::Config(
             "the new shard count must be at least 1".into(),

@@ -74,24 +74,44 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Refuses settings the worker cannot honour.
-    fn validate(&self) -> Result<(), Error> {
-        if self.concurrency == 0 || self.concurrency > 1024 {
-            return Err(Error::Config("concurrency must be 1 to 1024".into()));
+    /// Every setting the worker cannot honour, as `field: problem` lines (empty when the section
+    /// is valid); the shared `[queue]` section is checked by `queue::Config::validate`.
+    /// `scalelab up` reports them before starting anything; [`AppState::new`] refuses to start on
+    /// any of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = common::validate::Problems::new();
+        p.check(
+            (1..=1024).contains(&self.concurrency),
+            "concurrency",
+            "must be 1 to 1024",
+        );
+        p.check(
+            self.heartbeat_ms > 0 && self.heartbeat_ms.saturating_mul(2) <= self.lease_ms,
+            "heartbeat_ms",
+            format_args!(
+                "must be at least 1 and at most half of lease_ms ({}), so that one late \
+                 heartbeat does not lose the lease",
+                self.lease_ms
+            ),
+        );
+        p.check(self.poll_ms > 0, "poll_ms", "must be at least 1");
+        p.check(
+            self.stats_interval_ms > 0,
+            "stats_interval_ms",
+            "must be at least 1",
+        );
+        if !self.db_url.is_empty() {
+            p.url("db_url", &self.db_url, common::validate::http_url);
         }
-        if self.heartbeat_ms == 0 || self.heartbeat_ms.saturating_mul(2) > self.lease_ms {
-            return Err(Error::Config(format!(
-                "heartbeat_ms ({}) must be at least 1 and at most half of lease_ms ({}), so that \
-                 one late heartbeat does not lose the lease",
-                self.heartbeat_ms, self.lease_ms
-            )));
+        p.into_vec()
+    }
+
+    /// [`Config::validate`] as the error start-up fails with.
+    fn check(&self) -> Result<(), Error> {
+        match common::validate::joined(&self.validate()) {
+            Some(problems) => Err(Error::Config(problems)),
+            None => Ok(()),
         }
-        if self.poll_ms == 0 || self.stats_interval_ms == 0 {
-            return Err(Error::Config(
-                "poll_ms and stats_interval_ms must be at least 1".into(),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -143,6 +163,8 @@ impl AppState {
     /// Validates `config`, opens the queue it names and checks that every task type the gateways
     /// accept has a handler here.
     pub async fn new(config: Config, instance: common::Instance) -> Result<AppState, Error> {
+        // Checked before the queue is opened, so that a bad setting does not create a file.
+        config.check()?;
         let queue = queue::open(&config.queue).await?;
         Self::with_queue(config, instance, queue, Registry::builtin())
     }
@@ -154,7 +176,7 @@ impl AppState {
         queue: Arc<dyn queue::Queue>,
         registry: Registry,
     ) -> Result<AppState, Error> {
-        config.validate()?;
+        config.check()?;
         let missing = registry.missing();
         if !missing.is_empty() {
             return Err(Error::Config(format!(

@@ -10,7 +10,7 @@ use queue::{NewTask, Queue, Status};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{AppState, Config, Registry, router};
+use crate::{AppState, Config, Error, Registry, router};
 
 async fn setup(config: Config) -> (AppState, Arc<dyn Queue>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -168,16 +168,28 @@ fn bad_settings_are_refused() {
         lease_ms: 15_000,
         ..Config::default()
     };
-    assert!(bad.validate().is_err());
-    assert!(
-        Config {
-            concurrency: 0,
-            ..Config::default()
-        }
-        .validate()
-        .is_err()
+    assert_eq!(
+        bad.validate(),
+        vec![
+            "heartbeat_ms: must be at least 1 and at most half of lease_ms (15000), so that one \
+             late heartbeat does not lose the lease"
+        ]
     );
-    Config::default()
-        .validate()
-        .expect("the defaults are valid");
+    let two = Config {
+        concurrency: 0,
+        poll_ms: 0,
+        db_url: "127.0.0.1:5002".into(),
+        ..Config::default()
+    };
+    assert_eq!(
+        two.validate(),
+        vec![
+            "concurrency: must be 1 to 1024",
+            "poll_ms: must be at least 1",
+            "db_url: \"127.0.0.1:5002\" is not of the form http://host:port",
+        ],
+        "every problem at once"
+    );
+    assert!(matches!(two.check(), Err(Error::Config(_))));
+    assert_eq!(Config::default().validate(), Vec::<String>::new());
 }
