@@ -165,15 +165,29 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool named `name` (used in errors: `gateway`, `service`) over `urls`.
+    /// A pool named `name` (used in errors: `gateway`, `service`) over `urls`, choosing with
+    /// `config.strategy`.
     pub fn new(name: &str, urls: &[String], config: PoolConfig) -> Arc<Self> {
+        let selection = config.strategy.build();
+        Self::with_selection(name, urls, config, selection)
+    }
+
+    /// Like [`Pool::new`] with a [`Selection`] of the caller's own (the extension point: see
+    /// `examples/custom_selection.rs`); `config.strategy` is then ignored. Health checks, retries
+    /// and in-flight counting are the pool's and work the same with any selection.
+    pub fn with_selection(
+        name: &str,
+        urls: &[String],
+        config: PoolConfig,
+        selection: Arc<dyn Selection>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_string(),
             backends: urls
                 .iter()
                 .map(|u| Backend::new(u, config.max_idle_per_backend))
                 .collect(),
-            selection: config.strategy.build(),
+            selection,
             config,
         })
     }
