@@ -210,7 +210,7 @@ async fn connection(
         }
         let intended = shared
             .pacing
-            .map(|(interval, offset)| shared.start + offset * index as u32 + interval * k);
+            .map(|pacing| intended_send(shared.start, pacing, index, k));
         if let Some(deadline) = shared.deadline
             && intended.unwrap_or_else(Instant::now) >= deadline
         {
@@ -221,21 +221,25 @@ async fn connection(
         {
             break;
         }
-        // Where latency is measured from. Open model: from the intended send time when this
-        // connection was still busy with the previous answer at that time (the server held the
-        // request up: coordinated omission corrected); from the actual send when the connection
-        // was idle and slept until its turn, so that the timer's 1 ms resolution is not charged to
-        // the server. Closed model: from the actual send.
-        let mut measure_from = intended;
-        if let Some(at) = intended
-            && at > Instant::now()
-        {
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                _ = tokio::time::sleep_until(at) => {}
+        // Where latency is measured from (see [`pace`]); the closed model measures from the
+        // actual send.
+        let mut measure_from = None;
+        let mut late = false;
+        if let Some(intended) = intended {
+            match pace(intended, Instant::now(), k) {
+                Pace::Wait(at) => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                Pace::Now => {}
+                Pace::Late(from) => {
+                    measure_from = Some(from);
+                    late = true;
+                }
             }
-            measure_from = None;
         }
         k = k.wrapping_add(1);
 
@@ -280,6 +284,9 @@ async fn connection(
             Ok(Ok(answer)) => {
                 let us = (done.saturating_duration_since(sent_at).as_micros() as u64).max(1);
                 record(&mut chunk, &answer, us);
+                if late {
+                    chunk.late += 1;
+                }
             }
             Ok(Err(failure)) => {
                 senders[target_index] = None;
@@ -305,6 +312,44 @@ async fn connection(
     }
     if !chunk.is_empty() {
         let _ = tx.send(chunk);
+    }
+}
+
+/// When request `k` of connection `index` is due in the open model: connection `i` starts
+/// `i * offset` after `start` and then sends every `interval` (`offset = 1/rate`,
+/// `interval = connections/rate`), so that the connections' schedules interleave evenly.
+fn intended_send(
+    start: Instant,
+    (interval, offset): (Duration, Duration),
+    index: usize,
+    k: u32,
+) -> Instant {
+    start + offset * index as u32 + interval * k
+}
+
+/// How an open-model request is sent, decided when its connection gets to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Not due yet: sleep until then and measure from the actual send, so that the timer's 1 ms
+    /// resolution is not charged to the server.
+    Wait(Instant),
+    /// Due, and the connection had no earlier answer to wait for (its first request): send now
+    /// and measure from the actual send.
+    Now,
+    /// Past due because the previous answer kept the connection busy: send now and measure from
+    /// the intended time, so that the wait the server imposed is charged to this request too
+    /// (coordinated omission corrected, as wrk2 does). Counted in `requests.late`.
+    Late(Instant),
+}
+
+/// Decides how request `k` (0-based) of a connection, due at `intended`, is sent at `now`.
+fn pace(intended: Instant, now: Instant, k: u32) -> Pace {
+    if intended > now {
+        Pace::Wait(intended)
+    } else if k == 0 {
+        Pace::Now
+    } else {
+        Pace::Late(intended)
     }
 }
 
@@ -634,4 +679,44 @@ pub(crate) async fn login(url: &str, username: &str, password: &str) -> Result<S
         .and_then(|t| t.as_str())
         .map(str::to_owned)
         .ok_or_else(|| Error::Login("the answer has no `token` field".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// 200 req/s over 4 connections: each connection sends every 20 ms, the connections 5 ms
+    /// apart, so that together they send one request every 5 ms.
+    #[test]
+    fn the_open_model_schedule_interleaves_the_connections() {
+        let start = Instant::now();
+        let pacing = (ms(20), ms(5));
+        let due = |i: usize, k: u32| intended_send(start, pacing, i, k) - start;
+        assert_eq!(
+            [due(0, 0), due(1, 0), due(3, 0), due(0, 1), due(2, 3)],
+            [ms(0), ms(5), ms(15), ms(20), ms(70)]
+        );
+        let mut all: Vec<Duration> = (0..4)
+            .flat_map(|i| (0..50).map(move |k| due(i, k)))
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..200).map(|n| ms(5 * n)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn only_a_request_held_up_by_the_previous_answer_is_late() {
+        let t0 = Instant::now();
+        // Not due yet: the connection waits, first request or not.
+        assert_eq!(pace(t0 + ms(10), t0, 0), Pace::Wait(t0 + ms(10)));
+        assert_eq!(pace(t0 + ms(10), t0, 7), Pace::Wait(t0 + ms(10)));
+        // Past due with an earlier answer on the connection: late, measured from when it was due.
+        assert_eq!(pace(t0, t0 + ms(500), 3), Pace::Late(t0));
+        assert_eq!(pace(t0 + ms(10), t0 + ms(10), 1), Pace::Late(t0 + ms(10)));
+        // The first request had nothing to wait for: sent now, not late.
+        assert_eq!(pace(t0, t0 + ms(3), 0), Pace::Now);
+    }
 }

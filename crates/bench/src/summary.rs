@@ -31,6 +31,13 @@ pub fn render(r: &Report) -> String {
         }
     );
     let _ = writeln!(out, "  Requests/sec: {:.1}", r.rps);
+    if c.rate.is_some() {
+        let _ = writeln!(
+            out,
+            "  {} sent late (the target fell behind the rate; measured from the intended send time)",
+            r.requests.late
+        );
+    }
     out.push('\n');
     let _ = writeln!(
         out,

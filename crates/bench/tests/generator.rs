@@ -1,6 +1,13 @@
 //! The generator against an in-process axum server with injected latency, stalls and the
 //! `X-Served-By` / `X-Cache` headers. Runs stop by themselves (duration, count or a stop future
 //! fired by the server); the only sleeps are the server's injected latencies.
+//!
+//! Every assertion is on counts, order and states, never on a rate or a latency figure: the
+//! figures (requests per second, percentiles against wrk's and oha's) are measured by
+//! `bench/generator-vs-wrk.sh` and recorded in `docs/PERFORMANCE.md`. The only latency bounds
+//! here are lower bounds the server's own sleep guarantees (a latency shorter than the server's
+//! delay can only be a measuring bug), and the open model is checked through its schedule: how
+//! many requests were due, and how many went out late.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +26,6 @@ use tokio::sync::Notify;
 struct Server {
     /// Requests seen by the counting routes.
     count: AtomicU64,
-    /// `/stall` handles one request at a time, like a single-threaded server.
-    serial: tokio::sync::Mutex<()>,
     /// Fired once `count` reaches `notify_at` (for the early-stop test).
     reached: Notify,
     notify_at: AtomicU64,
@@ -50,13 +55,16 @@ async fn fast() -> &'static str {
     "fast"
 }
 
-/// 1 ms per request, one at a time; the 20th request stalls the server for 500 ms.
-async fn stall(State(s): S) -> &'static str {
-    let _one_at_a_time = s.serial.lock().await;
-    let n = s.tick();
-    let pause = if n == 20 { 500 } else { 1 };
-    tokio::time::sleep(Duration::from_millis(pause)).await;
-    "stall"
+/// The first request is held `ms` milliseconds; the others are answered at once.
+async fn hold(
+    State(s): S,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> &'static str {
+    if s.tick() == 1 {
+        let ms = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    "hold"
 }
 
 /// Instance `inst-{n % 3}`; every fourth request (n % 4 == 0) is a 5 ms miss, the rest are hits.
@@ -121,7 +129,7 @@ async fn server() -> (SocketAddr, Arc<Server>) {
     let app = Router::new()
         .route("/slow", get(slow))
         .route("/fast", get(fast))
-        .route("/stall", get(stall))
+        .route("/hold", get(hold))
         .route("/tagged", get(tagged))
         .route("/keys", get(keys))
         .route("/process", get(process))
@@ -168,99 +176,109 @@ fn args(argv: &[&str]) -> BenchArgs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn percentiles_match_an_injected_latency() {
-    let (addr, _) = server().await;
+async fn a_request_budget_is_sent_exactly_and_every_answer_is_measured() {
+    let (addr, state) = server().await;
     let cfg = RunConfig {
-        duration: Some(Duration::from_secs(1)),
+        requests: Some(100),
         ..config(4, Load::Closed)
     };
     let r = run_for(&format!("http://{addr}/slow"), cfg).await;
     assert_eq!(r.errors.total(), 0);
-    assert!(r.requests.answered > 100, "{} answers", r.requests.answered);
-    // 3 significant digits: a value is reported at most 0.1% above itself. The server sleeps at
-    // least 20 ms; tokio's timer (1 ms) and scheduling on a busy 2-core machine add some slack.
-    assert!(r.latency.min_ms >= 19.9, "min {}", r.latency.min_ms);
-    assert!(
-        (20.0..=26.0).contains(&r.latency.p50_ms),
-        "p50 {} ms",
-        r.latency.p50_ms
+    assert_eq!((r.requests.total, r.requests.answered), (100, 100));
+    assert_eq!(
+        state.count.load(Ordering::SeqCst),
+        100,
+        "requests the server saw"
     );
-    assert!(r.latency.p50_ms <= r.latency.p90_ms && r.latency.p90_ms <= r.latency.p99_ms);
-    assert!(r.latency.p99_ms <= r.latency.max_ms);
-    // Four connections at ~20 ms each: close to 200 answers per second.
-    assert!((120.0..=205.0).contains(&r.rps), "rps {}", r.rps);
-    assert_eq!(r.status_codes.get("200"), Some(&r.requests.answered));
+    assert_eq!(r.status_codes.get("200"), Some(&100));
+    assert_eq!(
+        (r.config.request_limit, r.config.duration_s),
+        (Some(100), None)
+    );
+    // Every answer is in the histogram, its buckets and the timeline.
+    assert_eq!(r.latency.count, 100);
+    assert_eq!(
+        r.latency_histogram.iter().map(|b| b.count).sum::<u64>(),
+        100
+    );
+    assert_eq!(r.timeline.iter().map(|s| s.requests).sum::<u64>(), 100);
+    // Latency runs from the send to the answer's last byte, and the server sleeps 20 ms before
+    // answering: no sample can be shorter (20 ms is a bucket boundary at 3 significant digits).
+    assert!(r.latency.min_ms >= 20.0, "min {} ms", r.latency.min_ms);
+    let l = &r.latency;
+    assert!(l.min_ms <= l.p50_ms && l.p50_ms <= l.p90_ms, "{l:?}");
+    assert!(l.p90_ms <= l.p99_ms && l.p99_ms <= l.max_ms, "{l:?}");
+    assert_eq!(r.rps, r.requests.answered as f64 / r.elapsed_s);
+    // The closed model never sends late: it has no schedule.
+    assert_eq!(r.requests.late, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_model_holds_the_rate() {
-    let (addr, _) = server().await;
+async fn the_open_model_sends_every_request_its_schedule_has_due() {
+    // 200 req/s over 4 connections for 500 ms: one request due every 5 ms, 100 in all. The
+    // deadline applies to the intended send times, so the count does not depend on how fast
+    // the machine is.
+    let (addr, state) = server().await;
     let cfg = RunConfig {
-        duration: Some(Duration::from_secs(2)),
+        duration: Some(Duration::from_millis(500)),
         ..config(4, Load::Open { rate: 200.0 })
     };
-    let r = run_for(&format!("http://{addr}/fast"), cfg).await;
+    let r = run_for(&format!("http://{addr}/process"), cfg).await;
     assert_eq!(r.errors.total(), 0);
-    assert!(
-        (392..=408).contains(&r.requests.total),
-        "{} requests sent, expected 400 +- 2%",
-        r.requests.total
-    );
+    assert_eq!((r.requests.total, r.requests.answered), (100, 100));
+    assert_eq!(state.count.load(Ordering::SeqCst), 100);
     assert_eq!(r.config.model, "open");
-    let per_second: Vec<u64> = r.timeline.iter().map(|s| s.requests).collect();
-    assert!(
-        per_second.iter().take(2).all(|&n| (190..=210).contains(&n)),
-        "{per_second:?}"
-    );
+    assert_eq!(r.timeline.iter().map(|s| s.requests).sum::<u64>(), 100);
+
+    // A target slower than the rate: 100 req/s on one connection (one due every 10 ms) against
+    // answers that take at least 20 ms. The schedule still has 50 requests due in 500 ms and all
+    // of them go out; every one after the first was due while the previous answer was still
+    // awaited, so 49 are late (measured from when they were due), whatever the machine's speed.
+    let (addr, state) = server().await;
+    let cfg = RunConfig {
+        duration: Some(Duration::from_millis(500)),
+        ..config(1, Load::Open { rate: 100.0 })
+    };
+    let r = run_for(&format!("http://{addr}/slow"), cfg).await;
+    assert_eq!(r.errors.total(), 0);
+    assert_eq!(r.requests.answered, 50);
+    assert_eq!(state.count.load(Ordering::SeqCst), 50);
+    assert_eq!(r.requests.late, 49);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stall_shows_in_the_open_model_and_hides_in_the_closed_one() {
+async fn a_stall_is_charged_to_the_requests_due_during_it_in_the_open_model_only() {
+    // One connection at 2 req/s (due at 0, 500, 1000 and 1500 ms); the server holds the first
+    // request 1100 ms. The requests due at 500 and 1000 ms were due while it waited: late, their
+    // latency counted from when they were due (coordinated omission corrected). The one due at
+    // 1500 ms finds the connection idle (400 ms of margin): on time, like the first.
     let (addr, _) = server().await;
-    let url = format!("http://{addr}/stall");
     let open = run_for(
-        &url,
+        &format!("http://{addr}/hold?ms=1100"),
         RunConfig {
-            duration: Some(Duration::from_secs(2)),
-            ..config(2, Load::Open { rate: 100.0 })
+            requests: Some(4),
+            ..config(1, Load::Open { rate: 2.0 })
         },
     )
     .await;
+    assert_eq!((open.requests.answered, open.errors.total()), (4, 0));
+    assert_eq!(open.requests.late, 2);
+    let summary = bench::summary::render(&open);
+    assert!(summary.contains("2 sent late"), "{summary}");
+
+    // Closed model: the requests that would have been sent during the stall simply were not
+    // (coordinated omission): nothing is late, nothing corrected.
     let (addr, _) = server().await;
-    let url = format!("http://{addr}/stall");
     let closed = run_for(
-        &url,
+        &format!("http://{addr}/hold?ms=100"),
         RunConfig {
-            duration: Some(Duration::from_secs(2)),
+            requests: Some(4),
             ..config(1, Load::Closed)
         },
     )
     .await;
-    // Open model: the ~10 requests due in the stall's first 100 ms waited >= 400 ms from their
-    // intended send time, 5% of 200: the p99 shows it.
-    assert!(
-        open.latency.p99_ms >= 400.0,
-        "open p99 {}",
-        open.latency.p99_ms
-    );
-    assert!(
-        open.latency.max_ms >= 490.0,
-        "open max {}",
-        open.latency.max_ms
-    );
-    // Closed model, one connection: only the request in flight saw the stall; the requests that
-    // were not sent during it are simply missing (coordinated omission), so the p99 is small.
-    assert!(
-        closed.latency.max_ms >= 490.0,
-        "closed max {}",
-        closed.latency.max_ms
-    );
-    assert!(
-        closed.latency.p99_ms < 50.0,
-        "closed p99 {}",
-        closed.latency.p99_ms
-    );
-    assert!(closed.requests.answered > 200);
+    assert_eq!((closed.requests.answered, closed.requests.late), (4, 0));
+    assert!(!bench::summary::render(&closed).contains("sent late"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,11 +306,10 @@ async fn served_by_and_cache_headers_are_counted() {
     let hit = r.cache.hit_latency.clone().unwrap();
     let miss = r.cache.miss_latency.clone().unwrap();
     assert_eq!((hit.count, miss.count), (90, 30));
-    assert!(
-        miss.p50_ms >= 5.0 && hit.p50_ms < miss.p50_ms,
-        "hit {hit:?} miss {miss:?}"
-    );
-    assert!(r.cache.speedup_p50.unwrap() > 1.0);
+    // Misses sleep 5 ms on the server: the miss histogram holds the misses' latencies. (Whether
+    // a hit is faster is a figure, not asserted here.)
+    assert!(miss.min_ms >= 5.0, "miss {miss:?}");
+    assert_eq!(r.cache.speedup_p50, Some(miss.p50_ms / hit.p50_ms));
     let text = bench::summary::render(&r);
     assert!(text.contains("inst-1") && text.contains("33.33%"), "{text}");
     assert!(text.contains("hit ratio 75.00%"), "{text}");
@@ -391,29 +408,34 @@ async fn html_report_has_every_chart() {
 async fn the_stop_future_ends_the_run_and_still_reports() {
     let (addr, state) = server().await;
     state.notify_at.store(40, Ordering::SeqCst);
+    // A budget the run would take over an hour to send: only the stop can end it.
+    let budget = 1_000_000;
     let cfg = RunConfig {
-        duration: Some(Duration::from_secs(60)),
+        requests: Some(budget),
         ..config(4, Load::Closed)
     };
     let stopped = {
         let state = state.clone();
         async move { state.reached.notified().await }
     };
-    let started = std::time::Instant::now();
-    let r = execute(
+    let run = execute(
         Plan::get(&format!("http://{addr}/slow")).unwrap(),
         cfg,
         stopped,
-    )
-    .await
-    .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the stop was not honoured"
     );
+    // A deadline so that a stop that is not honoured fails the test instead of hanging it.
+    let r = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the stop was not honoured")
+        .unwrap();
     assert!(r.stopped_early);
-    assert!(r.requests.answered >= 30, "{}", r.requests.answered);
-    assert!(r.latency.p50_ms >= 20.0);
+    // When the 40th request arrived, each of the 4 connections had its earlier answers back:
+    // at least 36 answers are in the report, and the stop came long before the budget.
+    assert!(
+        (36..budget).contains(&r.requests.answered),
+        "{}",
+        r.requests.answered
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
