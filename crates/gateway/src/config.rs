@@ -112,6 +112,9 @@ pub struct AuthConfig {
     /// Shortest time between two JWKS fetches caused by unknown key ids, in milliseconds, so that
     /// tokens with made-up `kid`s cannot make the gateway hammer `auth`.
     pub jwks_min_refresh_ms: u64,
+    /// Most tokens remembered as verified (a hit skips the signature check; an entry never
+    /// outlives its token's `exp` nor a change of auth's keys); `0` checks every signature.
+    pub verified_cache_entries: u64,
 }
 
 impl Default for AuthConfig {
@@ -123,6 +126,7 @@ impl Default for AuthConfig {
             issuer: "scalelab-auth".into(),
             leeway_secs: 5,
             jwks_min_refresh_ms: 1000,
+            verified_cache_entries: 10_000,
         }
     }
 }
@@ -257,6 +261,12 @@ impl Config {
         if self.rate_limit.default.is_some_and(|r| r.per_minute == 0) {
             problem("rate_limit.default.per_minute: must be at least 1".into());
         }
+        problems.extend(
+            self.services
+                .validate()
+                .into_iter()
+                .map(|p| format!("services.{p}")),
+        );
         problems.extend(crate::policy::check_overrides(self));
         problems
     }

@@ -6,12 +6,18 @@
 //! at most once per `jwks_min_refresh_ms`, and concurrent refetches are coalesced into one. A key
 //! that is no longer published is forgotten at the next fetch, so its tokens stop working.
 //!
+//! A token that verified is remembered (`verified`, bounded, keyed by the whole token) so that the
+//! next request with it skips the signature check, the cost of every request otherwise. The cache can
+//! never accept a token that verification would refuse: an entry is served only before its token's
+//! `exp` (verification's leeway is not extended to it) and only under the key set it was verified
+//! against (any change of the published keys, a rotation or a withdrawal, makes every entry stale).
+//!
 //! Accepted algorithms: EdDSA (and ES256 if an EC P-256 key is published); HS256 only when
 //! `auth.hs256_secret` is set. `alg: none` and every other algorithm are refused, as are tokens
 //! whose `alg` does not match the key their `kid` names.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -113,9 +119,26 @@ fn accepted_key(jwk: &Jwk) -> Option<VerifyKey> {
     Some(VerifyKey { key, alg })
 }
 
+/// A token that verified, and under which key set.
+#[derive(Clone)]
+struct Verified {
+    claims: Arc<Claims>,
+    /// `Verifier::generation` when the verification started.
+    generation: u64,
+}
+
 /// Verifies tokens against auth's published keys.
 pub(crate) struct Verifier {
     config: AuthConfig,
+    /// Tokens that verified, by the whole token; `None` when `auth.verified_cache_entries = 0`.
+    verified: Option<common::ttl_cache::TtlCache<Verified>>,
+    /// Moves whenever the published key set changes; an entry of `verified` from another
+    /// generation is never served.
+    generation: AtomicU64,
+    /// The published key set as last fetched, to tell a change from a refresh.
+    published: RwLock<Option<Value>>,
+    /// Signature checks done (what the cache saves; read by the tests).
+    signature_checks: AtomicU64,
     /// Keys by `kid`, replaced whole at each successful fetch.
     keys: RwLock<HashMap<String, Arc<VerifyKey>>>,
     /// Set by the first successful fetch (what `/ready` checks).
@@ -149,8 +172,14 @@ impl Verifier {
             .hs256_secret
             .as_deref()
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let verified = (config.verified_cache_entries > 0)
+            .then(|| common::ttl_cache::TtlCache::new(config.verified_cache_entries));
         Self {
             config,
+            verified,
+            generation: AtomicU64::new(0),
+            published: RwLock::new(None),
+            signature_checks: AtomicU64::new(0),
             keys: RwLock::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             last_fetch: tokio::sync::Mutex::new(None),
@@ -196,6 +225,22 @@ impl Verifier {
         if let Ok(mut known) = self.keys.write() {
             *known = keys;
         }
+        let changed = match self.published.write() {
+            Ok(mut published) if published.as_ref() != Some(&doc["keys"]) => {
+                *published = Some(doc["keys"].clone());
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if changed {
+            // After the new keys are in place: a verification that started under the old set
+            // carries the old generation and is never served from the cache.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            if let Some(cache) = &self.verified {
+                cache.clear().await;
+            }
+        }
         if !self.loaded.swap(true, Ordering::AcqRel) {
             tracing::info!(keys = n, "JWKS loaded from auth");
         }
@@ -235,8 +280,46 @@ impl Verifier {
         self.fetch("jwks-refresh").await
     }
 
-    /// The claims of a valid `token`.
+    /// How many signatures were checked (the cache's hits are not).
+    #[cfg(test)]
+    pub(crate) fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// The claims of a valid `token`: from the cache of verified tokens when it holds the token
+    /// under the current key set and before its `exp`, else by checking its signature.
     pub(crate) async fn verify(&self, token: &str, rid: &str) -> Result<Claims, Error> {
+        let Some(cache) = &self.verified else {
+            return self.check_signature(token, rid).await;
+        };
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(hit) = cache.get(token).await
+            && hit.generation == generation
+            && common::now_ms() < hit.claims.exp.saturating_mul(1000)
+        {
+            return Ok(Claims::clone(&hit.claims));
+        }
+        let claims = self.check_signature(token, rid).await?;
+        // Kept until `exp` at most (never within the leeway past it).
+        let left_ms = claims
+            .exp
+            .saturating_mul(1000)
+            .saturating_sub(common::now_ms());
+        if left_ms > 0 {
+            let entry = Verified {
+                claims: Arc::new(claims.clone()),
+                generation,
+            };
+            cache
+                .insert(token.to_string(), entry, Duration::from_millis(left_ms))
+                .await;
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a valid `token`, by checking its signature and claims.
+    async fn check_signature(&self, token: &str, rid: &str) -> Result<Claims, Error> {
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::InvalidToken("the token is malformed".into()))?;
         let key: Arc<VerifyKey> = match header.alg {

@@ -247,3 +247,95 @@ async fn checks_can_be_turned_off_for_demos() {
     let stats = send(&app, get_with_token("/cache/stats", &h.admin())).await;
     assert_eq!(stats.status, StatusCode::OK, "{}", stats.json);
 }
+
+#[tokio::test]
+async fn a_verified_token_skips_the_signature_check_until_it_changes_or_expires() {
+    let mut h = Harness::start().await;
+    h.config.auth.leeway_secs = 0;
+    let state = h.state().await;
+    wait_until("the JWKS loaded", || state.inner.verifier.is_loaded()).await;
+    let app = router(state.clone());
+    let token = h.user();
+    for _ in 0..5 {
+        let a = send(&app, get_with_token("/data", &token)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    }
+    assert_eq!(state.inner.verifier.signature_checks(), 1, "four hits");
+
+    // The whole token is the key: a tampered copy of a remembered token is checked, and refused.
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged_payload = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&claims("alice", &["admin"], now() + 600)).unwrap());
+    let mut sig = parts[2].to_string();
+    let last = if sig.ends_with('A') { "B" } else { "A" };
+    sig.replace_range(sig.len() - 1.., last);
+    for bad in [
+        format!("{}.{}.{}", parts[0], forged_payload, parts[2]),
+        format!("{}.{}.{}", parts[0], parts[1], sig),
+    ] {
+        assert_401(
+            &send(&app, get_with_token("/data", &bad)).await,
+            "invalid_token",
+            true,
+        );
+    }
+    assert_eq!(state.inner.verifier.signature_checks(), 3);
+
+    // A remembered token is refused once its exp is past, exactly as verification would.
+    let short = h.auth.key().sign(&claims("bob", &["user"], now() + 1));
+    let a = send(&app, get_with_token("/data", &short)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let exp = now() + 1;
+    wait_until("the short token's exp to pass", || now() > exp).await;
+    assert_401(
+        &send(&app, get_with_token("/data", &short)).await,
+        "token_expired",
+        true,
+    );
+}
+
+#[tokio::test]
+async fn a_token_verified_before_its_key_was_withdrawn_is_refused_after() {
+    let mut h = Harness::start().await;
+    h.config.auth.jwks_min_refresh_ms = 0;
+    let state = h.state().await;
+    wait_until("the JWKS loaded", || state.inner.verifier.is_loaded()).await;
+    let app = router(state.clone());
+    let old = h.user();
+    for _ in 0..2 {
+        assert_eq!(
+            send(&app, get_with_token("/data", &old)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(state.inner.verifier.signature_checks(), 1, "remembered");
+    // Auth withdraws key-1; a token of the new key makes the gateway fetch the new set.
+    let new_key = h.auth.rotate("key-2");
+    let fresh = new_key.sign(&claims("alice", &["user"], now() + 600));
+    assert_eq!(
+        send(&app, get_with_token("/data", &fresh)).await.status,
+        StatusCode::OK
+    );
+    assert_401(
+        &send(&app, get_with_token("/data", &old)).await,
+        "invalid_token",
+        true,
+    );
+}
+
+#[tokio::test]
+async fn the_cache_of_verified_tokens_can_be_turned_off() {
+    let mut h = Harness::start().await;
+    h.config.auth.verified_cache_entries = 0;
+    let state = h.state().await;
+    wait_until("the JWKS loaded", || state.inner.verifier.is_loaded()).await;
+    let app = router(state.clone());
+    let token = h.user();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, get_with_token("/data", &token)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(state.inner.verifier.signature_checks(), 3);
+}
