@@ -11,10 +11,12 @@
 //! - `users`: the users service and its shards (bulk registration, roles and bad input, a shard
 //!   down, rebalancing 3 to 4 shards under load with a kill), on SQLite and PostgreSQL.
 //! - `scenario`: `scalelab bench scenario all --quick` and its report.
+//! - `config_check`: a bad topology refused before anything starts, and `config --check`.
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
 
+mod config_check;
 mod distributed;
 mod request_path;
 mod scenario;

@@ -1,0 +1,144 @@
+//! End to end: a topology with bad values in two roles' sections is refused by the real binary
+//! before anything starts, with every problem and its path in the file; `config --check` says the
+//! same without starting anything, and passes a good file.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scalelab");
+
+/// Ports free right now, held until the file is written so that no two are the same.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("an address").port())
+        .collect()
+}
+
+/// A whole topology (every role, one instance each) with `extra` appended.
+fn topology(ports: &[u16], extra: &str) -> String {
+    let roles = [
+        "auth", "db", "worker", "cache", "service", "users", "gateway", "lb",
+    ];
+    let mut text = String::from("[instances]\nhost = \"127.0.0.1\"\n");
+    for (role, port) in roles.iter().zip(ports) {
+        text.push_str(&format!("{role} = [{port}]\n"));
+    }
+    text.push_str(extra);
+    text
+}
+
+/// Runs the binary with `args`; kills it and fails the test if it is still running after 60 s
+/// (a topology that was not refused would run until stopped).
+fn run(args: &[&str], cwd: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the scalelab binary starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "scalelab {args:?} did not exit: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+const BAD: &str = "\n[service]\nmax_concurrency = 0\n\n[cache]\nmax_entries = 0\n";
+
+#[test]
+fn up_refuses_a_bad_topology_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ports = free_ports(8);
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, topology(&ports, BAD)).expect("write the topology");
+    let data = dir.path().join("data");
+
+    let out = run(
+        &[
+            "up",
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up accepted it: {stdout}{stderr}");
+    for problem in [
+        "service.max_concurrency: must be between 1 and",
+        "cache.max_entries: must be at least 1",
+    ] {
+        assert!(stderr.contains(problem), "{problem:?} not in: {stderr}");
+    }
+    assert!(stderr.contains("bad.toml"), "the file is named: {stderr}");
+
+    // Nothing started: no child logged a line, nothing was prepared for children, every port is
+    // still free.
+    assert!(
+        !stdout.contains("[up]") && !stderr.contains("[up]") && !stderr.contains("[cache-1]"),
+        "the supervisor ran: {stdout}{stderr}"
+    );
+    assert!(!data.exists(), "the data directory was created");
+    for port in ports {
+        TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} is taken ({e}): an instance started"));
+    }
+}
+
+#[test]
+fn config_check_reports_every_problem_and_passes_a_good_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ports = free_ports(8);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        topology(&ports, &format!("{BAD}\n[lb.pool]\nstrategy = \"fastest\"\n")),
+    )
+    .expect("write");
+    let out = run(
+        &["config", "--check", bad.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for problem in [
+        "lb.pool.strategy: unknown variant `fastest`",
+        "service.max_concurrency: must be between 1 and",
+        "cache.max_entries: must be at least 1",
+    ] {
+        assert!(stderr.contains(problem), "{problem:?} not in: {stderr}");
+    }
+    assert!(stderr.contains("3 problems"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, topology(&ports, "")).expect("write");
+    let out = run(
+        &["config", "--check", good.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok (8 instances)"), "{stdout}");
+}
