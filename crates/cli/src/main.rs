@@ -57,6 +57,13 @@ enum Command {
         /// every problem with its path) and exit non-zero if there is any.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["effective", "config"])]
         check: Option<PathBuf>,
+        /// Print the gateway's route table instead (token rule, role, guests, rate limit of every
+        /// route) as the topology (--config, or the default) applies it.
+        #[arg(long, conflicts_with_all = ["effective", "check"])]
+        routes: bool,
+        /// With --routes: JSON instead of a table.
+        #[arg(long, requires = "routes")]
+        json: bool,
     },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
     Bench(Box<bench::BenchArgs>),
@@ -88,8 +95,11 @@ fn main() -> std::process::ExitCode {
                 effective,
                 config,
                 check,
+                routes,
+                json,
             } => match check {
                 Some(file) => check_config(&file),
+                None if routes => print_routes(config, json),
                 None => print_config(effective, config),
             },
             Command::Bench(args) => bench_cmd(*args).await,
@@ -116,6 +126,62 @@ fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut t = topology::Topology::load(path.as_deref())?;
     t.resolve(None);
     print!("{}", t.to_toml()?);
+    Ok(())
+}
+
+/// `scalelab config --routes [--config FILE] [--json]`: the gateway's route table, with the file's
+/// role and rate limit overrides applied.
+fn print_routes(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let t = topology::Topology::load(path.as_deref())?;
+    let rows = gateway::route_table(&t.gateway);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            let role = match (&r.role, r.role_applies.as_str()) {
+                (Some(role), "always") => role.clone(),
+                (Some(role), applies) => format!("{role} ({applies})"),
+                (None, _) => "-".into(),
+            };
+            [
+                format!("{} {}", r.method, r.path),
+                r.token.clone(),
+                role,
+                if r.guests { "yes" } else { "no" }.into(),
+                cell(&r.bucket),
+                cell(&r.limit),
+                r.summary.clone(),
+            ]
+        })
+        .collect();
+    let head = [
+        "ROUTE", "TOKEN", "ROLE", "GUESTS", "BUCKET", "LIMIT", "WHAT",
+    ];
+    let mut widths = head.map(str::len);
+    for row in &table {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&head);
+    for row in &table {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     Ok(())
 }
 

@@ -110,7 +110,10 @@ fn config_check_reports_every_problem_and_passes_a_good_file() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        topology(&ports, &format!("{BAD}\n[lb.pool]\nstrategy = \"fastest\"\n")),
+        topology(
+            &ports,
+            &format!("{BAD}\n[lb.pool]\nstrategy = \"fastest\"\n"),
+        ),
     )
     .expect("write");
     let out = run(
@@ -141,4 +144,70 @@ fn config_check_reports_every_problem_and_passes_a_good_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("ok (8 instances)"), "{stdout}");
+}
+
+#[test]
+fn config_routes_prints_the_route_table_with_the_files_overrides() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = run(&["config", "--routes", "--json"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let row = |rows: &serde_json::Value, route: &str| {
+        rows.as_array()
+            .expect("a list")
+            .iter()
+            .find(|r| {
+                format!(
+                    "{} {}",
+                    r["method"].as_str().unwrap(),
+                    r["path"].as_str().unwrap()
+                ) == route
+            })
+            .unwrap_or_else(|| panic!("{route} in {rows}"))
+            .clone()
+    };
+    assert_eq!(row(&rows, "PUT /data/{key}")["guests"], false);
+    assert_eq!(row(&rows, "GET /users")["role"], "admin");
+    assert_eq!(row(&rows, "POST /login")["bucket"], "login");
+
+    let ports = free_ports(8);
+    let file = dir.path().join("roles.toml");
+    std::fs::write(
+        &file,
+        topology(
+            &ports,
+            "[gateway.required_roles]\n\"GET /process\" = \"operator\"\n",
+        ),
+    )
+    .expect("write");
+    let out = run(
+        &[
+            "config",
+            "--routes",
+            "--json",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(row(&rows, "GET /process")["role"], "operator");
+
+    // The same override naming no route stops the check (and `up`) with its path.
+    std::fs::write(
+        &file,
+        topology(
+            &ports,
+            "[gateway.required_roles]\n\"GET /proces\" = \"operator\"\n",
+        ),
+    )
+    .expect("write");
+    let out = run(&["config", "--check", file.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.required_roles.\"GET /proces\": no such route"),
+        "{err}"
+    );
 }
