@@ -1,6 +1,11 @@
 //! The conformance suite: the same tests against every backend (`conformance!` expands them once
 //! per engine). PostgreSQL tests use a fresh database per test and skip, saying so, when the server
 //! is unreachable (a failure with `CI` set).
+//!
+//! Time: no test asserts how long anything took. Backoffs and leases are checked on the stored
+//! times (`not_before`, `lease_until`, `started_at`) against the clock read around each call, and a
+//! test that needs a lease or a backoff to run out waits for that state (the clock past the stored
+//! time, or a claim that succeeds), with a generous deadline, never for a fixed time.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -19,10 +24,19 @@ struct Backend {
 fn config() -> Config {
     Config {
         max_attempts: 3,
-        retry_base_ms: 60,
-        retry_max_ms: 1000,
+        // The second wait (200 ms before the ceiling) is capped: the ceiling is exercised too.
+        retry_base_ms: 100,
+        retry_max_ms: 150,
         ..Config::default()
     }
+}
+
+/// The wait the queue documents after failed attempt `attempt` (1-based): between half and all
+/// of `retry_base_ms * 2^(attempt - 1)`, at most `retry_max_ms`.
+fn backoff_window(attempt: u32) -> (i64, i64) {
+    let c = config();
+    let full = (c.retry_base_ms << (attempt - 1)).min(c.retry_max_ms) as i64;
+    (full / 2, full)
 }
 
 async fn sqlite() -> Option<Backend> {
@@ -96,7 +110,7 @@ macro_rules! conformance {
                 cancel_only_waiting_tasks,
                 idempotency_key_returns_the_same_task,
                 lapsed_lease_redelivers_and_the_result_is_recorded_once,
-                heartbeats_and_progress_keep_the_lease,
+                heartbeats_and_progress_move_the_lease_forward,
                 a_lease_lapsing_on_the_last_attempt_makes_the_task_dead,
                 release_gives_the_task_back_without_an_attempt,
                 list_filters_and_pages,
@@ -133,15 +147,28 @@ fn now_ms() -> i64 {
     common::now_ms() as i64
 }
 
-/// Claims until a task comes (a backoff or a lease may be running), at most 10 s.
+/// Claims until a task comes (a backoff or a lease may be running), at most 30 s.
 async fn claim_soon(q: &dyn Queue, worker: &str, lease: Duration) -> queue::Task {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(t) = q.claim(worker, lease).await.expect("claim") {
             return t;
         }
         assert!(Instant::now() < deadline, "no task became claimable");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the clock is past `at_ms` (a stored `lease_until` or `not_before`), at most 30 s.
+async fn wait_past(at_ms: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = now_ms();
+        if now > at_ms {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the clock never passed {at_ms}");
+        tokio::time::sleep(Duration::from_millis((at_ms - now + 1) as u64)).await;
     }
 }
 
@@ -182,38 +209,52 @@ async fn retry_with_backoff_then_dead_then_requeue(q: Arc<dyn Queue>) {
         .await
         .unwrap();
     assert_eq!(submitted.max_attempts, 3);
-    let mut waits = Vec::new();
+    let mut run_at: Option<i64> = None;
     for attempt in 1..=3u32 {
+        // Claimed from right after the failure on: a queue that handed the task out before its
+        // run-at would do it at once.
         let t = claim_soon(&*q, "w", LEASE).await;
         assert_eq!(t.id, submitted.id);
         assert_eq!(t.attempts, attempt);
+        if let Some(run_at) = run_at {
+            let started = t.started_at.expect("a claimed task has started");
+            assert!(
+                started >= run_at,
+                "attempt {attempt} claimed at {started}, before its run-at {run_at}"
+            );
+        }
         let before = now_ms();
         let failed = q
             .fail(&t.id, "w", &format!("boom {attempt}"))
             .await
             .unwrap();
+        let after = now_ms();
         assert_eq!(failed.error.as_deref(), Some(&*format!("boom {attempt}")));
         assert_eq!(failed.lease_until, None);
         if attempt < 3 {
             assert_eq!(failed.status, Status::Failed);
             assert!(failed.finished_at.is_none());
-            waits.push(failed.not_before - before);
-            // Not claimable before its backoff is over.
-            let early = q.claim("w", LEASE).await.unwrap();
-            if now_ms() < failed.not_before {
-                assert!(early.is_none(), "claimed during its backoff");
-            } else if let Some(t) = early {
-                // The machine was slow enough for the backoff to pass; give it back.
-                q.release(&t.id, "w").await.unwrap();
-            }
+            // The stored run-at is the failure's time plus a wait in the documented window of
+            // this attempt (base 100 ms doubling, capped at 150 ms: 50-100, then 75-150 ms).
+            let (shortest, longest) = backoff_window(attempt);
+            assert!(
+                (before + shortest..=after + longest).contains(&failed.not_before),
+                "attempt {attempt}: run-at {} outside {}..={}",
+                failed.not_before,
+                before + shortest,
+                after + longest
+            );
+            assert_eq!(
+                q.get(&t.id).await.unwrap().unwrap().not_before,
+                failed.not_before,
+                "what fail returned is what was stored"
+            );
+            run_at = Some(failed.not_before);
         } else {
             assert_eq!(failed.status, Status::Dead);
             assert!(failed.finished_at.is_some());
         }
     }
-    // Base 60 ms: the first wait is 30..=60 ms, the second 60..=120 ms (exponential, jittered).
-    assert!((25..=70).contains(&waits[0]), "first backoff {waits:?}");
-    assert!((55..=140).contains(&waits[1]), "second backoff {waits:?}");
     assert!(
         q.claim("w", LEASE).await.unwrap().is_none(),
         "dead tasks do not run"
@@ -317,12 +358,14 @@ async fn lapsed_lease_redelivers_and_the_result_is_recorded_once(q: Arc<dyn Queu
     let t = q.submit(task("sleep", Priority::Normal, 1)).await.unwrap();
     let short = Duration::from_millis(150);
     let a = q.claim("worker-a", short).await.unwrap().expect("a claims");
-    assert!(
-        q.claim("worker-b", short).await.unwrap().is_none(),
-        "held under a lease"
-    );
+    // Worker a "dies": b claims from right away on, and gets the task only once a's lease lapsed.
     let b = claim_soon(&*q, "worker-b", LEASE).await;
     assert_eq!(b.id, a.id);
+    let (lapsed, taken) = (a.lease_until.unwrap(), b.started_at.unwrap());
+    assert!(
+        taken > lapsed,
+        "claimed at {taken} under a lease until {lapsed}"
+    );
     assert_eq!(b.attempts, 2, "a redelivery is an attempt");
     assert!(
         b.error.as_deref().unwrap_or("").contains("worker-a"),
@@ -363,31 +406,61 @@ async fn lapsed_lease_redelivers_and_the_result_is_recorded_once(q: Arc<dyn Queu
     assert!(stored.finished_at.is_some());
 }
 
-async fn heartbeats_and_progress_keep_the_lease(q: Arc<dyn Queue>) {
+async fn heartbeats_and_progress_move_the_lease_forward(q: Arc<dyn Queue>) {
     let t = q.submit(task("sleep", Priority::Normal, 1)).await.unwrap();
-    let lease = Duration::from_millis(300);
-    q.claim("w", lease).await.unwrap().expect("claim");
-    let until = Instant::now() + Duration::from_millis(900);
-    let mut n = 0;
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        if n % 2 == 0 {
-            q.heartbeat(&t.id, "w", lease).await.unwrap();
-        } else {
-            q.progress(&t.id, "w", json!({"done": n}), lease)
-                .await
-                .unwrap();
-        }
-        n += 1;
-        assert!(
-            q.claim("other", lease).await.unwrap().is_none(),
-            "a renewed lease never lapses"
-        );
-    }
+    let short = Duration::from_millis(200);
+    let before = now_ms();
+    let claimed = q.claim("w", short).await.unwrap().expect("claim");
+    let first = claimed.lease_until.unwrap();
+    assert!((before + 200..=now_ms() + 200).contains(&first), "{first}");
+
+    // A heartbeat renews the lease from now on.
+    let before = now_ms();
+    q.heartbeat(&t.id, "w", LEASE).await.unwrap();
+    let renewed = q.get(&t.id).await.unwrap().unwrap().lease_until.unwrap();
+    assert!(
+        (before + 30_000..=now_ms() + 30_000).contains(&renewed),
+        "{renewed}"
+    );
+    // Past the first lease the task is still held: nobody else can claim it.
+    wait_past(first).await;
+    assert!(
+        q.claim("other", LEASE).await.unwrap().is_none(),
+        "a renewed lease lapsed at its first end"
+    );
+
+    // A progress report renews it too, and is stored.
+    let before = now_ms();
+    q.progress(&t.id, "w", json!({"done": 1}), LEASE * 2)
+        .await
+        .unwrap();
     let stored = q.get(&t.id).await.unwrap().unwrap();
-    assert_eq!(stored.status, Status::Running);
-    assert_eq!(stored.attempts, 1);
-    assert!(stored.progress.is_some());
+    let until = stored.lease_until.unwrap();
+    assert!(
+        (before + 60_000..=now_ms() + 60_000).contains(&until) && until > renewed,
+        "{until}"
+    );
+    assert_eq!(stored.progress, Some(json!({"done": 1})));
+    assert_eq!((stored.status, stored.attempts), (Status::Running, 1));
+
+    // Renewed for 1 ms and not again (the worker died), the lease lapses: another worker claims
+    // the task as a new attempt, and the old holder's calls are refused.
+    q.heartbeat(&t.id, "w", Duration::from_millis(1))
+        .await
+        .unwrap();
+    let taken = claim_soon(&*q, "other", LEASE).await;
+    assert_eq!(
+        (
+            taken.id.as_str(),
+            taken.attempts,
+            taken.worker_id.as_deref()
+        ),
+        (t.id.as_str(), 2, Some("other"))
+    );
+    assert!(matches!(
+        q.heartbeat(&t.id, "w", LEASE).await,
+        Err(Error::LeaseLost { .. })
+    ));
 }
 
 async fn a_lease_lapsing_on_the_last_attempt_makes_the_task_dead(q: Arc<dyn Queue>) {
@@ -398,11 +471,13 @@ async fn a_lease_lapsing_on_the_last_attempt_makes_the_task_dead(q: Arc<dyn Queu
         })
         .await
         .unwrap();
-    q.claim("w", Duration::from_millis(50))
+    let claimed = q
+        .claim("w", Duration::from_millis(10))
         .await
         .unwrap()
         .expect("claim");
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(q.get(&t.id).await.unwrap().unwrap().status, Status::Running);
+    wait_past(claimed.lease_until.unwrap()).await;
     assert!(q.claim("other", LEASE).await.unwrap().is_none());
     let stored = q.get(&t.id).await.unwrap().unwrap();
     assert_eq!(stored.status, Status::Dead);
@@ -624,7 +699,7 @@ async fn rabbitmq_dead_tasks_reach_the_dead_letter_queue() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let dead = loop {
         if let Some(m) = ch
             .basic_get(
