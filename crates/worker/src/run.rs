@@ -185,18 +185,21 @@ async fn run_one(state: &AppState, worker_id: &str, task: Task, stop: &mut watch
     in_flight.decrement(1.0);
 }
 
-/// Keeps the queue gauges of `/metrics` current.
+/// Keeps the queue gauges of `/metrics` current. They carry the worker's `id`, like its other
+/// series: each worker reports the queue as it reads it, and one process's recorder may hold
+/// several workers' series (tests).
 async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(state.inner.config.stats_interval_ms);
+    let id = state.inner.instance.id.to_string();
     while !*stop.borrow() {
         match state.inner.queue.stats().await {
             Ok(stats) => {
                 for (priority, n) in &stats.depth_by_priority {
-                    metrics::gauge!("scalelab_queue_depth", "priority" => priority.clone())
+                    metrics::gauge!("scalelab_queue_depth", "priority" => priority.clone(), "id" => id.clone())
                         .set(*n as f64);
                 }
                 for (status, n) in &stats.by_status {
-                    metrics::gauge!("scalelab_queue_tasks", "status" => status.clone())
+                    metrics::gauge!("scalelab_queue_tasks", "status" => status.clone(), "id" => id.clone())
                         .set(*n as f64);
                 }
             }

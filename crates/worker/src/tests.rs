@@ -10,9 +10,18 @@ use queue::{NewTask, Queue, Status};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{AppState, Config, Error, Registry, router};
+use crate::{AppState, Config, Context, Error, Handler, Registry, router};
 
 async fn setup(config: Config) -> (AppState, Arc<dyn Queue>, tempfile::TempDir) {
+    setup_with(config, "worker-1", Registry::builtin()).await
+}
+
+/// A worker named `id` (which labels its metrics) with the handlers of `registry`.
+async fn setup_with(
+    config: Config,
+    id: &str,
+    registry: Registry,
+) -> (AppState, Arc<dyn Queue>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let qc = queue::Config {
         data_dir: dir.path().to_path_buf(),
@@ -23,9 +32,9 @@ async fn setup(config: Config) -> (AppState, Arc<dyn Queue>, tempfile::TempDir) 
     let q = queue::open(&qc).await.expect("queue");
     let state = AppState::with_queue(
         config,
-        common::Instance::new("worker", "worker-1"),
+        common::Instance::new("worker", id),
         q.clone(),
-        Registry::builtin(),
+        registry,
     )
     .expect("state");
     (state, q, dir)
@@ -122,21 +131,110 @@ async fn shutdown_finishes_short_tasks_and_releases_long_ones() {
     );
     let released = q.get(&long.id).await.unwrap().unwrap();
     assert_eq!((released.status, released.attempts), (Status::Queued, 0));
-    // And nothing new was claimed after the stop.
+}
+
+/// `sleep` replaced by a handler that runs until the test lets it through (one permit each).
+#[derive(Debug)]
+struct Gate(Arc<tokio::sync::Semaphore>);
+
+#[async_trait::async_trait]
+impl Handler for Gate {
+    fn name(&self) -> &'static str {
+        "sleep"
+    }
+
+    async fn run(&self, _: serde_json::Value, _: &Context) -> Result<serde_json::Value, String> {
+        self.0.acquire().await.map_err(|e| e.to_string())?.forget();
+        Ok(json!("let through"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_claims_nothing_new() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut registry = Registry::builtin();
+    registry.register(Arc::new(Gate(gate.clone())));
+    // A grace period longer than the test: the tasks end when the gate says, not when it runs out.
+    let config = Config {
+        shutdown_grace_ms: 60_000,
+        ..fast()
+    };
+    let (state, q, _dir) = setup_with(config, "worker-1", registry).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(crate::run(state, stop_rx));
+    // Both slots busy until the gate opens.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let t = q
+            .submit(NewTask::new("sleep", json!({"ms": 1}), "u"))
+            .await
+            .unwrap();
+        held.push(t.id);
+    }
+    for id in &held {
+        wait_status(&*q, id, Status::Running).await;
+    }
+    stop_tx.send(true).unwrap();
+    // Submitted once the worker is stopping, while no slot is free (so none is mid-claim).
     let later = q
         .submit(NewTask::new("add", json!({"a": 1, "b": 1}), "u"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One slot finishes its task and is free; the other is still draining, so the worker runs.
+    gate.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut done = 0;
+        for id in &held {
+            done += usize::from(q.get(id).await.unwrap().unwrap().status == Status::Succeeded);
+        }
+        if done == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no held task finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !runner.is_finished(),
+        "the worker stopped with a task running"
+    );
     assert_eq!(
         q.get(&later.id).await.unwrap().unwrap().status,
-        Status::Queued
+        Status::Queued,
+        "a free slot claimed a task while the worker was stopping"
     );
+    // The last task ends; the worker stops, and the later task is still waiting, untouched.
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .expect("the worker stops once its last task is done")
+        .unwrap();
+    for id in &held {
+        assert_eq!(q.get(id).await.unwrap().unwrap().status, Status::Succeeded);
+    }
+    let untouched = q.get(&later.id).await.unwrap().unwrap();
+    assert_eq!((untouched.status, untouched.attempts), (Status::Queued, 0));
+}
+
+/// The value of the series `name{labels...}` in a Prometheus text page (labels in any order).
+fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        let set: Vec<&str> = set.split(',').collect();
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"").as_str()))
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 #[tokio::test]
 async fn health_ready_and_metrics() {
-    let (state, q, _dir) = setup(fast()).await;
+    // The recorder is process-wide and the other tests of this binary run workers too: every
+    // check reads the series of this test's own worker id.
+    let id = "worker-metrics-test";
+    let (state, q, _dir) = setup_with(fast(), id, Registry::builtin()).await;
     let app = router(state.clone());
     for path in ["/health", "/ready", "/metrics"] {
         let answer = testing::call(&app, testing::get(path)).await;
@@ -149,12 +247,23 @@ async fn health_ready_and_metrics() {
     let (stop_tx, stop_rx) = watch::channel(false);
     let runner = tokio::spawn(crate::run(state, stop_rx));
     let deadline = Instant::now() + Duration::from_secs(10);
+    let succeeded = [("type", "add"), ("outcome", "succeeded"), ("id", id)];
     loop {
         let text = testing::call(&app, testing::get("/metrics")).await.text;
-        if text.contains("scalelab_queue_depth") && text.contains("scalelab_task_run_seconds") {
+        let depth = ["high", "normal", "low"].map(|p| {
+            series(
+                &text,
+                "scalelab_queue_depth",
+                &[("priority", p), ("id", id)],
+            )
+        });
+        let ran = series(&text, "scalelab_tasks_total", &succeeded);
+        if depth.iter().all(Option::is_some) && ran.is_some() {
+            // Exactly the one task this worker ran.
+            assert_eq!(ran, Some(1.0), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "no queue metrics in {text}");
+        assert!(Instant::now() < deadline, "no metrics of {id} in {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_tx.send(true).unwrap();
