@@ -12,6 +12,9 @@
 //! - Roles start in the order the caller gives them, each role's instances healthy before the next
 //!   role is spawned; shutdown goes the other way (the balancer stops before the gateways behind it).
 //! - Once shutdown has begun, no child is restarted.
+//! - A stop is clean only if every child exits with status 0 on SIGTERM within the grace period;
+//!   otherwise [`run`] fails naming each child that needed SIGKILL or exited otherwise, so `up`
+//!   exits non-zero.
 //! - Every line a child writes is printed whole, prefixed with its instance id (`gateway-1 | ...`).
 
 mod child;
@@ -133,13 +136,16 @@ struct Supervised {
     id: String,
     /// Tells the task to stop its child, with the instant after which it uses SIGKILL.
     stop: oneshot::Sender<Instant>,
-    task: JoinHandle<()>,
+    /// Ends with what made the child's stop unclean, if anything did.
+    task: JoinHandle<Option<String>>,
 }
 
-/// Runs `specs` until SIGINT, SIGTERM or `shutdown`, then stops them and returns `Ok`.
+/// Runs `specs` until SIGINT, SIGTERM or `shutdown`, then stops them and returns `Ok` if every
+/// child exited with status 0 within the grace period.
 ///
 /// Returns an error, after stopping whatever it started, if a port is taken, a child cannot be spawned,
-/// or a child exits or stays unhealthy during start-up.
+/// a child exits or stays unhealthy during start-up, or the stop was not clean: the error names
+/// every child that needed SIGKILL or exited with another status than 0.
 pub(crate) async fn run(
     specs: Vec<ChildSpec>,
     opts: SupervisorOptions,
@@ -218,8 +224,8 @@ async fn run_checked(
         match outcome {
             Ok(()) => {}
             Err(Ok(reason)) => {
-                stop_all(&ctx, groups, &shutting_tx, reason).await;
-                return Ok(());
+                let unclean = stop_all(&ctx, groups, &shutting_tx, reason).await;
+                return verdict(unclean);
             }
             Err(Err(message)) => {
                 ctx.log.line(format!("[up] {message}"));
@@ -242,8 +248,16 @@ async fn run_checked(
     ));
 
     let reason = stop_requested.await;
-    stop_all(&ctx, groups, &shutting_tx, reason).await;
-    Ok(())
+    let unclean = stop_all(&ctx, groups, &shutting_tx, reason).await;
+    verdict(unclean)
+}
+
+/// `Ok` for a clean stop, otherwise an error naming each child whose stop was not clean.
+fn verdict(unclean: Vec<String>) -> anyhow::Result<()> {
+    if unclean.is_empty() {
+        return Ok(());
+    }
+    bail!("not every instance stopped cleanly: {}", unclean.join("; "))
 }
 
 /// Fails with a message naming the port, role and id if a port is taken (or given twice).
@@ -305,13 +319,14 @@ fn first_failure(
     Ok(())
 }
 
-/// Stops every child, the last-started role first, within one shared grace period.
+/// Stops every child, the last-started role first, within one shared grace period. Returns what
+/// made each unclean stop unclean (SIGKILL needed, another status than 0), in stop order.
 async fn stop_all(
     ctx: &Ctx,
     groups: Vec<Vec<Supervised>>,
     shutting: &watch::Sender<bool>,
     reason: &str,
-) {
+) -> Vec<String> {
     // Set first, so that no task restarts a child that exits while others are being stopped.
     shutting.send_replace(true);
     let count: usize = groups.iter().map(Vec::len).sum();
@@ -320,6 +335,7 @@ async fn stop_all(
         ctx.opts.grace
     ));
     let deadline = Instant::now() + ctx.opts.grace;
+    let mut unclean = Vec::new();
     for group in groups.into_iter().rev() {
         let mut tasks = Vec::new();
         for supervised in group {
@@ -328,13 +344,26 @@ async fn stop_all(
             tasks.push((supervised.id, supervised.task));
         }
         for (id, task) in tasks {
-            if let Err(e) = task.await {
-                ctx.log
-                    .line(format!("[up] the supervisor task of {id} failed: {e}"));
+            match task.await {
+                Ok(None) => {}
+                Ok(Some(problem)) => unclean.push(problem),
+                Err(e) => {
+                    ctx.log
+                        .line(format!("[up] the supervisor task of {id} failed: {e}"));
+                    unclean.push(format!("the supervisor task of {id} failed"));
+                }
             }
         }
     }
-    ctx.log.line("[up] all instances stopped");
+    if unclean.is_empty() {
+        ctx.log.line("[up] all instances stopped cleanly");
+    } else {
+        ctx.log.line(format!(
+            "[up] all instances stopped, not cleanly: {}",
+            unclean.join("; ")
+        ));
+    }
+    unclean
 }
 
 /// Prints `ROLE ID URL PID HEALTH` for every instance, then the caller's hints.

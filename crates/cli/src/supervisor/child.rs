@@ -23,12 +23,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 ///
 /// During start-up (before `ready` is sent) a failure is not retried: it is reported and the task
 /// ends, leaving it to [`super::run`] to stop the others.
+///
+/// Returns how the child's stop went wrong (it needed SIGKILL, or exited with another status
+/// than 0), or `None` for a clean stop or when there was no child left to stop.
 pub(super) async fn supervise(
     spec: ChildSpec,
     ctx: Arc<Ctx>,
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<Instant>,
-) {
+) -> Option<String> {
     let mut ready = Some(ready);
     let tail = Tail::default();
     let mut backoff = Backoff::new(ctx.opts.backoff_base, ctx.opts.backoff_max);
@@ -46,7 +49,7 @@ pub(super) async fn supervise(
                 );
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(message));
-                    return;
+                    return None;
                 }
                 let what = message;
                 if !pause(
@@ -59,7 +62,7 @@ pub(super) async fn supervise(
                 )
                 .await
                 {
-                    return;
+                    return None;
                 }
                 continue;
             }
@@ -73,8 +76,7 @@ pub(super) async fn supervise(
         let health = tokio::select! {
             biased;
             deadline = &mut stop => {
-                proc.terminate(&ctx, id, deadline.ok()).await;
-                return;
+                return proc.terminate(&ctx, id, deadline.ok()).await;
             }
             health = proc.until_healthy(&ctx, &health_url) => health,
         };
@@ -93,8 +95,7 @@ pub(super) async fn supervise(
                 let exit = tokio::select! {
                     biased;
                     deadline = &mut stop => {
-                        proc.terminate(&ctx, id, deadline.ok()).await;
-                        return;
+                        return proc.terminate(&ctx, id, deadline.ok()).await;
                     }
                     exit = proc.wait() => exit,
                 };
@@ -110,7 +111,7 @@ pub(super) async fn supervise(
                         "{id} exited during start-up ({exit}); its last lines:\n{}",
                         tail.render()
                     )));
-                    return;
+                    return None;
                 }
                 exit
             }
@@ -123,8 +124,7 @@ pub(super) async fn supervise(
                     let _ = ready.send(Err(message));
                     // Keep the child until `run` stops everyone in order.
                     let deadline = (&mut stop).await;
-                    proc.terminate(&ctx, id, deadline.ok()).await;
-                    return;
+                    return proc.terminate(&ctx, id, deadline.ok()).await;
                 }
                 ctx.log.line(format!("[up] {message}; killing it"));
                 proc.kill().await
@@ -142,7 +142,7 @@ pub(super) async fn supervise(
         )
         .await
         {
-            return;
+            return None;
         }
     }
 }
@@ -304,8 +304,10 @@ impl Proc {
         let _ = tokio::time::timeout(timeout, tasks).await;
     }
 
-    /// SIGTERM, then SIGKILL at `deadline` (at once without one), then reap.
-    async fn terminate(mut self, ctx: &Ctx, id: &str, deadline: Option<Instant>) {
+    /// SIGTERM, then SIGKILL at `deadline` (at once without one), then reap. Returns what made the
+    /// stop unclean (SIGKILL was needed, or the child exited with another status than 0), if
+    /// anything did.
+    async fn terminate(mut self, ctx: &Ctx, id: &str, deadline: Option<Instant>) -> Option<String> {
         // The child is not reaped yet (only `wait` reaps), so its pid cannot have been reused.
         let pid = Pid::from_raw(self.pid as i32);
         let exit = match deadline {
@@ -313,14 +315,21 @@ impl Proc {
                 // An error here means the child has already exited; `wait` then returns at once.
                 let _ = kill(pid, Signal::SIGTERM);
                 tokio::select! {
-                    exit = self.child.wait() => Some(describe(exit)),
+                    exit = self.child.wait() => Some((exit.as_ref().is_ok_and(ExitStatus::success), describe(exit))),
                     () = sleep_until(deadline) => None,
                 }
             }
             None => None,
         };
+        let problem = match &exit {
+            Some((true, _)) => None,
+            Some((false, exit)) => Some(format!("{id} exited with {exit} on SIGTERM")),
+            None if deadline.is_some() => Some(format!("{id} needed SIGKILL")),
+            // No deadline: the caller is gone, and nobody is waiting for a verdict.
+            None => None,
+        };
         let exit = match exit {
-            Some(exit) => exit,
+            Some((_, exit)) => exit,
             None => {
                 if deadline.is_some() {
                     ctx.log.line(format!(
@@ -332,6 +341,7 @@ impl Proc {
         };
         self.drain(DRAIN_TIMEOUT).await;
         ctx.log.line(format!("[up] {id} stopped ({exit})"));
+        problem
     }
 }
 

@@ -339,26 +339,41 @@ async fn shutdown_sends_sigterm_in_reverse_order_and_returns_ok() {
     };
     assert!(position("lb-1 | got SIGTERM") < position("db-1 | got SIGTERM"));
     assert!(position("[up] lb-1 stopped (status 0)") < position("[up] db-1 stopped (status 0)"));
+    assert!(
+        output.contains("[up] all instances stopped cleanly"),
+        "{output}"
+    );
     assert!(!output.contains("restarting"), "{output}");
 }
 
 #[tokio::test]
-async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period() {
-    let port = free_port();
-    let mut stubborn = spec("service", "service-1", port, STAND_IN);
+async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period_and_the_stop_fails_naming_it() {
+    let (service, lb) = (free_port(), free_port());
+    let mut stubborn = spec("service", "service-1", service, STAND_IN);
     stubborn
         .env
         .push(("IGNORE_TERM".to_owned(), "1".to_owned()));
     let (mut opts, lines) = options(None);
     opts.grace = Duration::from_millis(300);
 
-    let started = start(vec![stubborn], opts);
+    // The stubborn child is stopped last (roles stop in reverse order), so that the other one
+    // has the whole grace period to stop cleanly.
+    let started = start(vec![stubborn, spec("lb", "lb-1", lb, STAND_IN)], opts);
     eventually("start-up", &lines, || {
         lines.contains("instances healthy").then_some(())
     })
     .await;
-    started.stop().await.expect("shutdown returns Ok");
+    let err = started
+        .stop()
+        .await
+        .expect_err("a stop that needed SIGKILL is not a clean stop");
 
+    // The error (what `up` prints before exiting non-zero) names the child that needed SIGKILL,
+    // and only that one: lb-1 stopped cleanly on SIGTERM.
+    assert_eq!(
+        err.to_string(),
+        "not every instance stopped cleanly: service-1 needed SIGKILL"
+    );
     let output = lines.all();
     assert!(
         output.contains("[up] service-1 did not stop within the grace period; sending SIGKILL"),
@@ -367,6 +382,39 @@ async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period() {
     assert!(
         output.contains("[up] service-1 stopped (signal 9)"),
         "{output}"
+    );
+    assert!(output.contains("[up] lb-1 stopped (status 0)"), "{output}");
+    assert!(
+        output.contains("[up] all instances stopped, not cleanly: service-1 needed SIGKILL"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_exiting_non_zero_on_sigterm_fails_the_stop_naming_it() {
+    let port = free_port();
+    // Exits 3 on SIGTERM instead of 0.
+    let failing = STAND_IN.replace("os._exit(0)", "os._exit(3)");
+    let (opts, lines) = options(None);
+
+    let started = start(vec![spec("worker", "worker-1", port, &failing)], opts);
+    eventually("start-up", &lines, || {
+        lines.contains("instances healthy").then_some(())
+    })
+    .await;
+    let err = started
+        .stop()
+        .await
+        .expect_err("status 3 is not a clean stop");
+
+    assert_eq!(
+        err.to_string(),
+        "not every instance stopped cleanly: worker-1 exited with status 3 on SIGTERM"
+    );
+    assert!(
+        !lines.contains("sending SIGKILL"),
+        "it stopped on SIGTERM: {}",
+        lines.all()
     );
 }
 
