@@ -59,7 +59,8 @@ pub(crate) async fn open_more(
     Ok(more)
 }
 
-/// Starts (or joins) a move to `to` shards.
+/// Starts (or joins) a move to `to` shards. A move to another count is refused until the
+/// running one is over: recorded while a mover runs for another count, it would never run.
 pub(crate) async fn start(shards: &Shards, config: &Config, to: u32) -> Result<Status, Error> {
     if to == 0 {
         return Err(Error::Invalid {
@@ -67,16 +68,24 @@ pub(crate) async fn start(shards: &Shards, config: &Config, to: u32) -> Result<S
             message: "the new shard count must be at least 1".into(),
         });
     }
+    // From the check to the recorded target, one request at a time: two requests for different
+    // counts would otherwise both pass the check, and the layout would name one while the mover
+    // moves users to the other.
+    let _starting = shards.starting().await;
     let layout = shards.layout();
+    let in_progress = |t: u32, what: &str| Error::Invalid {
+        code: "move_in_progress",
+        message: format!("a move to {t} shards is {what}; ask again once it is over"),
+    };
     match layout.target {
-        Some(t) if t != to => {
-            return Err(Error::Invalid {
-                code: "move_in_progress",
-                message: format!("a move to {t} shards is in progress; finish it first"),
-            });
-        }
+        Some(t) if t != to => return Err(in_progress(t, "in progress")),
         Some(_) => {}
         None if layout.count == to => return Ok(status(shards)),
+        // The mover has switched to its count and waits for the last operations under the old
+        // layout; it runs one move, so a target recorded now would never be reached.
+        None if shards.inner_moving().load(Ordering::SeqCst) => {
+            return Err(in_progress(layout.count, "finishing"));
+        }
         None => {
             let open = shards.open_count();
             if (to as usize) > open {

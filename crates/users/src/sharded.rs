@@ -142,6 +142,9 @@ struct Inner {
     pub(crate) moved: std::sync::atomic::AtomicU64,
     /// Whether a mover task runs.
     pub(crate) moving: std::sync::atomic::AtomicBool,
+    /// Held by a request to start a move from its check of the layout to the recording of its
+    /// target, so that two requests for different counts cannot both pass the check.
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// Runs a read on the copies `readers` names until one answers; a replica that fails is logged
@@ -216,6 +219,7 @@ impl Shards {
                 gate: tokio::sync::RwLock::new(()),
                 moved: Default::default(),
                 moving: Default::default(),
+                starting: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -235,6 +239,11 @@ impl Shards {
 
     pub(crate) fn inner_moving(&self) -> &std::sync::atomic::AtomicBool {
         &self.inner.moving
+    }
+
+    /// Taken by each request to start a move (see `rebalance::start`).
+    pub(crate) async fn starting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.starting.lock().await
     }
 
     /// Waits until no operation runs under an older layout.

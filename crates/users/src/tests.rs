@@ -828,3 +828,371 @@ async fn rebalancing_postgresql_shards_three_to_four() {
     let (s, p) = call(&app, Method::GET, "/users/by-username/pm7", None).await;
     assert_eq!((s.as_u16(), p["id"].clone()), (200, json!("pm-7")));
 }
+
+/// A point where a call waits, once armed, until the test lets it go.
+#[derive(Debug, Default)]
+struct Hold {
+    armed: std::sync::atomic::AtomicBool,
+    /// Notified when an armed call arrives.
+    reached: tokio::sync::Notify,
+    /// Notified by the test to let it go on.
+    go: tokio::sync::Notify,
+}
+
+impl Hold {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits here if armed (once).
+    async fn pass(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+    }
+
+    /// Waits until an armed call arrived (at most 30 s).
+    async fn reached(&self, what: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.reached.notified())
+            .await
+            .unwrap_or_else(|_| panic!("never reached: {what}"));
+    }
+
+    fn release(&self) {
+        self.go.notify_one();
+    }
+}
+
+/// A SQLite shard whose reads can hold the mover (or a request) at a chosen step: the mover's
+/// pages of profiles and of username entries are read, then held, so that it goes on with what it
+/// read before the test's writes; `get` of one id holds a request while it is inside the service.
+#[derive(Debug)]
+struct Holding {
+    inner: SqlStore,
+    /// The next `list_after` (the mover's page of profiles) returns its page after the hold.
+    page: Hold,
+    /// The next `usernames_after` (the mover's page of username entries) likewise.
+    names: Hold,
+    /// `get` of `held_id` waits before reading.
+    get: Hold,
+    held_id: std::sync::Mutex<String>,
+}
+
+#[async_trait]
+impl ShardStore for Holding {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+    async fn ping(&self) -> Result<(), Error> {
+        self.inner.ping().await
+    }
+    async fn insert(&self, p: &Profile) -> Result<bool, Error> {
+        self.inner.insert(p).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<Profile>, Error> {
+        let held = *self.held_id.lock().unwrap() == id;
+        if held {
+            self.get.pass().await;
+        }
+        self.inner.get(id).await
+    }
+    async fn update(&self, id: &str, c: &Changes) -> Result<Option<Profile>, Error> {
+        self.inner.update(id, c).await
+    }
+    async fn delete(&self, id: &str) -> Result<bool, Error> {
+        self.inner.delete(id).await
+    }
+    async fn list_after(&self, a: Option<&str>, l: u32) -> Result<Vec<Profile>, Error> {
+        let page = self.inner.list_after(a, l).await;
+        self.page.pass().await;
+        page
+    }
+    async fn count(&self) -> Result<u64, Error> {
+        self.inner.count().await
+    }
+    async fn claim_username(&self, u: &str, id: &str) -> Result<bool, Error> {
+        self.inner.claim_username(u, id).await
+    }
+    async fn lookup_username(&self, u: &str) -> Result<Option<String>, Error> {
+        self.inner.lookup_username(u).await
+    }
+    async fn release_username(&self, u: &str, id: &str) -> Result<(), Error> {
+        self.inner.release_username(u, id).await
+    }
+    async fn upsert(&self, p: &Profile) -> Result<(), Error> {
+        self.inner.upsert(p).await
+    }
+    async fn usernames_after(
+        &self,
+        a: Option<&str>,
+        l: u32,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let page = self.inner.usernames_after(a, l).await;
+        self.names.pass().await;
+        page
+    }
+    async fn put_username(&self, u: &str, id: &str) -> Result<(), Error> {
+        self.inner.put_username(u, id).await
+    }
+    async fn load_layout(&self) -> Result<Option<(u32, Option<u32>)>, Error> {
+        self.inner.load_layout().await
+    }
+    async fn save_layout(&self, count: u32, target: Option<u32>) -> Result<(), Error> {
+        self.inner.save_layout(count, target).await
+    }
+}
+
+/// A key (`{salt}-N`) that `shard_of` puts on `from` of 3 shards and on `to` of 4.
+fn key_moving(from: u32, to: u32, salt: &str) -> String {
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|k| shard_of(k, 3) == from && shard_of(k, 4) == to)
+        .unwrap()
+}
+
+/// Every username index entry on the first `n` shard files.
+async fn index_entries(dir: &tempfile::TempDir, n: u32) -> Vec<(String, String, u32)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let store = sqlite(dir, &format!("users-shard-{i}.sqlite")).await;
+        for (name, id) in store.usernames_after(None, 100_000).await.unwrap() {
+            out.push((name, id, i));
+        }
+    }
+    out
+}
+
+/// The embedded layout of `dir` on 3 shards with a fourth open, shard 1 a [`Holding`] one.
+async fn held_layout(dir: &tempfile::TempDir) -> (axum::Router, Arc<Holding>) {
+    let held = Arc::new(Holding {
+        inner: sqlite(dir, "users-shard-1.sqlite").await,
+        page: Hold::default(),
+        names: Hold::default(),
+        get: Hold::default(),
+        held_id: std::sync::Mutex::new(String::new()),
+    });
+    let mut shards = Vec::new();
+    for i in 0..4 {
+        let store: Arc<dyn ShardStore> = if i == 1 {
+            held.clone()
+        } else {
+            Arc::new(sqlite(dir, &format!("users-shard-{i}.sqlite")).await)
+        };
+        shards.push(Shard::new(store, vec![]));
+    }
+    let layout = crate::Layout {
+        count: 3,
+        target: None,
+    };
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let state = AppState::with_shards(
+        config,
+        common::Instance::new("users", "users-1"),
+        Shards::with_layout(shards, layout).unwrap(),
+    )
+    .unwrap();
+    (router(state), held)
+}
+
+/// During a 3 -> 4 move: users deleted before or after the mover passed them, or while it holds
+/// a page that lists them, stay deleted; a username freed and taken again mid-move has exactly
+/// one index entry, the new holder's; a move to another count is refused until the move is over
+/// (switch included), then accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_with_deletes_and_name_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, held) = held_layout(&dir).await;
+    let create = |id: String, name: String| {
+        let app = app.clone();
+        async move {
+            let (s, b) = call(&app, Method::POST, "/users", Some(new_user(&id, &name))).await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+    };
+    for i in 0..40 {
+        create(format!("r-{i}"), format!("rr{i}")).await;
+    }
+    // d0 moves off shard 0, which the mover passes first; d1 is on shard 1, in the page the mover
+    // holds; d2 moves off shard 2, not read yet; d_stay does not move.
+    let d0 = key_moving(0, 3, "d0");
+    let d1 = key_moving(1, 3, "d1");
+    let d2 = key_moving(2, 3, "d2");
+    let d_stay = key_moving(1, 1, "ds");
+    for id in [&d0, &d1, &d2, &d_stay] {
+        create(id.clone(), format!("n{id}")).await;
+    }
+    // The name `reused` is indexed on shard 1 and moves to shard 3; its first holder's profile
+    // stays on shard 2.
+    let reused = key_moving(1, 3, "name");
+    let (first, second) = (key_moving(2, 2, "first"), key_moving(0, 0, "second"));
+    create(first.clone(), reused.clone()).await;
+    // A user on shard 1 that stays: reading it will hold a request inside the service.
+    let keep = key_moving(1, 1, "keep");
+    create(keep.clone(), "keeper".into()).await;
+
+    held.page.arm();
+    held.names.arm();
+    let (s, st) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{st}");
+    held.page.reached("the mover's page of shard 1").await;
+
+    // Mid-move: another target is refused, the same one joins.
+    let (s, b) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 5}))).await;
+    assert_eq!(
+        (s.as_u16(), b["error"].clone()),
+        (400, json!("move_in_progress"))
+    );
+    let (s, _) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    for id in [&d0, &d1, &d2, &d_stay] {
+        let (s, b) = call(&app, Method::DELETE, &format!("/users/{id}"), None).await;
+        assert_eq!(s, 200, "{id}: {b}");
+        let (s, _) = call(&app, Method::GET, &format!("/users/{id}"), None).await;
+        assert_eq!(s, 404, "{id} deleted");
+    }
+    held.page.release();
+    held.names
+        .reached("the mover's page of shard 1's usernames")
+        .await;
+
+    // The name is freed and taken again while the mover holds a page that lists its old entry.
+    let (s, _) = call(&app, Method::DELETE, &format!("/users/{first}"), None).await;
+    assert_eq!(s, 200);
+    create(second.clone(), reused.clone()).await;
+    let (s, p) = call(
+        &app,
+        Method::GET,
+        &format!("/users/by-username/{reused}"),
+        None,
+    )
+    .await;
+    assert_eq!((s.as_u16(), p["id"].clone()), (200, json!(second)));
+
+    // A read inside the service when the mover switches to 4 shards: the mover waits for it
+    // (drain) before the move is over.
+    *held.held_id.lock().unwrap() = keep.clone();
+    held.get.arm();
+    let reader = {
+        let app = app.clone();
+        let keep = keep.clone();
+        tokio::spawn(async move { call(&app, Method::GET, &format!("/users/{keep}"), None).await })
+    };
+    held.get.reached("the held read").await;
+    held.names.release();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, st) = call(&app, Method::GET, "/rebalance", None).await;
+        if st["count"] == 4 && st["target"].is_null() {
+            assert_eq!(st["moving"], true, "the mover waits for the held read");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the switch never came: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Switched but not over: still refused.
+    let (s, b) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 5}))).await;
+    assert_eq!(
+        (s.as_u16(), b["error"].clone()),
+        (400, json!("move_in_progress")),
+        "a move accepted while the previous one finishes never runs"
+    );
+    held.get.release();
+    let (s, p) = reader.await.unwrap();
+    assert_eq!((s.as_u16(), p["id"].clone()), (200, json!(keep)));
+    wait_moved(&app, 4).await;
+
+    // Deleted users did not come back, anywhere; everyone else is on their shard, once.
+    let gone = [&d0, &d1, &d2, &d_stay, &first];
+    let placed = placement(&dir, 4).await;
+    let ids: Vec<&str> = placed.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 40 + 2, "{ids:?}");
+    for (id, shard, _) in &placed {
+        assert!(!gone.contains(&id), "{id} came back");
+        assert_eq!(*shard, shard_of(id, 4), "{id} on the wrong shard");
+    }
+    for id in gone {
+        let (s, _) = call(&app, Method::GET, &format!("/users/{id}"), None).await;
+        assert_eq!(s, 404, "{id}");
+    }
+    // One index entry per username, on its shard, naming a user who exists: the reused name
+    // once, for its second holder; the deleted users' names nowhere.
+    let entries = index_entries(&dir, 4).await;
+    let reused_entries: Vec<_> = entries.iter().filter(|(n, _, _)| *n == reused).collect();
+    assert_eq!(
+        reused_entries,
+        [&(reused.clone(), second.clone(), shard_of(&reused, 4))]
+    );
+    assert_eq!(entries.len(), placed.len(), "{entries:?}");
+    for (name, id, shard) in &entries {
+        assert_eq!(
+            *shard,
+            shard_of(name, 4),
+            "{name} indexed on the wrong shard"
+        );
+        assert!(placed.iter().any(|(p, _, _)| p == id), "{name} -> {id}");
+    }
+    let (s, _) = call(
+        &app,
+        Method::POST,
+        "/users",
+        Some(new_user("third", &reused)),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 409, "the reused name is taken");
+
+    // Once the move is over, the next one is accepted and runs.
+    let (s, st) = call(&app, Method::POST, "/rebalance", Some(json!({"to": 5}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{st}");
+    wait_moved(&app, 5).await;
+    let placed = placement(&dir, 5).await;
+    assert_eq!(placed.len(), 42);
+    assert!(
+        placed
+            .iter()
+            .all(|(id, shard, _)| *shard == shard_of(id, 5))
+    );
+}
+
+/// Two moves to different counts asked at the same moment: one starts, the other is refused,
+/// and the layout names the one that runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_moves_asked_at_once_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(&dir).await);
+    for i in 0..30 {
+        let (s, _) = call(
+            &app,
+            Method::POST,
+            "/users",
+            Some(new_user(&format!("t-{i}"), &format!("tt{i}"))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let ((s4, b4), (s5, b5)) = tokio::join!(
+        call(&app, Method::POST, "/rebalance", Some(json!({"to": 4}))),
+        call(&app, Method::POST, "/rebalance", Some(json!({"to": 5}))),
+    );
+    let (to, refused) = match (s4.as_u16(), s5.as_u16()) {
+        (202, 400) => (4, b5),
+        (400, 202) => (5, b4),
+        other => panic!("both or neither started: {other:?} {b4} {b5}"),
+    };
+    assert_eq!(refused["error"], "move_in_progress");
+    wait_moved(&app, to).await;
+    let placed = placement(&dir, 5).await;
+    assert_eq!(placed.len(), 30, "every user once");
+    assert!(
+        placed
+            .iter()
+            .all(|(id, shard, _)| *shard == shard_of(id, to))
+    );
+}
