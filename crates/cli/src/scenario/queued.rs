@@ -57,8 +57,6 @@ impl ClientSide {
 /// The figures of the `async` scenario.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct QueuedResult {
-    /// Whether it was skipped (it no longer is; kept for the JSON's readers).
-    pub(super) skipped: bool,
     /// The work per request or task, in ms.
     pub(super) work_ms: u64,
     /// `GET /process`: the client waits for the work.
@@ -168,7 +166,6 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> anyhow::Result<QueuedResult> {
     let sync = ClientSide::of(&sync);
     let submit = ClientSide::of(&submit);
     Ok(QueuedResult {
-        skipped: false,
         work_ms: WORK_MS,
         client_p50_gain: score::ratio(sync.p50_ms, submit.p50_ms),
         sync,
