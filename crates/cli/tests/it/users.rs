@@ -658,6 +658,18 @@ async fn rebalancing_three_to_four_on_postgresql_under_load_survives_a_kill() {
     drop(dbs);
 }
 
+/// Polls `condition` until it holds; fails the test naming `what` after 60 s.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Registers 300 users, moves them from 3 to 4 shards while they update their profiles, kills
 /// users at once, lets the supervisor restart it and `scalelab shards rebalance` finish, then
 /// reads every shard of `layout` directly.
@@ -720,10 +732,15 @@ async fn rebalance_under_load_with_a_kill(topo: Topology, layout: MoveLayout) {
         })
     };
 
-    // Start the move on the service itself, kill the service at once (half-way), and let the
-    // supervisor restart it; then `scalelab shards rebalance` (the rerun) follows it to the end.
+    // Start the move on the service itself once the load runs, kill the service at once
+    // (half-way), and let the supervisor restart it; then `scalelab shards rebalance` (the rerun)
+    // follows it to the end.
     let users_url = sys.url("users", 1);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let load_ran = |at_least: u64| {
+        let acked = acked.clone();
+        move || acked.load(Ordering::SeqCst) >= at_least
+    };
+    wait_until("the first acknowledged update", load_ran(1)).await;
     let r = sys
         .client()
         .post(format!("{users_url}/rebalance"))
@@ -764,15 +781,21 @@ async fn rebalance_under_load_with_a_kill(topo: Topology, layout: MoveLayout) {
         assert_eq!(file["users"]["shard_count"].as_integer(), Some(4), "{text}");
     }
     let acked_during = acked.load(Ordering::SeqCst) - acked_at_start;
-    assert!(
-        sys.logs().contains("resuming an unfinished rebalance"),
-        "the kill did not interrupt the move"
-    );
+    // The restarted instance found the move recorded and resumed it (its log line may reach
+    // `up`'s output after its health check answered).
+    sys.wait_log("resuming an unfinished rebalance")
+        .await
+        .expect("the kill interrupted the move, and the restart resumed it");
     eprintln!("{acked_during} updates acknowledged between the start of the move and its end");
     assert!(acked_during > 0, "the load must overlap the move");
 
-    // Some more load on the new layout, then stop it.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Another round of updates on the new layout, then stop the load.
+    let after_move = acked.load(Ordering::SeqCst);
+    wait_until(
+        "a round of updates after the move",
+        load_ran(after_move + n as u64),
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let rounds = load.await.unwrap();
     eprintln!("{rounds} rounds of updates in all");
