@@ -585,13 +585,31 @@ async fn a_thousand_tasks_two_claimers_one_dies(q: Arc<dyn Queue>) {
     }
     assert_eq!(ids.len() as u64, N);
     let lease = Duration::from_millis(1500);
+    // How many tasks the dying claimer has completed. The other one never gets ahead of it until
+    // it has done its 300, so that it reaches them however the two are scheduled (a fast
+    // machine or a slow one), and then dies holding a task.
+    let dying_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let claimer = |name: &'static str, die_after: Option<usize>| {
         let q = q.clone();
+        let dying_done = dying_done.clone();
         tokio::spawn(async move {
             let mut done = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 assert!(Instant::now() < deadline, "{name} did not drain the queue");
+                if die_after.is_none() {
+                    loop {
+                        let theirs = dying_done.load(std::sync::atomic::Ordering::SeqCst);
+                        if theirs >= 300 || done.len() < theirs.max(1) {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name} waited too long for the other"
+                        );
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 match q.claim(name, lease).await.expect("claim") {
                     Some(t) => {
                         if die_after.is_some_and(|n| done.len() == n) {
@@ -599,7 +617,13 @@ async fn a_thousand_tasks_two_claimers_one_dies(q: Arc<dyn Queue>) {
                             return done;
                         }
                         match q.complete(&t.id, name, json!({ "by": name })).await {
-                            Ok(_) => done.push(t.id),
+                            Ok(_) => {
+                                done.push(t.id);
+                                if die_after.is_some() {
+                                    dying_done
+                                        .store(done.len(), std::sync::atomic::Ordering::SeqCst);
+                                }
+                            }
                             Err(Error::LeaseLost { .. }) => {}
                             Err(e) => panic!("complete: {e}"),
                         }
