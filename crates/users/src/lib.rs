@@ -28,8 +28,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use error::Error;
-/// The former name of [`placement`], kept for callers outside this crate.
-pub use placement as shard;
 pub use sharded::{Consistency, Layout, Shard, Shards};
 pub use store::{Changes, ShardStore, SqlStore};
 

@@ -182,7 +182,7 @@ async fn a_shard_down_fails_only_its_own_users() {
         let name = format!("sd{i}");
         let (s, b) = c.register(user_body(&name)).await;
         assert_eq!(s, 201, "{b}");
-        let shard = users::shard::shard_of(b["id"].as_str().unwrap(), 3) as usize;
+        let shard = users::placement::shard_of(b["id"].as_str().unwrap(), 3) as usize;
         let token = c.token(&name, &format!("{name}-password")).await;
         by_shard[shard].get_or_insert((name, token));
     }
@@ -821,7 +821,7 @@ async fn rebalance_under_load_with_a_kill(topo: Topology, layout: MoveLayout) {
         let (shard, last) = &found[id];
         assert_eq!(
             *shard,
-            users::shard::shard_of(id, 4),
+            users::placement::shard_of(id, 4),
             "{name} on the wrong shard"
         );
         let w = written.get(id).unwrap_or(&registered);
