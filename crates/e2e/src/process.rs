@@ -30,6 +30,14 @@ impl Running {
         self.shutdown().await
     }
 
+    /// Like [`Self::stop`], and also returns everything `up` printed, to its last line (what it
+    /// said about each instance's stop).
+    pub async fn stop_with_logs(self) -> anyhow::Result<(ExitStatus, String)> {
+        let status = self.shutdown().await?;
+        self.logs.settle().await;
+        Ok((status, self.logs()))
+    }
+
     pub(crate) async fn shutdown(&self) -> anyhow::Result<ExitStatus> {
         let Some(mut up) = self.take_up() else {
             bail!("`up` was already stopped");

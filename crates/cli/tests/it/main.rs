@@ -11,6 +11,9 @@
 //! - `users`: the users service and its shards (bulk registration, roles and bad input, a shard
 //!   down, rebalancing 3 to 4 shards under load with a kill), on SQLite and PostgreSQL.
 //! - `scenario`: `scalelab bench scenario all --quick` and its report.
+//! - `shutdown`: SIGTERM to `up` under load: in-flight requests answered, every instance stops
+//!   with status 0 and no SIGKILL, a running task handed back to the queue; a worker whose claim
+//!   waits on the SQLite write lock.
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
@@ -20,6 +23,7 @@ mod config_check;
 mod distributed;
 mod request_path;
 mod scenario;
+mod shutdown;
 mod support;
 mod tasks;
 mod tasks_kill;
