@@ -5,6 +5,7 @@
 #   3. through nginx configured as the round-robin balancer over the same two gateways,
 # all in one run against one `scalelab up` (release build), so the figures sit side by side.
 # Needs: wrk and nginx (apt-get install -y wrk nginx). Usage: bench/request-path.sh [duration] [connections]
+# SCALELAB_BIN picks the binary (to compare two builds), SCALELAB_CONFIG a topology file instead of the built-in one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10s}
@@ -16,7 +17,7 @@ command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk an
 WORK=$(mktemp -d /tmp/scalelab-bench.XXXXXX)
 chmod 755 "$WORK"   # nginx workers run as nobody
 export SCALELAB_ADMIN_PASSWORD=bench-password-$RANDOM
-"$BIN" up --free-ports --data-dir "$WORK/data" > "$WORK/up.log" 2>&1 &
+"$BIN" up --free-ports ${SCALELAB_CONFIG:+--config "$SCALELAB_CONFIG"} --data-dir "$WORK/data" > "$WORK/up.log" 2>&1 &
 UP=$!
 NGINX=
 cleanup() { [ -n "$NGINX" ] && kill "$NGINX" 2>/dev/null; kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null; rm -rf "$WORK"; }
