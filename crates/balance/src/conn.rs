@@ -42,9 +42,34 @@ pub(crate) enum SendError {
 #[derive(Debug)]
 pub(crate) struct ConnPool {
     authority: String,
-    /// Shared with the tasks that wait for a connection to finish its response and put it back.
+    /// Shared with the response bodies, which put their connection back when they end.
     idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
     max_idle: usize,
+}
+
+/// A connection lent to one response: back to the idle list when the response body has been
+/// read to its end ([`Lent::give_back`]), closed if the body is dropped half-read (HTTP/1 carries
+/// one exchange at a time, and a half-read response leaves the connection unusable).
+#[derive(Debug)]
+pub(crate) struct Lent {
+    sender: Option<SendRequest<Body>>,
+    idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
+    max_idle: usize,
+}
+
+impl Lent {
+    /// The response ended: the connection may carry the next request. No task is spawned: the
+    /// next user waits for `ready()` when it takes the connection, which is immediate once hyper
+    /// has finished the exchange.
+    pub(crate) fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take()
+            && !sender.is_closed()
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(sender);
+        }
+    }
 }
 
 impl ConnPool {
@@ -60,22 +85,31 @@ impl ConnPool {
         self.idle.lock().ok()?.pop()
     }
 
-    /// Sends `req` on an idle connection, or on a new one.
+    fn lend(&self, sender: SendRequest<Body>) -> Lent {
+        Lent {
+            sender: Some(sender),
+            idle: self.idle.clone(),
+            max_idle: self.max_idle,
+        }
+    }
+
+    /// Sends `req` on an idle connection, or on a new one; the connection comes back with the
+    /// response, to be given back when the response body ends.
     pub(crate) async fn send(
         &self,
         mut req: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Lent), SendError> {
         // An idle connection may have been closed by the backend since its last use; such a
         // connection hands the request back untouched and the next one is tried.
         while let Some(mut sender) = self.take_idle() {
-            if sender.is_closed() {
+            // Given back when its last response ended; hyper may still be finishing that exchange.
+            if sender.is_closed() || sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.recycle(sender);
-                    return Ok(resp);
+                    return Ok((resp, self.lend(sender)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
@@ -98,10 +132,7 @@ impl ConnPool {
             }
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => {
-                self.recycle(sender);
-                Ok(resp)
-            }
+            Ok(resp) => Ok((resp, self.lend(sender))),
             Err(mut e) => {
                 let detail = e.error().to_string();
                 match e.take_message() {
@@ -114,21 +145,6 @@ impl ConnPool {
                 }
             }
         }
-    }
-
-    /// Puts a connection back once its response has been read to the end (HTTP/1 carries one
-    /// request at a time). A response dropped half-read closes the connection instead.
-    fn recycle(&self, mut sender: SendRequest<Body>) {
-        let idle = self.idle.clone();
-        let max_idle = self.max_idle;
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok()
-                && let Ok(mut idle) = idle.lock()
-                && idle.len() < max_idle
-            {
-                idle.push(sender);
-            }
-        });
     }
 }
 

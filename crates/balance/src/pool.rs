@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::backend::{Backend, InFlight};
 use crate::conn::SendError;
@@ -228,13 +229,14 @@ impl Pool {
     pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
         let replay = Replay::of(&req);
         let mut req = Some(req);
-        let mut tried: Vec<usize> = Vec::with_capacity(2);
+        // On the stack for pools of up to 16 backends: no allocation per request.
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut last: Option<PoolError> = None;
         let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
         let response_timeout = Duration::from_millis(self.config.response_timeout_ms);
 
         for attempt in 1..=self.config.max_attempts.max(1) {
-            let candidates: Vec<usize> = (0..self.backends.len())
+            let candidates: SmallVec<[usize; 16]> = (0..self.backends.len())
                 .filter(|i| !tried.contains(i) && self.backends[*i].is_healthy())
                 .collect();
             if candidates.is_empty() {
@@ -254,13 +256,19 @@ impl Pool {
             )
             .await;
             match outcome {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, conn))) => {
                     backend.record_latency(started.elapsed());
                     let response = resp.map(|inner| {
-                        Body::new(Guarded {
+                        let mut body = Guarded {
                             inner,
+                            conn,
                             _guard: guard,
-                        })
+                        };
+                        // An empty body is over before anyone reads it.
+                        if body.inner.is_end_stream() {
+                            body.conn.give_back();
+                        }
+                        Body::new(body)
                     });
                     return Ok(Forwarded {
                         response,
@@ -360,6 +368,8 @@ impl Replay {
 /// A backend's response body that holds the backend's in-flight count until it ends or is dropped.
 struct Guarded {
     inner: Incoming,
+    /// The connection the response came on, given back once the body has ended.
+    conn: crate::conn::Lent,
     _guard: InFlight,
 }
 
@@ -371,7 +381,14 @@ impl HttpBody for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.conn.give_back(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.conn.give_back(),
+            _ => {}
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

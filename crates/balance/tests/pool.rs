@@ -220,3 +220,60 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
 fn _assert_send(p: Arc<Pool>) -> impl Send {
     async move { p.send(get_req("/")).await }
 }
+
+/// A backend that answers the client port of the connection each request came on.
+async fn port_echo() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app =
+        Router::new().route(
+            "/who",
+            get(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >| async move { peer.port().to_string() },
+            ),
+        );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_connection_whose_response_was_read_carries_the_next_request() {
+    let url = port_echo().await;
+    let pool = Pool::new(
+        "test",
+        std::slice::from_ref(&url),
+        config(Strategy::RoundRobin),
+    );
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..50 {
+        ports.insert(who(&pool).await.unwrap());
+    }
+    assert_eq!(
+        ports.len(),
+        1,
+        "one keep-alive connection for 50 requests in a row"
+    );
+
+    // A response dropped before its body was read closes its connection: the next request
+    // comes on a new one, and that one is reused again.
+    let dropped = pool.send(get_req("/who")).await.unwrap();
+    drop(dropped);
+    let after: std::collections::HashSet<String> = {
+        let mut s = std::collections::HashSet::new();
+        for _ in 0..5 {
+            s.insert(who(&pool).await.unwrap());
+        }
+        s
+    };
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(pool.backends()[0].stats().in_flight, 0);
+}

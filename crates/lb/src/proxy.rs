@@ -14,7 +14,7 @@ use common::ApiError;
 use crate::AppState;
 
 /// Headers that describe one hop's connection, never to be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -25,36 +25,88 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// `Proxy-Connection`: not standard, but some clients send it and it must not travel on.
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+///
+/// One pass over the names first (comparisons, no hashing): most requests and responses carry
+/// none of them, and then nothing else is done. Otherwise only the names present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // `keep-alive` and `close`, by far the most common, are options, not header names to drop.
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
+}
+
+thread_local! {
+    /// The last client address this thread formatted, and its text: a connection sends many
+    /// requests, and most balancers see few distinct clients at a time, so the address is
+    /// formatted once, not per request.
+    static LAST_PEER: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The client address as a header value.
+fn peer_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    LAST_PEER.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, value)) = last.as_ref()
+            && *seen == ip
+        {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_str(&ip.to_string()).ok()?;
+        *last = Some((ip, value.clone()));
+        Some(value)
+    })
 }
 
 /// Sets `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>) {
     if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+        match headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|prev| !prev.trim().is_empty())
+        {
+            Some(prev) => {
+                let xff = format!("{prev}, {}", peer.ip());
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+            }
+            None => {
+                if let Some(v) = peer_value(peer.ip()) {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+            }
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HTTP);
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
@@ -85,15 +137,18 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
 
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer);
-    // Backends get the origin form (`/path?query`), whatever form the client used.
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = path
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    // Backends get the origin form (`/path?query`), whatever form the client used; the usual
+    // origin form is kept as it is, not parsed again.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = path
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+    }
     parts.extensions.clear();
 
     // A body without a declared length is still bounded while it streams.
@@ -109,10 +164,9 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         Ok(fwd) => {
             let mut resp = fwd.response;
             strip_hop_by_hop(resp.headers_mut());
-            let status = resp.status().as_u16().to_string();
-            metrics::counter!("scalelab_lb_requests_total", "backend" => fwd.backend.url.clone(), "status" => status).increment(1);
-            metrics::histogram!("scalelab_lb_request_duration_seconds", "backend" => fwd.backend.url.clone())
-                .record(started.elapsed().as_secs_f64());
+            let (requests, duration) = handles(&fwd.backend, resp.status().as_u16());
+            requests.increment(1);
+            duration.record(started.elapsed().as_secs_f64());
             resp
         }
         Err(e) => {
@@ -121,6 +175,40 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
             error(e.status(), e.code(), e.public_message())
         }
     }
+}
+
+thread_local! {
+    /// Metric handles by backend and status, per thread: registering a labelled metric hashes
+    /// and compares its labels and allocates them, which cost more than the rest of a request's
+    /// bookkeeping; a handle, once made, is just an atomic.
+    static HANDLES: std::cell::RefCell<std::collections::HashMap<(usize, u16), Handles>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// One backend's handles for one status.
+struct Handles {
+    /// Keeps the backend's allocation, so that its address (the key) cannot be reused by another
+    /// backend while this entry exists, even if the pool drops the backend.
+    _backend: std::sync::Weak<balance::Backend>,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// The request counter (by backend and status) and duration histogram (by backend) of one answer.
+fn handles(
+    backend: &std::sync::Arc<balance::Backend>,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    let key = (std::sync::Arc::as_ptr(backend) as usize, status);
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        let e = h.entry(key).or_insert_with(|| Handles {
+            _backend: std::sync::Arc::downgrade(backend),
+            requests: metrics::counter!("scalelab_lb_requests_total", "backend" => backend.url.clone(), "status" => status.to_string()),
+            duration: metrics::histogram!("scalelab_lb_request_duration_seconds", "backend" => backend.url.clone()),
+        });
+        (e.requests.clone(), e.duration.clone())
+    })
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {

@@ -296,3 +296,70 @@ async fn edge_acl_rate_limit_and_body_limit() {
     assert_eq!(statuses[..3], [200, 200, 200], "the burst passes");
     assert!(statuses.contains(&429), "over the burst: {statuses:?}");
 }
+
+/// The value of `name{labels...}` in a Prometheus text page, 0 when absent.
+fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn every_answer_is_counted_by_backend_and_status() {
+    let a = echo_backend("a").await;
+    let b = echo_backend("b").await;
+    let lb = start_lb(lb_config(&[&a, &b])).await;
+    let client = reqwest::Client::new();
+    for _ in 0..10 {
+        let r = client.get(format!("{}/x", lb.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .get(format!("{}/nope-is-fine", lb.url))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("proxy-connection", "keep-alive")
+        .send()
+        .await
+        .unwrap();
+    // Hop-by-hop headers, and those Connection names, never reach the backend.
+    let seen: Value = r.json().await.unwrap();
+    for hop in ["connection", "x-hop", "proxy-connection", "keep-alive"] {
+        assert!(seen["headers"].get(hop).is_none(), "{hop}: {seen}");
+    }
+    let page = client
+        .get(format!("{}/_lb/metrics", lb.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Each backend is named by its URL; other tests' backends are on other ports.
+    let of = |s: &Server| format!("backend=\"{}\"", s.url);
+    let (ca, cb) = (
+        metric(
+            &page,
+            "scalelab_lb_requests_total",
+            &[&of(&a), "status=\"200\""],
+        ),
+        metric(
+            &page,
+            "scalelab_lb_requests_total",
+            &[&of(&b), "status=\"200\""],
+        ),
+    );
+    assert_eq!(ca + cb, 11.0, "{page}");
+    assert_eq!((ca, cb), (6.0, 5.0), "round robin over two backends");
+    let timed = metric(
+        &page,
+        "scalelab_lb_request_duration_seconds_count",
+        &[&of(&a)],
+    ) + metric(
+        &page,
+        "scalelab_lb_request_duration_seconds_count",
+        &[&of(&b)],
+    );
+    assert_eq!(timed, 11.0, "{page}");
+}
