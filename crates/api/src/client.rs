@@ -417,10 +417,15 @@ impl AuthClient {
         self.0.call(Method::POST, "/register", Some(req), rid).await
     }
 
-    /// `POST /guest-token`: a short-lived token for an anonymous `guest`.
-    pub async fn guest_token(&self, rid: &str) -> Result<auth::TokenResponse, ClientError> {
+    /// `POST /guest-token`: a short-lived token for an anonymous `guest`, carrying `username`
+    /// when one is given.
+    pub async fn guest_token(
+        &self,
+        req: &auth::GuestRequest,
+        rid: &str,
+    ) -> Result<auth::TokenResponse, ClientError> {
         self.0
-            .call::<(), _>(Method::POST, "/guest-token", None, rid)
+            .call(Method::POST, "/guest-token", Some(req), rid)
             .await
     }
 

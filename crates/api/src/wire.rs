@@ -35,6 +35,17 @@ pub mod auth {
         pub roles: Vec<String>,
     }
 
+    /// `POST /guest-token` (auth) and `POST /token` (gateway) body, optional: the name a guest
+    /// token carries (the lab's scripts ask for a token "for" a user without a password).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct GuestRequest {
+        /// The name in the token's `username` claim; `guest` when absent. The token is still a
+        /// guest's: role `guest`, read-only, no account behind it.
+        #[serde(default)]
+        pub username: Option<String>,
+    }
+
     /// A signed token, as `login` and `register` return it.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct TokenResponse {

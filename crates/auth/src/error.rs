@@ -17,6 +17,9 @@ pub enum Error {
     /// The requested role is not `user` or `admin`.
     #[error("the role must be \"user\" or \"admin\"")]
     InvalidRole,
+    /// A body that is not what the route takes (`400 invalid_body`).
+    #[error("{0}")]
+    InvalidBody(String),
     /// The password is shorter than the configured minimum or longer than 1024 bytes.
     #[error("the password must be {min} to {max} characters long")]
     WeakPassword {
@@ -74,6 +77,7 @@ impl IntoResponse for Error {
             }
             Error::InvalidUsername => ApiError::bad_request("invalid_username", message),
             Error::InvalidRole => ApiError::bad_request("invalid_role", message),
+            Error::InvalidBody(_) => ApiError::bad_request("invalid_body", message),
             Error::WeakPassword { .. } => ApiError::bad_request("weak_password", message),
             Error::UsernameTaken => ApiError::new(StatusCode::CONFLICT, "username_taken", message),
             Error::AccountNotFound(_) => ApiError::not_found(message),

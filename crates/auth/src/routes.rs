@@ -101,15 +101,32 @@ async fn create_account(state: &AppState, req: RegisterRequest) -> Result<Accoun
     Ok(account.to_account())
 }
 
-/// `POST /guest-token`: a short-lived token for an anonymous guest.
+/// `POST /guest-token` `[{"username": name}]`: a short-lived token for an anonymous guest, carrying
+/// `name` (checked like an account name) when one is given. Still a guest: subject and role
+/// `guest`, no account behind it.
 pub(crate) async fn guest_token(
     State(state): State<AppState>,
+    body: axum::body::Bytes,
 ) -> Result<Json<TokenResponse>, Error> {
+    let req: api::wire::auth::GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::InvalidBody(format!("the body is not a guest token request: {e}"))
+        })?
+    };
+    let username = match req.username.as_deref() {
+        Some(name) => {
+            crate::validate::username(name)?;
+            name
+        }
+        None => "guest",
+    };
     let roles = ["guest".to_string()];
     state
         .issue(
             "guest",
-            "guest",
+            username,
             &roles,
             state.config().guest_token_ttl_secs,
         )

@@ -260,6 +260,35 @@ async fn guest_tokens_are_short_lived_and_verify() {
     );
     assert_eq!(claims.roles, vec!["guest"]);
     assert_eq!(claims.exp - claims.iat, 300);
+
+    // The lab's call names a user: the token carries the name, and is still a guest's.
+    let (status, _, body) = call(
+        &state,
+        Method::POST,
+        "/guest-token",
+        Some(r#"{"username": "test_user"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let claims = verify(&state, &token_of(body).token).await;
+    assert_eq!(
+        (claims.sub.as_str(), claims.username.as_str()),
+        ("guest", "test_user")
+    );
+    assert_eq!(claims.roles, vec!["guest"]);
+    for (bad, code) in [
+        (r#"{"username": "x"}"#, "invalid_username"),
+        (r#"{"username": "a b c"}"#, "invalid_username"),
+        (r#"{"user": "test_user"}"#, "invalid_body"),
+        ("not json", "invalid_body"),
+    ] {
+        let (status, _, body) = call(&state, Method::POST, "/guest-token", Some(bad)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -49,6 +49,38 @@ pub struct Config {
     pub seed_records: u32,
     /// Largest JSON value a `PUT` may store, in bytes once serialised (`413 value_too_large`).
     pub max_value_bytes: usize,
+    /// What a read of a key nobody wrote answers: `not_found` (`404`), or `generate` (the lab's
+    /// database answers every key): a record made from the key alone (same key, same value,
+    /// marked `"generated": true`), stored on that first read so that later reads and writes
+    /// treat it like any record. The read pays the latency either way.
+    pub unknown_keys: UnknownKeys,
+}
+
+/// What a read of an unknown key answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownKeys {
+    /// `404 not_found`.
+    #[default]
+    NotFound,
+    /// A record generated from the key, stored on first read.
+    Generate,
+}
+
+/// The record `generate` makes for `key`: the same for the same key, on every instance.
+pub fn generated_value(key: &str) -> serde_json::Value {
+    // FNV-1a 64: stable across processes and versions (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    serde_json::json!({
+        "key": key,
+        "value": format!("data for {key}"),
+        "number": h % 1000,
+        "generated": true,
+    })
 }
 
 impl Default for Config {
@@ -61,6 +93,7 @@ impl Default for Config {
             failure_rate: 0.0,
             seed_records: 1000,
             max_value_bytes: 256 * 1024,
+            unknown_keys: UnknownKeys::NotFound,
         }
     }
 }

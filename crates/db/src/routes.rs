@@ -95,10 +95,24 @@ impl AppState {
     }
 
     async fn get(&self, key: &str) -> Result<Record, Error> {
-        self.store
-            .get(key)
-            .await?
-            .ok_or_else(|| Error::NotFound(key.to_string()))
+        if let Some(record) = self.store.get(key).await? {
+            return Ok(record);
+        }
+        match self.config.unknown_keys {
+            crate::UnknownKeys::NotFound => Err(Error::NotFound(key.to_string())),
+            crate::UnknownKeys::Generate => {
+                // Insert if still absent, then read what is stored: two instances generating the
+                // same key at once store one record, and a write that landed meanwhile wins.
+                let value = crate::generated_value(key);
+                self.store
+                    .insert_missing(&[(key.to_string(), value)])
+                    .await?;
+                self.store
+                    .get(key)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(key.to_string()))
+            }
+        }
     }
 }
 

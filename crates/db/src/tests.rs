@@ -501,3 +501,49 @@ async fn unreachable_store_is_503_without_internals() {
     let (status, _) = send(&state, Method::GET, "/ready", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+async fn unknown_keys_are_generated_once_then_behave_like_records(engine: Engine) {
+    let config = Config {
+        unknown_keys: crate::UnknownKeys::Generate,
+        ..fast()
+    };
+    let Some(h) = Harness::start(engine, config).await else {
+        return;
+    };
+    let (s, first) = send(&h.state, Method::GET, "/db/test_key", None).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(first["value"], crate::generated_value("test_key"));
+    assert_eq!(first["value"]["generated"], true);
+    // Stored on that read: the same record (same time) the next time, on any instance.
+    let (_, again) = send(&h.state, Method::GET, "/db/test_key", None).await;
+    assert_eq!(again, first);
+    assert_ne!(
+        crate::generated_value("test_key"),
+        crate::generated_value("other_key")
+    );
+    // A write replaces it like any record.
+    let (s, _) = put(&h.state, "test_key", json!("mine")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, read) = send(&h.state, Method::GET, "/db/test_key", None).await;
+    assert_eq!(read["value"], "mine");
+
+    // The strict setting keeps answering 404.
+    let strict = Harness::start(engine, fast())
+        .await
+        .expect("started once already");
+    let (s, body) = send(&strict.state, Method::GET, "/db/test_key", None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn unknown_keys_generated_on_sqlite() {
+    unknown_keys_are_generated_once_then_behave_like_records(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn unknown_keys_generated_on_postgres() {
+    unknown_keys_are_generated_once_then_behave_like_records(Engine::Postgres).await;
+}

@@ -170,6 +170,11 @@ pub const ROUTES: &[RoutePolicy] = &[
         "a short-lived guest token, when auth.anonymous_tokens is on",
     )
     .no_token(),
+    post(
+        "/token",
+        "a guest token naming a user ({\"username\"}, the lab's call), when anonymous tokens are on",
+    )
+    .no_token(),
     // Data, cache-aside.
     get("/data", "cache-aside read of ?key= (my_data by default)"),
     get("/data/{key}", "cache-aside read of one key"),

@@ -49,8 +49,10 @@ pub struct TaskType {
     pub name: &'static str,
     /// What it does, for `GET /tasks/types` and the docs.
     pub description: &'static str,
-    /// Its payload fields; any other field is refused.
+    /// Its payload fields; any other field is refused, unless `open`.
     pub fields: &'static [Field],
+    /// Any JSON object is its payload, kept whole (the lab's generic long task).
+    pub open: bool,
 }
 
 const fn int(name: &'static str, min: i64, max: i64, required: bool) -> Field {
@@ -61,11 +63,15 @@ const fn int(name: &'static str, min: i64, max: i64, required: bool) -> Field {
     }
 }
 
+/// The generic task `POST /longtask` runs when its body names no known type.
+pub const LONGTASK: &str = "longtask";
+
 /// Every task type a worker runs.
 pub const TYPES: &[TaskType] = &[
     TaskType {
         name: "add",
         description: "adds two numbers: {\"a\": number, \"b\": number} -> a + b",
+        open: false,
         fields: &[
             Field {
                 name: "a",
@@ -84,16 +90,19 @@ pub const TYPES: &[TaskType] = &[
         description: "a long report: reads `records` db records one by one (each read pays the \
                       db's latency), reporting progress, and summarises them",
         fields: &[int("records", 1, 1000, false)],
+        open: false,
     },
     TaskType {
         name: "sleep",
         description: "waits `ms` milliseconds (an I/O-bound task of chosen cost)",
         fields: &[int("ms", 0, 600_000, true)],
+        open: false,
     },
     TaskType {
         name: "cpu",
         description: "hashes for `iterations` rounds (a CPU-bound task of chosen cost)",
         fields: &[int("iterations", 1, 1_000_000_000, true)],
+        open: false,
     },
     TaskType {
         name: "fail",
@@ -103,6 +112,15 @@ pub const TYPES: &[TaskType] = &[
             kind: FieldKind::String { max_len: 1000 },
             required: false,
         }],
+        open: false,
+    },
+    TaskType {
+        name: LONGTASK,
+        description: "the lab's generic long task: simulated work for the worker's `longtask_ms`, \
+                      reporting progress; any JSON object is its payload, kept whole and echoed \
+                      in its result",
+        fields: &[],
+        open: true,
     },
 ];
 
@@ -132,7 +150,7 @@ pub fn validate(name: &str, payload: &Value) -> Result<(), Error> {
         }
     };
     for key in obj.keys() {
-        if !ty.fields.iter().any(|f| f.name == key) {
+        if !ty.open && !ty.fields.iter().any(|f| f.name == key) {
             return Err(Error::InvalidPayload(format!(
                 "a {name} task has no field {key:?}"
             )));

@@ -70,6 +70,7 @@ impl Registry {
         r.register(Arc::new(Sleep));
         r.register(Arc::new(Cpu));
         r.register(Arc::new(Fail));
+        r.register(Arc::new(LongTask::default()));
         r
     }
 
@@ -188,6 +189,39 @@ impl Handler for Sleep {
             ctx.progress(json!({"done": ms - left, "total": ms}));
         }
         Ok(json!({"slept_ms": ms}))
+    }
+}
+
+/// `longtask`: the lab's generic long task (what `POST /longtask` runs when its body names no known
+/// type): simulated work for `ms` milliseconds, with progress, and the whole payload echoed back.
+#[derive(Debug)]
+pub struct LongTask {
+    /// How long one run works, in milliseconds (`[worker] longtask_ms`).
+    pub ms: u64,
+}
+
+impl Default for LongTask {
+    fn default() -> Self {
+        Self { ms: 3000 }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for LongTask {
+    fn name(&self) -> &'static str {
+        queue::types::LONGTASK
+    }
+
+    async fn run(&self, payload: Value, ctx: &Context) -> Result<Value, String> {
+        let total = self.ms;
+        let mut left = total;
+        while left > 0 {
+            let step = left.min(500);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+            left -= step;
+            ctx.progress(json!({"done": total - left, "total": total}));
+        }
+        Ok(json!({"status": "completed", "worked_ms": total, "echo": payload}))
     }
 }
 

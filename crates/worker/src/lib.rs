@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use handlers::{Context, Handler, Registry};
+pub use handlers::{Context, Handler, LongTask, Registry};
 
 /// The `[worker]` section of the topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,8 @@ pub struct Config {
     /// At shutdown, how long running tasks get to finish before they are released back to the
     /// queue (to run elsewhere), in milliseconds. Keep it under `scalelab up`'s stop grace (10 s).
     pub shutdown_grace_ms: u64,
+    /// How long the lab's generic `longtask` works, in milliseconds (simulated work).
+    pub longtask_ms: u64,
     /// How often the queue gauges of `/metrics` (depth by priority, tasks by status) are
     /// refreshed, in milliseconds.
     pub stats_interval_ms: u64,
@@ -67,6 +69,7 @@ impl Default for Config {
             poll_ms: 200,
             shutdown_grace_ms: 5_000,
             stats_interval_ms: 2_000,
+            longtask_ms: 3_000,
             db_url: String::new(),
             queue: queue::Config::default(),
         }
@@ -166,7 +169,11 @@ impl AppState {
         // Checked before the queue is opened, so that a bad setting does not create a file.
         config.check()?;
         let queue = queue::open(&config.queue).await?;
-        Self::with_queue(config, instance, queue, Registry::builtin())
+        let mut registry = Registry::builtin();
+        registry.register(std::sync::Arc::new(handlers::LongTask {
+            ms: config.longtask_ms,
+        }));
+        Self::with_queue(config, instance, queue, registry)
     }
 
     /// Like [`AppState::new`] with a queue and handlers given by the caller.
@@ -205,8 +212,25 @@ impl AppState {
 /// `/health`, `/metrics` (from `common::stack`) and `/ready` (the queue answers).
 pub fn router(state: AppState) -> Router {
     let instance = state.inner.instance.clone();
-    let routes = Router::new().route("/ready", get(ready)).with_state(state);
+    let routes = Router::new()
+        .route("/ready", get(ready))
+        .route("/task/{id}", get(task))
+        .route("/tasks/{id}", get(task))
+        .with_state(state);
     common::stack::wrap(routes, &instance, common::stack::Limits::default())
+}
+
+/// `GET /task/{id}`, `GET /tasks/{id}`: a task's state, as the gateway shows it (the lab's scripts
+/// poll the worker's own port). Internal like the rest of the worker's port: the id, a UUIDv7 with
+/// 74 random bits, is what a caller must know.
+async fn task(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<queue::Task>, Error> {
+    match state.inner.queue.get(&id).await? {
+        Some(t) => Ok(axum::Json(t)),
+        None => Err(Error::Queue(queue::Error::NotFound(id))),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Result<axum::Json<Value>, Response> {

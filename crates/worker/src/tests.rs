@@ -302,3 +302,44 @@ fn bad_settings_are_refused() {
     assert!(matches!(two.check(), Err(Error::Config(_))));
     assert_eq!(Config::default().validate(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn the_lab_polls_a_longtask_on_the_workers_own_port() {
+    let mut registry = Registry::builtin();
+    registry.register(Arc::new(crate::LongTask { ms: 20 }));
+    let (state, q, _dir) = setup_with(fast(), "worker-lab", registry).await;
+    let app = router(state.clone());
+    let body = json!({"task": "complex_calculation", "parameters": {"n": 7}});
+    let id = q
+        .submit(NewTask::new(queue::types::LONGTASK, body.clone(), "u"))
+        .await
+        .unwrap()
+        .id;
+    for path in [format!("/task/{id}"), format!("/tasks/{id}")] {
+        let a = testing::call(&app, testing::get(&path)).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.text);
+        assert_eq!(a.json["status"], "queued");
+    }
+    let missing = testing::call(&app, testing::get("/task/no-such-task")).await;
+    assert_eq!(
+        (missing.status, missing.error()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(crate::run(state, stop_rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let a = testing::call(&app, testing::get(&format!("/task/{id}"))).await;
+        if a.json["status"] == "succeeded" {
+            break a.json;
+        }
+        assert!(Instant::now() < deadline, "not done: {}", a.text);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stop_tx.send(true).unwrap();
+    runner.await.unwrap();
+    assert_eq!(done["result"]["echo"], body, "the whole body comes back");
+    assert_eq!(done["result"]["worked_ms"], 20);
+    assert_eq!(done["progress"], json!({"done": 20, "total": 20}));
+}

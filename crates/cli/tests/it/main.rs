@@ -15,12 +15,15 @@
 //!   with status 0 and no SIGKILL, a running task handed back to the queue; a worker whose claim
 //!   waits on the SQLite write lock.
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
+//! - `lab_calls`: the lab's own calls as written (unknown keys, the loose `/longtask`, task status
+//!   on the worker's port, a guest token naming a user).
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
 
 mod config_check;
 mod distributed;
+mod lab_calls;
 mod request_path;
 mod scenario;
 mod shutdown;

@@ -12,7 +12,7 @@ use axum::http::{Method, StatusCode};
 use common::{ApiError, Json, RequestId};
 
 use api::client::UsersClient;
-use api::wire::auth::{LoginRequest, RegisterRequest, TokenResponse};
+use api::wire::auth::{GuestRequest, LoginRequest, RegisterRequest, TokenResponse};
 use api::wire::gateway::{RegisterUser, Registered};
 use api::wire::users::CreateProfile;
 
@@ -28,6 +28,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::POST, "/register", register),
         Endpoint::new(Method::POST, "/auth/register", register),
         Endpoint::new(Method::GET, "/token", guest_token),
+        Endpoint::new(Method::POST, "/token", named_guest_token),
     ]
 }
 
@@ -52,7 +53,37 @@ async fn guest_token(
             "guest tokens are turned off on this gateway (auth.anonymous_tokens = false)".into(),
         ));
     }
-    Ok(Json(state.inner.auth.guest_token(&rid).await?))
+    Ok(Json(
+        state
+            .inner
+            .auth
+            .guest_token(&GuestRequest::default(), &rid)
+            .await?,
+    ))
+}
+
+/// `POST /token` `{"username": name}` (the lab's call, body optional): a guest token whose
+/// `username` is `name`. Still a guest's token: read-only, no account behind it. `404` when
+/// `auth.anonymous_tokens` is off, like `GET /token`.
+async fn named_guest_token(
+    State(state): State<AppState>,
+    RequestId(rid): RequestId,
+    body: axum::body::Bytes,
+) -> Result<Json<TokenResponse>, Error> {
+    if !state.inner.config.auth.anonymous_tokens {
+        return Err(Error::NotFound(
+            "guest tokens are turned off on this gateway (auth.anonymous_tokens = false)".into(),
+        ));
+    }
+    let req: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        GuestRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid {
+            code: "invalid_body".into(),
+            message: format!("the body is {{\"username\": name}} or nothing: {e}"),
+        })?
+    };
+    Ok(Json(state.inner.auth.guest_token(&req, &rid).await?))
 }
 
 /// `POST /register`, `POST /auth/register`.

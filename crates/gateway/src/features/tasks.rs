@@ -144,9 +144,20 @@ async fn submit(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
-/// `POST /longtask` `{"task": "report", ...}` (the lab's call): the other fields (but
-/// `priority`) are the payload; an empty body is a `report`. → `202 {"status":"Task queued",
-/// "task_id", ...}`.
+/// A priority named by `v`, if it names one (the loose door ignores anything else).
+fn named_priority(v: Option<&Value>) -> Option<Priority> {
+    v.and_then(Value::as_str).and_then(|p| p.parse().ok())
+}
+
+/// `POST /longtask`: the lab's loose door (`POST /tasks` stays the strict one). Any JSON object, or
+/// an empty body, is accepted:
+/// - `task` or `type` naming a known task type runs as that type, the other fields (but
+///   `priority`) being its payload, checked as on `POST /tasks`;
+/// - anything else runs as the generic `longtask` type with the whole body as its payload, kept
+///   as sent (unknown fields included) and echoed in its result.
+///
+/// `priority` (top level, or inside `parameters` as some lab scripts send it) is honoured when it
+/// names one and ignored otherwise. → `202 {"status": "Task queued", "task_id", ...}`.
 async fn longtask(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,31 +172,25 @@ async fn longtask(
             message: format!("the body is not a JSON object: {e}"),
         })?
     };
-    let kind = match fields.remove("task") {
-        None => "report".to_string(),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(Error::Invalid {
-                code: "invalid_body".into(),
-                message: "task is the name of a task type".into(),
-            });
+    let priority = named_priority(fields.get("priority"))
+        .or_else(|| named_priority(fields.get("parameters").and_then(|p| p.get("priority"))))
+        .unwrap_or(Priority::Normal);
+    let named = ["task", "type"].into_iter().find_map(|k| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|name| queue::types::find(name).is_some())
+            .map(|name| (k, name.to_string()))
+    });
+    let (kind, payload) = match named {
+        Some((key, kind)) => {
+            fields.remove(key);
+            fields.remove("priority");
+            (kind, Value::Object(fields))
         }
+        None => (queue::types::LONGTASK.to_string(), Value::Object(fields)),
     };
-    let priority = match fields.remove("priority") {
-        None => Priority::Normal,
-        Some(Value::String(p)) => priority(Some(&p))?,
-        Some(other) => priority(Some(&other.to_string()))?,
-    };
-    let task = enqueue(
-        &state,
-        &caller,
-        &headers,
-        kind,
-        Value::Object(fields),
-        priority,
-        None,
-    )
-    .await?;
+    let task = enqueue(&state, &caller, &headers, kind, payload, priority, None).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(TaskQueued {

@@ -210,8 +210,12 @@ async fn delete_account(
     StatusCode::NO_CONTENT
 }
 
-async fn guest(State(auth): State<Auth>) -> Json<Value> {
-    token_response(auth.token("guest", &["guest"]))
+async fn guest(State(auth): State<Auth>, body: axum::body::Bytes) -> Json<Value> {
+    let name = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b["username"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "guest".into());
+    token_response(auth.token(&name, &["guest"]))
 }
 
 /// The fake `db`.

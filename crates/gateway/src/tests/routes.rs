@@ -174,6 +174,37 @@ async fn guest_tokens_only_when_turned_on() {
         send(&on, get_with_token("/data", guest)).await.status,
         StatusCode::OK
     );
+
+    // The lab's call: POST /token naming a user gives a guest token carrying that name.
+    let named = send(
+        &on,
+        req(Method::POST, "/token")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"username":"test_user"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(named.status, StatusCode::OK, "{}", named.json);
+    let token = named.json["token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (claims["username"].clone(), claims["roles"].clone()),
+        (json!("test_user"), json!(["guest"]))
+    );
+    let refused = send(
+        &off,
+        req(Method::POST, "/token").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
 }
 
 #[tokio::test]
