@@ -103,6 +103,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 /// `GET /health`, `GET /metrics`, JSON `404` and `405`, and the layers below.
 ///
 /// Layers wrap from the inside out; a request meets them in this order:
+/// 0. lingering close: a body the service refused before reading it all is drained in the
+///    background (bounded), so that the client reads the answer instead of a reset (`linger`);
 /// 1. request id: taken from `X-Request-Id` or made (UUID), and echoed on the answer;
 /// 2. `X-Served-By: <id>` on every answer;
 /// 3. panic catcher: a handler panic becomes a JSON `500`, never a dropped connection;
@@ -132,6 +134,7 @@ pub fn wrap(routes: Router, instance: &Instance, limits: Limits) -> Router {
     let timeout = limits.timeout;
     routes.layer(
         ServiceBuilder::new()
+            .layer(crate::linger::LingerLayer)
             .layer(SetRequestIdLayer::x_request_id(FastRequestId))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetResponseHeaderLayer::overriding(

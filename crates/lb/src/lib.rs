@@ -153,6 +153,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             ServiceBuilder::new()
+                // A body refused early (`413`, an edge refusal) is drained, not reset.
+                .layer(common::linger::LingerLayer)
                 .layer(SetRequestIdLayer::x_request_id(
                     common::stack::FastRequestId,
                 ))

@@ -181,5 +181,32 @@ async fn the_labs_calls_work_as_written() {
         .await;
         assert_eq!((s, refused["error"].as_str()), (403, Some("forbidden")));
     }
+    // A 20 MiB POST /login from Python's urllib: the client reads the 413 and its JSON body
+    // (the body is drained, not reset), through the balancer and on a gateway's own port.
+    for base in [lb.clone(), sys.url_of("gateway-1")] {
+        let script = r#"
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1] + "/login", data=b"x" * (20 * 1024 * 1024),
+                             headers={"Content-Type": "application/json"}, method="POST")
+try:
+    urllib.request.urlopen(req, timeout=60)
+    print("200")
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+        let out = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&base)
+            .output()
+            .await
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("413 ") && stdout.contains("\"error\":\"payload_too_large\""),
+            "{base}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     sys.stop().await.expect("a clean stop");
 }
