@@ -248,20 +248,20 @@ async fn the_open_model_sends_every_request_its_schedule_has_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_is_charged_to_the_requests_due_during_it_in_the_open_model_only() {
-    // One connection at 2 req/s (due at 0, 500, 1000 and 1500 ms); the server holds the first
-    // request 1100 ms. The requests due at 500 and 1000 ms were due while it waited: late, their
-    // latency counted from when they were due (coordinated omission corrected). The one due at
-    // 1500 ms finds the connection idle (400 ms of margin): on time, like the first.
+    // One connection at 2 req/s (due at 0, 500 and 1000 ms); the server holds the first request
+    // 1100 ms. The requests due at 500 and 1000 ms were due while it waited: late, their latency
+    // counted from when they were due (coordinated omission corrected); the first is on time by
+    // definition. A slower machine only makes the late ones later: the count cannot change.
     let (addr, _) = server().await;
     let open = run_for(
         &format!("http://{addr}/hold?ms=1100"),
         RunConfig {
-            requests: Some(4),
+            requests: Some(3),
             ..config(1, Load::Open { rate: 2.0 })
         },
     )
     .await;
-    assert_eq!((open.requests.answered, open.errors.total()), (4, 0));
+    assert_eq!((open.requests.answered, open.errors.total()), (3, 0));
     assert_eq!(open.requests.late, 2);
     let summary = bench::summary::render(&open);
     assert!(summary.contains("2 sent late"), "{summary}");
