@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
@@ -135,6 +135,17 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         );
     }
 
+    // The gateways speak HTTP/1.1 whatever the client spoke (h2c included): an HTTP/2 request
+    // names its host in the URI's authority only, which becomes the Host header.
+    if parts.version != Version::HTTP_11 && parts.version != Version::HTTP_10 {
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.version = Version::HTTP_11;
+    }
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer);
     // Backends get the origin form (`/path?query`), whatever form the client used; the usual

@@ -363,3 +363,66 @@ async fn every_answer_is_counted_by_backend_and_status() {
     );
     assert_eq!(timed, 11.0, "{page}");
 }
+
+#[tokio::test]
+async fn h2c_clients_are_proxied_to_http1_gateways() {
+    use http_body_util::BodyExt;
+    let a = echo_backend("a").await;
+    let lb = start_lb(lb_config(&[&a])).await;
+    let authority = lb.url.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    // HTTP/2 with prior knowledge (h2c), as load generators and gRPC-style clients speak it.
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an h2c handshake");
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = axum::http::Request::get(format!("http://{authority}/x?n={i}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("an answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), axum::http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-served-by"], "a");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let seen: Value = serde_json::from_slice(&body).unwrap();
+        // The gateway got HTTP/1.1 in origin form, with the authority as its Host.
+        assert_eq!(seen["uri"], format!("/x?n={i}"));
+        assert_eq!(seen["headers"]["host"], authority.as_str());
+        assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str());
+    }
+}
+
+#[tokio::test]
+async fn pipelined_http1_requests_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = echo_backend("a").await;
+    let lb = start_lb(lb_config(&[&a])).await;
+    let mut s = tokio::net::TcpStream::connect(lb.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Three requests in one write, the last one closing: three answers, in order.
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nhost: t\r\n\r\nGET /two HTTP/1.1\r\nhost: t\r\n\r\nGET /three HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_string(&mut out),
+    )
+    .await
+    .expect("the lb answers all three and closes")
+    .unwrap();
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    let (one, two, three) = (
+        out.find("\"uri\":\"/one\"").expect("/one"),
+        out.find("\"uri\":\"/two\"").expect("/two"),
+        out.find("\"uri\":\"/three\"").expect("/three"),
+    );
+    assert!(one < two && two < three, "{out}");
+}
