@@ -24,7 +24,6 @@ callgrind_control -d "$VG" > /dev/null 2>&1
 sleep 1
 DUMP=$(ls -t "$WORK"/cg.* | head -1)
 HELLO=$(( $(grep -E '^summary:' "$DUMP" | awk '{print $2}') / N ))
-printf '[gateway]\ncache = "local"\n' > "$WORK/local.toml"
 cat scalelab.toml | python3 -c '
 import sys, re
 s = sys.stdin.read()
