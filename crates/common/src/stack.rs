@@ -168,26 +168,80 @@ fn timeout_error(e: BoxError) -> ApiError {
 }
 
 async fn record(instance: Instance, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    let labels = [
-        ("role", instance.role.to_string()),
-        ("id", instance.id.to_string()),
-        ("route", route),
-        ("method", method),
-        ("status", status),
-    ];
-    metrics::counter!("scalelab_http_requests_total", &labels).increment(1);
-    metrics::histogram!("scalelab_http_request_duration_seconds", &labels[..4])
-        .record(start.elapsed().as_secs_f64());
+    let (requests, duration) = http_handles(&instance, route, method, resp.status().as_u16());
+    requests.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// A route's request counter (by status) and duration histogram.
+type HttpHandles = (metrics::Counter, metrics::Histogram);
+
+/// One entry of [`HTTP_HANDLES`]: the handles, and the instance id and route whose addresses are
+/// its key, kept alive so that no other instance or route can take those addresses while the
+/// entry exists.
+struct HttpEntry {
+    _id: Arc<str>,
+    _route: Option<MatchedPath>,
+    handles: HttpHandles,
+}
+
+thread_local! {
+    /// Metric handles by instance, route, method and status, per thread: registering a labelled
+    /// metric formats, hashes and compares five labels, which costs more than the whole handler of
+    /// a cache hit; a handle, once made, is an atomic. Keyed by the addresses of the instance id
+    /// and of the router's route (both made once), so the lookup allocates nothing.
+    static HTTP_HANDLES: std::cell::RefCell<
+        std::collections::HashMap<(usize, usize, axum::http::Method, u16), HttpEntry>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn http_handles(
+    instance: &Instance,
+    route: Option<MatchedPath>,
+    method: axum::http::Method,
+    status: u16,
+) -> HttpHandles {
+    let id_key = Arc::as_ptr(&instance.id).cast::<u8>() as usize;
+    let route_key = route
+        .as_ref()
+        .map_or(0, |p| p.as_str().as_ptr() as usize);
+    HTTP_HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        let key = (id_key, route_key, method, status);
+        if let Some(found) = h.get(&key) {
+            return found.handles.clone();
+        }
+        let labels = [
+            ("role", instance.role.to_string()),
+            ("id", instance.id.to_string()),
+            (
+                "route",
+                route
+                    .as_ref()
+                    .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string()),
+            ),
+            ("method", key.2.to_string()),
+            ("status", status.to_string()),
+        ];
+        let handles = (
+            metrics::counter!("scalelab_http_requests_total", &labels),
+            metrics::histogram!("scalelab_http_request_duration_seconds", &labels[..4]),
+        );
+        h.insert(
+            key,
+            HttpEntry {
+                _id: instance.id.clone(),
+                _route: route,
+                handles: handles.clone(),
+            },
+        );
+        handles
+    })
 }
 
 /// The JSON `404` every service answers for an unknown route.
@@ -211,6 +265,49 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of the request counter with these labels in the process-wide page.
+    fn requests(page: &str, labels: &[&str]) -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with("scalelab_http_requests_total{"))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_counted_for_its_own_instance_route_and_status() {
+        use crate::testing::{call, get};
+        // Two instances in one process, on one thread: each counts its own answers.
+        let app = |id: &str| {
+            wrap(
+                Router::new().route("/items/{id}", axum::routing::get(|| async { "ok" })),
+                &Instance::new("metricstest", id.to_string()),
+                Limits::default(),
+            )
+        };
+        let (one, two) = (app("metrics-one"), app("metrics-two"));
+        for _ in 0..3 {
+            assert_eq!(call(&one, get("/items/1")).await.status, StatusCode::OK);
+        }
+        assert_eq!(call(&two, get("/items/2")).await.status, StatusCode::OK);
+        assert_eq!(call(&two, get("/nowhere")).await.status, StatusCode::NOT_FOUND);
+        let page = crate::metrics::handle().render();
+        let of = |id: &str, route: &str, status: &str| {
+            requests(
+                &page,
+                &[
+                    &format!("id=\"{id}\""),
+                    &format!("route=\"{route}\""),
+                    &format!("status=\"{status}\""),
+                ],
+            )
+        };
+        assert_eq!(of("metrics-one", "/items/{id}", "200"), 3.0, "{page}");
+        assert_eq!(of("metrics-two", "/items/{id}", "200"), 1.0, "{page}");
+        assert_eq!(of("metrics-two", "unmatched", "404"), 1.0, "{page}");
+        assert_eq!(of("metrics-one", "unmatched", "404"), 0.0, "{page}");
+    }
 
     #[test]
     fn made_request_ids_are_distinct_v4_uuids() {
