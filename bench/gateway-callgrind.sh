@@ -34,3 +34,5 @@ sleep 1   # the dump is written by the valgrind process itself
 DUMP=$(ls -t "$WORK"/cg.* | grep -v '\.log$' | head -1)
 TOTAL=$(grep -E '^(summary|totals):' "$DUMP" | tail -1 | awk '{print $2}')
 echo "$(basename "$BIN"): $N requests, $TOTAL instructions in the gateway, $((TOTAL / N)) per request"
+[ -n "${KEEP_PROFILE:-}" ] && cp "$DUMP" "$KEEP_PROFILE" && echo "profile: $KEEP_PROFILE (callgrind_annotate)"
+exit 0
