@@ -220,5 +220,30 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+        () = supervisor_gone() => {
+            tracing::warn!("the supervisor (scalelab up) is gone; stopping");
+        }
+    }
+}
+
+/// The environment variable by which `up` tells each child its pid.
+pub(crate) const SUPERVISOR_PID_ENV: &str = "SCALELAB_SUPERVISOR_PID";
+
+/// Resolves when the process that started this one as `up`'s child is no longer its parent (it
+/// died, even by SIGKILL, and this process was handed to another parent); never for a process not
+/// started by `up`. A watch rather than a parent-death signal: that signal follows the parent's
+/// *thread*, and `up` spawns from runtime threads that may come and go.
+async fn supervisor_gone() {
+    let supervisor = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    let Some(supervisor) = supervisor else {
+        return std::future::pending().await;
+    };
+    loop {
+        if nix::unistd::getppid().as_raw() != supervisor {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -1,6 +1,8 @@
 //! The process supervisor behind `scalelab up`: starts every instance of the topology as a child
 //! process, waits until each answers its health check, restarts the ones that die, and stops them all in
-//! reverse order on Ctrl-C or SIGTERM.
+//! reverse order on Ctrl-C, SIGTERM or SIGHUP. Each child watches its supervisor
+//! (`SCALELAB_SUPERVISOR_PID`) and stops by itself if `up` is gone (SIGKILLed), so no instance is
+//! left orphaned holding its port.
 //!
 //! Start reading at [`run`]. Each child is owned by one task ([`child::supervise`]) for its whole life:
 //! that task spawns it, waits for its health, restarts it with backoff when it exits, and on a stop
@@ -167,11 +169,15 @@ async fn run_checked(
 ) -> anyhow::Result<()> {
     let mut sigint = install(opts.handle_signals, SignalKind::interrupt())?;
     let mut sigterm = install(opts.handle_signals, SignalKind::terminate())?;
+    // Closing the terminal sends SIGHUP: stop in order, as for SIGTERM, rather than die and leave
+    // every instance running and holding its port.
+    let mut sighup = install(opts.handle_signals, SignalKind::hangup())?;
     let stop_requested = async {
         tokio::select! {
             () = shutdown => "shutdown requested",
             () = recv(&mut sigint) => "SIGINT received",
             () = recv(&mut sigterm) => "SIGTERM received",
+            () = recv(&mut sighup) => "SIGHUP received (terminal closed)",
         }
     };
     tokio::pin!(stop_requested);

@@ -30,6 +30,12 @@ impl Running {
         self.shutdown().await
     }
 
+    /// Sends `signal` to `up` itself (SIGHUP: the terminal closed; SIGKILL: `up` killed) and waits
+    /// (bounded) for it to exit; returns its exit status. The instances are not touched.
+    pub async fn stop_with(self, signal: Signal) -> anyhow::Result<ExitStatus> {
+        self.shutdown_with(signal).await
+    }
+
     /// Like [`Self::stop`], and also returns everything `up` printed, to its last line (what it
     /// said about each instance's stop).
     pub async fn stop_with_logs(self) -> anyhow::Result<(ExitStatus, String)> {
@@ -39,19 +45,23 @@ impl Running {
     }
 
     pub(crate) async fn shutdown(&self) -> anyhow::Result<ExitStatus> {
+        self.shutdown_with(Signal::SIGTERM).await
+    }
+
+    async fn shutdown_with(&self, signal: Signal) -> anyhow::Result<ExitStatus> {
         let Some(mut up) = self.take_up() else {
             bail!("`up` was already stopped");
         };
         if let Some(pid) = up.id() {
             // An error means it has exited already; `wait` then returns at once.
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid as i32), signal);
         }
         match tokio::time::timeout(STOP_TIMEOUT, up.wait()).await {
             Ok(status) => status.context("waiting for `up`"),
             Err(_) => {
                 let _ = up.kill().await;
                 self.kill_instances();
-                bail!("`up` did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it")
+                bail!("`up` did not exit within {STOP_TIMEOUT:?} of {signal}; killed it")
             }
         }
     }

@@ -229,6 +229,8 @@ impl Proc {
         command
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            // The child stops by itself when this process is gone (see `shutdown_signal`).
+            .env(crate::SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -13,7 +13,8 @@
 //! - `scenario`: `scalelab bench scenario all --quick` and its report.
 //! - `shutdown`: SIGTERM to `up` under load: in-flight requests answered, every instance stops
 //!   with status 0 and no SIGKILL, a running task handed back to the queue; a worker whose claim
-//!   waits on the SQLite write lock.
+//!   waits on the SQLite write lock; SIGHUP (terminal closed) stops everything cleanly; SIGKILL of
+//!   `up` leaves no instance running (each stops when its supervisor is gone).
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
 //! - `lab_calls`: the lab's own calls as written (unknown keys, the loose `/longtask`, task status
 //!   on the worker's port, a guest token naming a user).

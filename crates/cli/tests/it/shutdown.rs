@@ -270,3 +270,82 @@ async fn a_worker_whose_claim_waits_on_the_sqlite_write_lock_stops_cleanly() {
     }
     assert!(status.success(), "up exited with {status}:\n{logs}");
 }
+
+/// Whether `pid` is still a live process (a zombie waiting for a reaper counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until no instance process is alive and no instance port accepts a connection (20 s).
+async fn wait_all_gone(pids: &[(String, u32)], ports: &[(String, u16)]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let living: Vec<&String> = pids
+            .iter()
+            .filter(|(_, pid)| alive(*pid))
+            .map(|(id, _)| id)
+            .collect();
+        let mut open = Vec::new();
+        for (id, port) in ports {
+            if std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
+                open.push(id);
+            }
+        }
+        if living.is_empty() && open.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {living:?}; ports still open: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Instance ids with their pids, and with their ports.
+type Processes = (Vec<(String, u32)>, Vec<(String, u16)>);
+
+/// Every instance's pid and port, from `instances.json`.
+fn processes(sys: &Running) -> Processes {
+    let records = sys.instances().expect("instances.json");
+    let pids = records
+        .iter()
+        .map(|r| (r.id.clone(), sys.pid(&r.id).expect("a pid")))
+        .collect();
+    let ports = records.iter().map(|r| (r.id.clone(), r.port)).collect();
+    (pids, ports)
+}
+
+#[tokio::test]
+async fn closing_the_terminal_stops_up_and_every_instance_cleanly() {
+    let sys = topology(1).start().await.expect("scalelab up");
+    let (pids, ports) = processes(&sys);
+    assert!(pids.len() >= 10, "{pids:?}");
+    let status = sys
+        .stop_with(nix::sys::signal::Signal::SIGHUP)
+        .await
+        .expect("up exits on SIGHUP");
+    assert!(status.success(), "a clean stop on SIGHUP: {status}");
+    wait_all_gone(&pids, &ports).await;
+}
+
+#[tokio::test]
+async fn every_instance_stops_by_itself_when_up_is_killed() {
+    let sys = topology(1).start().await.expect("scalelab up");
+    let (pids, ports) = processes(&sys);
+    let status = sys
+        .stop_with(nix::sys::signal::Signal::SIGKILL)
+        .await
+        .expect("up is gone");
+    assert!(!status.success());
+    // No supervisor to stop them: each instance notices its parent is gone and stops, freeing its
+    // port, so that the next `up` can start.
+    wait_all_gone(&pids, &ports).await;
+}
