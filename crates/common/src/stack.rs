@@ -207,9 +207,7 @@ fn http_handles(
     status: u16,
 ) -> HttpHandles {
     let id_key = Arc::as_ptr(&instance.id).cast::<u8>() as usize;
-    let route_key = route
-        .as_ref()
-        .map_or(0, |p| p.as_str().as_ptr() as usize);
+    let route_key = route.as_ref().map_or(0, |p| p.as_str().as_ptr() as usize);
     HTTP_HANDLES.with(|h| {
         let mut h = h.borrow_mut();
         let key = (id_key, route_key, method, status);
@@ -291,7 +289,10 @@ mod tests {
             assert_eq!(call(&one, get("/items/1")).await.status, StatusCode::OK);
         }
         assert_eq!(call(&two, get("/items/2")).await.status, StatusCode::OK);
-        assert_eq!(call(&two, get("/nowhere")).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&two, get("/nowhere")).await.status,
+            StatusCode::NOT_FOUND
+        );
         let page = crate::metrics::handle().render();
         let of = |id: &str, route: &str, status: &str| {
             requests(
