@@ -208,7 +208,6 @@ async fn a_request_budget_is_sent_exactly_and_every_answer_is_measured() {
     let l = &r.latency;
     assert!(l.min_ms <= l.p50_ms && l.p50_ms <= l.p90_ms, "{l:?}");
     assert!(l.p90_ms <= l.p99_ms && l.p99_ms <= l.max_ms, "{l:?}");
-    assert_eq!(r.rps, r.requests.answered as f64 / r.elapsed_s);
     // The closed model never sends late: it has no schedule.
     assert_eq!(r.requests.late, 0);
 }
