@@ -118,14 +118,14 @@ fn main() -> std::process::ExitCode {
 fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
     if !effective {
         match path {
-            None => print!("{}", topology::DEFAULT_TOML),
-            Some(p) => print!("{}", std::fs::read_to_string(p)?),
+            None => stdout(topology::DEFAULT_TOML)?,
+            Some(p) => stdout(&std::fs::read_to_string(p)?)?,
         }
         return Ok(());
     }
     let mut t = topology::Topology::load(path.as_deref())?;
     t.resolve(None);
-    print!("{}", t.to_toml()?);
+    stdout(&t.to_toml()?)?;
     Ok(())
 }
 
@@ -135,8 +135,7 @@ fn print_routes(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let t = topology::Topology::load(path.as_deref())?;
     let rows = gateway::route_table(&t.gateway);
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));
     }
     let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let table: Vec<[String; 7]> = rows
@@ -167,7 +166,8 @@ fn print_routes(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: &[&str]| {
+    let mut text = String::new();
+    let mut line = |cells: &[&str]| {
         let mut out = String::new();
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
@@ -176,13 +176,25 @@ fn print_routes(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
                 out.push_str(&format!("{c:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(&head);
     for row in &table {
         line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    Ok(())
+    stdout(&text)
+}
+
+/// Writes `text` to standard output. A reader that went away (`scalelab config | head`) is not an
+/// error: the output was not wanted any further.
+fn stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// `scalelab config --check FILE`: the checks of `scalelab up`, without starting anything.

@@ -211,3 +211,25 @@ fn config_routes_prints_the_route_table_with_the_files_overrides() {
         "{err}"
     );
 }
+
+#[test]
+fn printing_into_a_reader_that_stops_early_is_not_an_error() {
+    // `scalelab config | head -1`: the reader goes away; the command exits 0, without a panic.
+    for args in [&["config"][..], &["config", "--routes"][..]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reading end closes before the command has written anything (it is still starting).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("exit");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
