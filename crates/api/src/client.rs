@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::headers::REQUEST_ID;
-use crate::wire::{auth, cache, db, service, users};
+use crate::wire::{auth, cache, db, rental, service, users};
 
 /// Why a call to another service failed.
 #[derive(Debug, thiserror::Error)]
@@ -598,5 +598,104 @@ mod tests {
         assert_eq!(encode_segment("my_data"), "my_data");
         assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
         assert_eq!(encode_segment(".."), "..");
+    }
+}
+
+/// `?a=1&b=x` from the pairs that have a value (empty when none has).
+fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let mut out = String::new();
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            out.push(if out.is_empty() { '?' } else { '&' });
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&encode_segment(v));
+        }
+    }
+    out
+}
+
+/// A rental domain service's API (`units`, `finances` or `legal`; each answers only its own paths).
+#[derive(Debug, Clone)]
+pub struct RentalClient(pub JsonClient);
+
+impl RentalClient {
+    /// `GET /units[?status=]`.
+    pub async fn units(
+        &self,
+        q: &rental::UnitsQuery,
+        rid: &str,
+    ) -> Result<rental::Units, ClientError> {
+        let path = format!("/units{}", query_string(&[("status", q.status.clone())]));
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
+    }
+
+    /// `GET /units/{id}`; `Ok(None)` when there is no such unit.
+    pub async fn unit(&self, id: i64, rid: &str) -> Result<Option<rental::Unit>, ClientError> {
+        let path = format!("/units/{id}");
+        absent_on_404(self.0.call::<(), _>(Method::GET, &path, None, rid).await)
+    }
+
+    /// `POST /units`.
+    pub async fn create_unit(
+        &self,
+        req: &rental::NewUnit,
+        rid: &str,
+    ) -> Result<rental::Unit, ClientError> {
+        self.0.call(Method::POST, "/units", Some(req), rid).await
+    }
+
+    /// `PATCH /units/{id}` (`404` when there is no such unit).
+    pub async fn update_unit(
+        &self,
+        id: i64,
+        req: &rental::UnitChange,
+        rid: &str,
+    ) -> Result<rental::Unit, ClientError> {
+        let path = format!("/units/{id}");
+        self.0.call(Method::PATCH, &path, Some(req), rid).await
+    }
+
+    /// `GET /transactions[?unit=&month=]`.
+    pub async fn transactions(
+        &self,
+        q: &rental::TransactionsQuery,
+        rid: &str,
+    ) -> Result<rental::Transactions, ClientError> {
+        let path = format!(
+            "/transactions{}",
+            query_string(&[
+                ("unit", q.unit.map(|u| u.to_string())),
+                ("month", q.month.clone()),
+            ])
+        );
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
+    }
+
+    /// `POST /transactions`.
+    pub async fn create_transaction(
+        &self,
+        req: &rental::NewTransaction,
+        rid: &str,
+    ) -> Result<rental::Transaction, ClientError> {
+        self.0
+            .call(Method::POST, "/transactions", Some(req), rid)
+            .await
+    }
+
+    /// `GET /documents[?status=&unit=]`.
+    pub async fn documents(
+        &self,
+        q: &rental::DocumentsQuery,
+        rid: &str,
+    ) -> Result<rental::Documents, ClientError> {
+        let path = format!(
+            "/documents{}",
+            query_string(&[
+                ("status", q.status.clone()),
+                ("unit", q.unit.map(|u| u.to_string())),
+            ])
+        );
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
     }
 }

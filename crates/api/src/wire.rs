@@ -768,3 +768,232 @@ pub mod users {
         }
     }
 }
+
+/// `units`, `finances`, `legal`: the Casitas preset's rental domains (one crate, `rental`, one
+/// database per domain). Money is whole cents (`i64`), months are `YYYY-MM`, times RFC 3339.
+pub mod rental {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The statuses a unit may have.
+    pub const UNIT_STATUSES: [&str; 3] = ["available", "occupied", "maintenance"];
+    /// The kinds of transaction: `rent` and `deposit` are income, the others expenses.
+    pub const TRANSACTION_KINDS: [&str; 5] = ["rent", "deposit", "maintenance", "utilities", "tax"];
+    /// The kinds of legal document.
+    pub const DOCUMENT_KINDS: [&str; 4] = ["lease", "inspection", "permit", "insurance"];
+    /// The statuses a legal document may have.
+    pub const DOCUMENT_STATUSES: [&str; 3] = ["active", "pending", "expired"];
+
+    /// One rental unit.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Unit {
+        /// Assigned by the units service.
+        pub id: i64,
+        /// `Casita 12`.
+        pub name: String,
+        /// A street address.
+        pub address: String,
+        /// Number of bedrooms.
+        pub bedrooms: u32,
+        /// The monthly rent, in cents.
+        pub monthly_rent_cents: i64,
+        /// One of [`UNIT_STATUSES`].
+        pub status: String,
+        /// Time of the last write.
+        pub updated_at: String,
+    }
+
+    /// `POST /units`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewUnit {
+        /// 1 to 100 characters.
+        pub name: String,
+        /// 1 to 200 characters.
+        pub address: String,
+        /// 0 to 20.
+        pub bedrooms: u32,
+        /// 0 or more.
+        pub monthly_rent_cents: i64,
+        /// `available` when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub status: Option<String>,
+    }
+
+    /// `PATCH /units/{id}`: the fields to change (at least one).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UnitChange {
+        /// New name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        /// New address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<String>,
+        /// New number of bedrooms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub bedrooms: Option<u32>,
+        /// New monthly rent, in cents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub monthly_rent_cents: Option<i64>,
+        /// New status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub status: Option<String>,
+    }
+
+    /// `GET /units?status=available`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UnitsQuery {
+        /// Only units with this status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub status: Option<String>,
+    }
+
+    /// A list of units, in id order.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Units {
+        /// The units.
+        pub units: Vec<Unit>,
+    }
+
+    /// One money movement of a unit in a month.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Transaction {
+        /// Assigned by the finances service.
+        pub id: i64,
+        /// The unit it belongs to.
+        pub unit_id: i64,
+        /// `YYYY-MM`.
+        pub month: String,
+        /// One of [`TRANSACTION_KINDS`].
+        pub kind: String,
+        /// Cents; positive for income (`rent`, `deposit`), negative for expenses.
+        pub amount_cents: i64,
+        /// Free text.
+        pub description: String,
+        /// Time it was recorded.
+        pub created_at: String,
+    }
+
+    /// `POST /transactions` (the gateway's `POST /finances/transactions`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewTransaction {
+        /// The unit (a positive id).
+        pub unit_id: i64,
+        /// `YYYY-MM`.
+        pub month: String,
+        /// One of [`TRANSACTION_KINDS`].
+        pub kind: String,
+        /// Cents, not zero; income positive, expenses negative (the sign must match the kind).
+        pub amount_cents: i64,
+        /// Up to 200 characters; empty when absent.
+        #[serde(default)]
+        pub description: String,
+    }
+
+    /// `GET /transactions?unit=3&month=2026-05`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+    #[serde(deny_unknown_fields)]
+    pub struct TransactionsQuery {
+        /// Only this unit's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub unit: Option<i64>,
+        /// Only this month's (`YYYY-MM`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub month: Option<String>,
+    }
+
+    /// A list of transactions, in id order.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Transactions {
+        /// The transactions.
+        pub transactions: Vec<Transaction>,
+    }
+
+    /// One legal document.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Document {
+        /// Assigned by the legal service.
+        pub id: i64,
+        /// The unit it concerns.
+        pub unit_id: i64,
+        /// One of [`DOCUMENT_KINDS`].
+        pub kind: String,
+        /// One of [`DOCUMENT_STATUSES`].
+        pub status: String,
+        /// A title.
+        pub title: String,
+        /// Time of the last write.
+        pub updated_at: String,
+    }
+
+    /// `GET /documents?status=active&unit=3`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DocumentsQuery {
+        /// Only documents with this status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub status: Option<String>,
+        /// Only this unit's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub unit: Option<i64>,
+    }
+
+    /// A list of documents, in id order.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Documents {
+        /// The documents.
+        pub documents: Vec<Document>,
+    }
+
+    /// Totals of one unit in one month.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct UnitMonth {
+        /// The unit.
+        pub unit_id: i64,
+        /// `YYYY-MM`.
+        pub month: String,
+        /// How many transactions.
+        pub transactions: u64,
+        /// Sum of the positive amounts, in cents.
+        pub income_cents: i64,
+        /// Sum of the negative amounts, in cents (zero or negative).
+        pub expense_cents: i64,
+        /// `income_cents + expense_cents`.
+        pub net_cents: i64,
+    }
+
+    /// The result of a `finance_report` task: totals per unit and month over the transactions the
+    /// filter selects, read from the finances service when the task ran.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct FinanceReport {
+        /// The filter the report was asked for.
+        pub filter: TransactionsQuery,
+        /// How many transactions were read.
+        pub transactions: u64,
+        /// Sum of every positive amount.
+        pub income_cents: i64,
+        /// Sum of every negative amount.
+        pub expense_cents: i64,
+        /// `income_cents + expense_cents`.
+        pub net_cents: i64,
+        /// Per unit and month, in unit then month order.
+        pub by_unit_month: Vec<UnitMonth>,
+    }
+
+    /// The result of a `legal_report` task: documents counted by status and by kind.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct LegalReport {
+        /// How many documents were read.
+        pub documents: u64,
+        /// Count per status.
+        pub by_status: BTreeMap<String, u64>,
+        /// Count per kind.
+        pub by_kind: BTreeMap<String, u64>,
+        /// Units with at least one expired document, in id order.
+        pub units_with_expired: Vec<i64>,
+    }
+}
