@@ -461,8 +461,8 @@ pub mod users {
     pub const MAX_EMAIL_CHARS: usize = 254;
     /// Longest first or last name accepted, in characters.
     pub const MAX_NAME_CHARS: usize = 100;
-    /// The roles a profile may hold.
-    pub const ROLES: [&str; 2] = ["user", "admin"];
+    /// The roles a profile may hold unless the topology names more (`[auth] roles`).
+    pub const DEFAULT_ROLES: [&str; 2] = ["user", "admin"];
 
     /// A profile as `users` stores and returns it. Strings come back exactly as written (SQL and
     /// HTML included): they are bound as parameters, never spliced into a query or a page.
@@ -658,30 +658,46 @@ pub mod users {
         Ok(())
     }
 
-    /// `user` or `admin`.
-    pub fn check_role(role: &str) -> Result<(), Invalid> {
-        ROLES
-            .contains(&role)
-            .then_some(())
-            .ok_or_else(|| Invalid::new("invalid_role", "the role must be \"user\" or \"admin\""))
+    /// One of `roles` (the topology's `[auth] roles`: `user` and `admin` unless it names more).
+    pub fn check_role<S: AsRef<str>>(role: &str, roles: &[S]) -> Result<(), Invalid> {
+        if roles.iter().any(|r| r.as_ref() == role) {
+            return Ok(());
+        }
+        let names: Vec<String> = roles.iter().map(|r| format!("{:?}", r.as_ref())).collect();
+        Err(Invalid::new(
+            "invalid_role",
+            format!("the role must be one of {}", names.join(", ")),
+        ))
     }
 
-    fn check_optional(
+    /// Whether `name` can be a role at all: 1 to 32 characters of `[a-z0-9_]` starting with a
+    /// letter, and not `guest` (the role of guest tokens, which no account holds).
+    pub fn is_role_name(name: &str) -> bool {
+        (1..=32).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && name != "guest"
+    }
+
+    fn check_optional<S: AsRef<str>>(
         email: Option<&str>,
         first: Option<&str>,
         last: Option<&str>,
         role: Option<&str>,
+        roles: &[S],
     ) -> Result<(), Invalid> {
         email.map(check_email).transpose()?;
         first.map(|v| check_name("first_name", v)).transpose()?;
         last.map(|v| check_name("last_name", v)).transpose()?;
-        role.map(check_role).transpose()?;
+        role.map(|r| check_role(r, roles)).transpose()?;
         Ok(())
     }
 
     impl CreateProfile {
         /// Every rule above, first failure wins.
-        pub fn validate(&self) -> Result<(), Invalid> {
+        pub fn validate<S: AsRef<str>>(&self, roles: &[S]) -> Result<(), Invalid> {
             check_id(&self.id)?;
             check_username(&self.username)?;
             check_optional(
@@ -689,13 +705,14 @@ pub mod users {
                 self.first_name.as_deref(),
                 self.last_name.as_deref(),
                 self.role.as_deref(),
+                roles,
             )
         }
     }
 
     impl UpdateProfile {
         /// Every rule above for the fields present; an update that changes nothing is refused.
-        pub fn validate(&self) -> Result<(), Invalid> {
+        pub fn validate<S: AsRef<str>>(&self, roles: &[S]) -> Result<(), Invalid> {
             if self == &UpdateProfile::default() {
                 return Err(Invalid::new(
                     "empty_update",
@@ -707,6 +724,7 @@ pub mod users {
                 self.first_name.as_deref(),
                 self.last_name.as_deref(),
                 self.role.as_deref(),
+                roles,
             )
         }
     }
@@ -757,14 +775,18 @@ pub mod users {
         #[test]
         fn updates_need_a_field() {
             assert_eq!(
-                UpdateProfile::default().validate().unwrap_err().code,
+                UpdateProfile::default()
+                    .validate(&DEFAULT_ROLES)
+                    .unwrap_err()
+                    .code,
                 "empty_update"
             );
             let u = UpdateProfile {
                 role: Some("root".into()),
                 ..Default::default()
             };
-            assert_eq!(u.validate().unwrap_err().code, "invalid_role");
+            assert_eq!(u.validate(&DEFAULT_ROLES).unwrap_err().code, "invalid_role");
+            assert_eq!(u.validate(&["user", "admin", "root"]), Ok(()));
         }
     }
 }
@@ -784,6 +806,15 @@ pub mod rental {
     pub const DOCUMENT_KINDS: [&str; 4] = ["lease", "inspection", "permit", "insurance"];
     /// The statuses a legal document may have.
     pub const DOCUMENT_STATUSES: [&str; 3] = ["active", "pending", "expired"];
+
+    /// Whether `s` is a month as the rental services write it: `YYYY-MM`, month `01` to `12`.
+    pub fn is_month(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 7
+            && b[4] == b'-'
+            && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
+            && matches!(s[5..].parse::<u8>(), Ok(1..=12))
+    }
 
     /// One rental unit.
     #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -982,6 +1013,27 @@ pub mod rental {
         pub net_cents: i64,
         /// Per unit and month, in unit then month order.
         pub by_unit_month: Vec<UnitMonth>,
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn months() {
+            for ok in ["2026-01", "2026-12", "1999-07"] {
+                assert!(super::is_month(ok), "{ok}");
+            }
+            for bad in [
+                "2026-00",
+                "2026-13",
+                "2026-1",
+                "26-01",
+                "2026/01",
+                "abcd-01",
+                "2026-01-01",
+            ] {
+                assert!(!super::is_month(bad), "{bad}");
+            }
+        }
     }
 
     /// The result of a `legal_report` task: documents counted by status and by kind.

@@ -33,6 +33,11 @@ pub struct Config {
     /// of Ed25519. The JWKS is then empty and every verifier needs the secret. Leave unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hs256_secret: Option<String>,
+    /// The roles an account may hold (`POST /register`'s `role`, `PUT /accounts/{name}/roles`).
+    /// `user` and `admin` always; a preset adds its own (Casitas: `finance`, `legal`). Each is a
+    /// lowercase word of up to 32 characters; `guest` is the guest tokens' and cannot be held.
+    /// The gateways and the users service take the same list from here.
+    pub roles: Vec<String>,
     /// The account created with role `admin` on first start when no account of that name exists.
     pub admin_username: String,
     /// The bootstrap admin's password; `scalelab` fills it from `SCALELAB_ADMIN_PASSWORD`. Empty: a
@@ -58,6 +63,7 @@ impl Default for Config {
             database_url: None,
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 3600,
+            roles: api::wire::users::DEFAULT_ROLES.map(String::from).to_vec(),
             guest_token_ttl_secs: 300,
             issuer: "scalelab-auth".to_string(),
             signing_key_file: None,
@@ -98,6 +104,22 @@ impl Config {
             "must be at least 1",
         );
         p.check(!self.issuer.is_empty(), "issuer", "must not be empty");
+        for role in &self.roles {
+            p.check(
+                api::wire::users::is_role_name(role),
+                "roles",
+                format_args!(
+                    "{role:?} is not a role name (a lowercase word of up to 32 characters of a-z 0-9 _, not \"guest\")"
+                ),
+            );
+        }
+        for needed in api::wire::users::DEFAULT_ROLES {
+            p.check(
+                self.roles.iter().any(|r| r == needed),
+                "roles",
+                format_args!("must include {needed:?}"),
+            );
+        }
         p.check(
             self.hs256_secret.as_deref() != Some(""),
             "hs256_secret",

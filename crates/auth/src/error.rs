@@ -14,9 +14,9 @@ pub enum Error {
     /// The username is not 3 to 64 characters of `[A-Za-z0-9_.-]`.
     #[error("the username must be 3 to 64 characters of letters, digits, '_', '.' or '-'")]
     InvalidUsername,
-    /// The requested role is not `user` or `admin`.
-    #[error("the role must be \"user\" or \"admin\"")]
-    InvalidRole,
+    /// The requested role is not one of `[auth] roles` (listed in the message).
+    #[error("the role must be one of: {0}")]
+    InvalidRole(String),
     /// A body that is not what the route takes (`400 invalid_body`).
     #[error("{0}")]
     InvalidBody(String),
@@ -76,7 +76,7 @@ impl IntoResponse for Error {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", message)
             }
             Error::InvalidUsername => ApiError::bad_request("invalid_username", message),
-            Error::InvalidRole => ApiError::bad_request("invalid_role", message),
+            Error::InvalidRole(_) => ApiError::bad_request("invalid_role", message),
             Error::InvalidBody(_) => ApiError::bad_request("invalid_body", message),
             Error::WeakPassword { .. } => ApiError::bad_request("weak_password", message),
             Error::UsernameTaken => ApiError::new(StatusCode::CONFLICT, "username_taken", message),
@@ -117,7 +117,11 @@ mod tests {
         let cases = [
             (Error::InvalidCredentials, 401, "invalid_credentials"),
             (Error::InvalidUsername, 400, "invalid_username"),
-            (Error::InvalidRole, 400, "invalid_role"),
+            (
+                Error::InvalidRole("user, admin".into()),
+                400,
+                "invalid_role",
+            ),
             (
                 Error::WeakPassword { min: 8, max: 1024 },
                 400,

@@ -67,7 +67,9 @@ pub(crate) async fn register(
     let outcome = match &result {
         Ok(_) => "created",
         Err(Error::UsernameTaken) => "taken",
-        Err(Error::InvalidUsername | Error::InvalidRole | Error::WeakPassword { .. }) => "invalid",
+        Err(Error::InvalidUsername | Error::InvalidRole(_) | Error::WeakPassword { .. }) => {
+            "invalid"
+        }
         Err(_) => "error",
     };
     metrics::counter!(
@@ -81,7 +83,7 @@ pub(crate) async fn register(
 
 async fn create_account(state: &AppState, req: RegisterRequest) -> Result<Account, Error> {
     validate::username(&req.username)?;
-    let role = validate::role(req.role.as_deref())?;
+    let role = validate::role(req.role.as_deref(), &state.config().roles)?;
     validate::password(&req.password, state.config().password_min_len)?;
     // A cheap look first saves a hash for the common duplicate; the insert below is the truth.
     if state.store().find(&req.username).await?.is_some() {
@@ -175,11 +177,12 @@ pub(crate) async fn set_roles(
     Json(req): Json<RolesRequest>,
 ) -> Result<Json<Account>, Error> {
     let username = path_username(username)?;
+    let known = &state.config().roles;
     if req.roles.is_empty() {
-        return Err(Error::InvalidRole);
+        return Err(Error::InvalidRole(known.join(", ")));
     }
     for role in &req.roles {
-        validate::role(Some(role))?;
+        validate::role(Some(role), known)?;
     }
     if !state.store().set_roles(&username, &req.roles).await? {
         return Err(Error::AccountNotFound(username));

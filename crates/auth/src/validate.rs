@@ -6,9 +6,6 @@ use crate::Error;
 /// hashing cost bounded per request.
 pub(crate) const MAX_PASSWORD_CHARS: usize = 1024;
 
-/// The roles `POST /register` may grant.
-const ROLES: [&str; 2] = ["user", "admin"];
-
 /// A username is 3 to 64 characters of `[A-Za-z0-9_.-]`.
 pub(crate) fn username(name: &str) -> Result<(), Error> {
     let ok_len = (3..=64).contains(&name.len());
@@ -35,15 +32,12 @@ pub(crate) fn password(password: &str, min: usize) -> Result<(), Error> {
     }
 }
 
-/// The role to grant: `user` when none is asked for.
-pub(crate) fn role(requested: Option<&str>) -> Result<&'static str, Error> {
+/// The role to grant, one of `roles` (`[auth] roles`): `user` when none is asked for.
+pub(crate) fn role<'a>(requested: Option<&'a str>, roles: &[String]) -> Result<&'a str, Error> {
     match requested {
         None => Ok("user"),
-        Some(r) => ROLES
-            .iter()
-            .find(|known| **known == r)
-            .copied()
-            .ok_or(Error::InvalidRole),
+        Some(r) if roles.iter().any(|known| known == r) => Ok(r),
+        Some(_) => Err(Error::InvalidRole(roles.join(", "))),
     }
 }
 
@@ -84,14 +78,19 @@ mod tests {
 
     #[test]
     fn roles() {
-        assert_eq!(role(None).ok(), Some("user"));
-        assert_eq!(role(Some("user")).ok(), Some("user"));
-        assert_eq!(role(Some("admin")).ok(), Some("admin"));
-        for bad in ["guest", "Admin", "", "root"] {
+        let roles = crate::Config::default().roles;
+        assert_eq!(role(None, &roles).ok(), Some("user"));
+        assert_eq!(role(Some("user"), &roles).ok(), Some("user"));
+        assert_eq!(role(Some("admin"), &roles).ok(), Some("admin"));
+        for bad in ["guest", "Admin", "", "root", "finance"] {
             assert!(
-                matches!(role(Some(bad)), Err(Error::InvalidRole)),
+                matches!(role(Some(bad), &roles), Err(Error::InvalidRole(_))),
                 "{bad:?}"
             );
         }
+        let casitas: Vec<String> = ["user", "admin", "finance", "legal"]
+            .map(String::from)
+            .into();
+        assert_eq!(role(Some("finance"), &casitas).ok(), Some("finance"));
     }
 }

@@ -53,6 +53,9 @@ enum Command {
         /// A topology file to read instead of the built-in one (with --effective).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Lay a preset over the topology and print the result (`casitas`).
+        #[arg(long, value_enum, conflicts_with = "check")]
+        preset: Option<topology::Preset>,
         /// Check FILE as `scalelab up` would before starting anything (every role's section,
         /// every problem with its path) and exit non-zero if there is any.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["effective", "config"])]
@@ -94,13 +97,14 @@ fn main() -> std::process::ExitCode {
             Command::Config {
                 effective,
                 config,
+                preset,
                 check,
                 routes,
                 json,
             } => match check {
                 Some(file) => check_config(&file),
-                None if routes => print_routes(config, json),
-                None => print_config(effective, config),
+                None if routes => print_routes(config, preset, json),
+                None => print_config(effective, config, preset),
             },
             Command::Bench(args) => bench_cmd(*args).await,
             Command::Shards(args) => shards::run(args).await,
@@ -115,15 +119,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
+fn print_config(
+    effective: bool,
+    path: Option<PathBuf>,
+    preset: Option<topology::Preset>,
+) -> anyhow::Result<()> {
     if !effective {
-        match path {
-            None => stdout(topology::DEFAULT_TOML)?,
-            Some(p) => stdout(&std::fs::read_to_string(p)?)?,
+        let text = topology::Topology::text(path.as_deref(), preset)?;
+        // A preset's result is checked before it is printed: what is shown is what `up` runs.
+        if preset.is_some() {
+            topology::Topology::parse(&text)?.check()?;
+            stdout(&format!(
+                "# scalelab's topology with the {} preset laid over it (presets/*.toml)\n\n",
+                preset
+                    .map(|p| format!("{p:?}").to_lowercase())
+                    .unwrap_or_default()
+            ))?;
         }
-        return Ok(());
+        return stdout(&text);
     }
-    let mut t = topology::Topology::load(path.as_deref())?;
+    let mut t = topology::Topology::load_with(path.as_deref(), preset)?;
     t.resolve(None);
     stdout(&t.to_toml()?)?;
     Ok(())
@@ -131,8 +146,14 @@ fn print_config(effective: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `scalelab config --routes [--config FILE] [--json]`: the gateway's route table, with the file's
 /// role and rate limit overrides applied.
-fn print_routes(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let t = topology::Topology::load(path.as_deref())?;
+fn print_routes(
+    path: Option<PathBuf>,
+    preset: Option<topology::Preset>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut t = topology::Topology::load_with(path.as_deref(), preset)?;
+    // The URLs decide which of the preset's routes exist.
+    t.resolve(None);
     let rows = gateway::route_table(&t.gateway);
     if json {
         return stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));

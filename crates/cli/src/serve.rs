@@ -27,6 +27,12 @@ pub(crate) enum Role {
     Worker,
     /// User profiles, sharded over N databases.
     Users,
+    /// The Casitas preset's rental units.
+    Units,
+    /// The Casitas preset's finances (transactions).
+    Finances,
+    /// The Casitas preset's legal documents.
+    Legal,
 }
 
 impl Role {
@@ -40,6 +46,9 @@ impl Role {
             Role::Service => "service",
             Role::Worker => "worker",
             Role::Users => "users",
+            Role::Units => "units",
+            Role::Finances => "finances",
+            Role::Legal => "legal",
         }
     }
 }
@@ -103,6 +112,37 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Role::Service => service::serve(listener, topo.service, instance, shutdown).await?,
         Role::Worker => worker::serve(listener, topo.worker, instance, shutdown).await?,
         Role::Users => users::serve(listener, topo.users, instance, shutdown).await?,
+        Role::Units => {
+            rental::serve(
+                listener,
+                rental::Domain::Units,
+                topo.units,
+                instance,
+                shutdown,
+            )
+            .await?
+        }
+        Role::Finances => {
+            let config = topo.finances;
+            rental::serve(
+                listener,
+                rental::Domain::Finances,
+                config,
+                instance,
+                shutdown,
+            )
+            .await?
+        }
+        Role::Legal => {
+            rental::serve(
+                listener,
+                rental::Domain::Legal,
+                topo.legal,
+                instance,
+                shutdown,
+            )
+            .await?
+        }
     }
     tracing::info!("stopped");
     Ok(())

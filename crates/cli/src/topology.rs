@@ -17,13 +17,31 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../../scalelab.toml");
 
 /// The roles in start order: dependencies before the roles that call them.
-pub(crate) const ROLES: [&str; 8] = [
-    "auth", "db", "worker", "cache", "service", "users", "gateway", "lb",
+pub(crate) const ROLES: [&str; 11] = [
+    "auth", "db", "units", "finances", "legal", "worker", "cache", "service", "users", "gateway",
+    "lb",
 ];
+
+/// The presets: topologies built from scalelab's parts, laid over the base topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Preset {
+    /// The Casitas rental-management system: units, finances and legal services, roles
+    /// `finance` and `legal`, reports on two priorities, the balancer's edge rules on.
+    Casitas,
+}
+
+impl Preset {
+    /// The preset's settings, laid over the base topology (`presets/<name>.toml`).
+    pub(crate) fn overlay(self) -> &'static str {
+        match self {
+            Preset::Casitas => include_str!("../../../presets/casitas.toml"),
+        }
+    }
+}
 
 /// The top-level keys of a topology file: `data_dir`, `instances`, the roles' sections and the
 /// shared `[queue]`.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 14] = [
     "data_dir",
     "instances",
     "lb",
@@ -35,6 +53,9 @@ const SECTIONS: [&str; 11] = [
     "queue",
     "worker",
     "users",
+    "units",
+    "finances",
+    "legal",
 ];
 
 /// Every problem found in a topology, each as `path.in.the.file: what is wrong`.
@@ -84,6 +105,12 @@ pub(crate) struct Topology {
     pub(crate) worker: worker::Config,
     /// The users service (sharded profiles).
     pub(crate) users: users::Config,
+    /// The Casitas preset's units service.
+    pub(crate) units: rental::Config,
+    /// The Casitas preset's finances service.
+    pub(crate) finances: rental::Config,
+    /// The Casitas preset's legal service.
+    pub(crate) legal: rental::Config,
 }
 
 impl Default for Topology {
@@ -100,6 +127,9 @@ impl Default for Topology {
             queue: queue::Config::default(),
             worker: worker::Config::default(),
             users: users::Config::default(),
+            units: rental::Config::default(),
+            finances: rental::Config::default(),
+            legal: rental::Config::default(),
         }
     }
 }
@@ -182,6 +212,9 @@ impl Topology {
                 "queue" => read_section(value, &mut t.queue),
                 "worker" => read_section(value, &mut t.worker),
                 "users" => read_section(value, &mut t.users),
+                "units" => read_section(value, &mut t.units),
+                "finances" => read_section(value, &mut t.finances),
+                "legal" => read_section(value, &mut t.legal),
                 _ => Err(format!(
                     ": unknown section; sections are {}",
                     SECTIONS.join(", ")
@@ -255,6 +288,15 @@ impl Topology {
         if runs("users") {
             section("users", t.users.validate());
         }
+        for (name, config) in [
+            ("units", &t.units),
+            ("finances", &t.finances),
+            ("legal", &t.legal),
+        ] {
+            if runs(name) {
+                section(name, config.validate());
+            }
+        }
         problems
     }
 
@@ -271,13 +313,29 @@ impl Topology {
 
     /// Reads `path`, or the built-in default when `None`.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        match path {
-            None => Self::builtin(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the topology file {}", p.display()))?;
-                Self::parse(&text).with_context(|| format!("in the topology file {}", p.display()))
-            }
+        Self::load_with(path, None)
+    }
+
+    /// Reads `path` (or the built-in default) with `preset` laid over it ([`with_preset`]).
+    pub(crate) fn load_with(path: Option<&Path>, preset: Option<Preset>) -> anyhow::Result<Self> {
+        let text = Self::text(path, preset)?;
+        let whence = || match path {
+            Some(p) => format!("in the topology file {}", p.display()),
+            None => "in the built-in topology".into(),
+        };
+        Self::parse(&text).with_context(whence)
+    }
+
+    /// The topology document `load_with` reads: the file (or the default), with the preset over it.
+    pub(crate) fn text(path: Option<&Path>, preset: Option<Preset>) -> anyhow::Result<String> {
+        let base = match path {
+            None => DEFAULT_TOML.to_string(),
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the topology file {}", p.display()))?,
+        };
+        match preset {
+            None => Ok(base),
+            Some(preset) => with_preset(&base, preset.overlay()),
         }
     }
 
@@ -325,7 +383,27 @@ impl Topology {
         let cache = self.urls("cache").into_iter().next().unwrap_or_default();
         let db = self.urls("db").into_iter().next().unwrap_or_default();
         let users = self.urls("users").into_iter().next().unwrap_or_default();
+        let first = |role: &str| self.urls(role).into_iter().next().unwrap_or_default();
+        let (units, finances, legal) = (first("units"), first("finances"), first("legal"));
+        if self.worker.finances_url.is_empty() {
+            self.worker.finances_url = finances.clone();
+        }
+        if self.worker.legal_url.is_empty() {
+            self.worker.legal_url = legal.clone();
+        }
         let g = &mut self.gateway;
+        if g.units_url.is_empty() {
+            g.units_url = units;
+        }
+        if g.finances_url.is_empty() {
+            g.finances_url = finances;
+        }
+        if g.legal_url.is_empty() {
+            g.legal_url = legal;
+        }
+        // Which roles accounts may hold is auth's list; the gateways and users check against it.
+        g.roles = self.auth.roles.clone();
+        self.users.roles = self.auth.roles.clone();
         if g.auth_urls.is_empty() {
             g.auth_urls = auth;
         }
@@ -351,6 +429,9 @@ impl Topology {
             self.worker.db_url = self.urls("db").into_iter().next().unwrap_or_default();
         }
         self.users.data_dir = self.data_dir.clone();
+        for domain in [&mut self.units, &mut self.finances, &mut self.legal] {
+            domain.data_dir = self.data_dir.clone();
+        }
         if admin_password.is_some() {
             self.auth.admin_password = admin_password;
         }
@@ -375,6 +456,52 @@ impl Topology {
     /// The effective topology as TOML (what the children of `up` read).
     pub(crate) fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// `base` with `overlay` laid over it: tables merge key by key and the overlay's values win, except
+/// in `[instances]`, where a role the base already places keeps its ports (the preset adds its
+/// roles; it does not move yours).
+pub(crate) fn with_preset(base: &str, overlay: &str) -> anyhow::Result<String> {
+    let mut base: toml::Table = toml::from_str(base).context("the base topology is not TOML")?;
+    let overlay: toml::Table = toml::from_str(overlay).context("the preset is not TOML")?;
+    for (key, value) in overlay {
+        if key == "instances" {
+            let toml::Value::Table(roles) = value else {
+                anyhow::bail!("the preset's [instances] is not a table");
+            };
+            let into = base
+                .entry("instances")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(into) = into {
+                for (role, ports) in roles {
+                    into.entry(role).or_insert(ports);
+                }
+            }
+            continue;
+        }
+        merge(
+            base.entry(key).or_insert(toml::Value::Boolean(false)),
+            value,
+        );
+    }
+    Ok(toml::to_string_pretty(&base)?)
+}
+
+/// Lays `over` onto `into`: tables key by key, anything else replaced.
+fn merge(into: &mut toml::Value, over: toml::Value) {
+    match (into, over) {
+        (toml::Value::Table(into), toml::Value::Table(over)) => {
+            for (k, v) in over {
+                match into.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        into.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, over) => *slot = over,
     }
 }
 
@@ -463,6 +590,55 @@ mod tests {
             t.instances().len(),
             "free ports must be distinct"
         );
+    }
+
+    #[test]
+    fn the_casitas_preset_adds_its_roles_and_settings_over_any_base() {
+        let mut t = Topology::load_with(None, Some(Preset::Casitas)).unwrap();
+        assert_eq!(t.problems(), Vec::<String>::new());
+        assert_eq!(t.ports("units"), [5031]);
+        assert_eq!(
+            t.ports("gateway"),
+            [5000, 5003],
+            "the base's instances stay"
+        );
+        assert_eq!(t.auth.roles, ["user", "admin", "finance", "legal"]);
+        assert!(t.lb.rate_limit.is_some() && !t.lb.deny.is_empty());
+        t.resolve(None);
+        assert_eq!(t.gateway.units_url, "http://127.0.0.1:5031");
+        assert_eq!(t.gateway.legal_url, "http://127.0.0.1:5033");
+        assert_eq!(t.worker.finances_url, "http://127.0.0.1:5032");
+        assert_eq!(t.gateway.roles, t.auth.roles);
+        assert_eq!(t.users.roles, t.auth.roles);
+        // The routes of the preset exist only with it.
+        let paths = |t: &Topology| {
+            gateway::route_table(&t.gateway)
+                .into_iter()
+                .map(|r| r.path)
+                .collect::<Vec<_>>()
+        };
+        assert!(paths(&t).iter().any(|p| p == "/finances/generate_report"));
+        let mut plain = Topology::builtin().unwrap();
+        plain.resolve(None);
+        assert!(!paths(&plain).iter().any(|p| p.starts_with("/units")));
+
+        // Over the distributed file: its PostgreSQL databases stay, the preset's ports are added.
+        let distributed = include_str!("../../../scalelab.distributed.toml");
+        let t =
+            Topology::parse(&with_preset(distributed, Preset::Casitas.overlay()).unwrap()).unwrap();
+        assert_eq!(t.problems(), Vec::<String>::new());
+        assert!(t.gateway.cache == gateway::CacheBackend::Redis);
+        assert_eq!(
+            t.finances.database_url.as_deref(),
+            Some("postgres://root@127.0.0.1:5432/scalelab_finances")
+        );
+
+        // A base that places a preset role keeps its ports; other overlay values win.
+        let base = "[instances]\nunits = [6001]\n[gateway]\ncache_ttl_secs = 5\n";
+        let t = Topology::parse(&with_preset(base, Preset::Casitas.overlay()).unwrap()).unwrap();
+        assert_eq!(t.ports("units"), [6001]);
+        assert_eq!(t.ports("legal"), [5033]);
+        assert_eq!(t.gateway.cache_ttl_secs, 60);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::supervisor::{self, ChildSpec, SupervisorOptions};
-use crate::topology::Topology;
+use crate::topology::{Preset, Topology};
 
 /// Arguments of `scalelab up`.
 #[derive(Debug, Args)]
@@ -14,6 +14,10 @@ pub(crate) struct UpArgs {
     /// Topology file (default: the built-in scalelab.toml; see `scalelab config`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// A preset laid over the topology (`casitas`: the rental-management system; see
+    /// `scalelab config --preset casitas`).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Data directory for SQLite files and keys (default: `data_dir` of the topology, `./data`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -24,7 +28,7 @@ pub(crate) struct UpArgs {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let mut topo = Topology::load(args.config.as_deref())?;
+    let mut topo = Topology::load_with(args.config.as_deref(), args.preset)?;
     if let Some(d) = args.data_dir {
         topo.data_dir = d;
     }

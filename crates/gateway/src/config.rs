@@ -22,6 +22,19 @@ pub struct Config {
     /// Base URL of the `users` service; filled from the topology. Empty: no profiles
     /// (`/register` only creates credentials, `/users/...` answers `503`).
     pub users_url: String,
+    /// Base URL of the Casitas preset's `units` service; filled from the topology. Set: the
+    /// `/units` routes exist (`policy::UNITS_ROUTES`). Empty: they do not (`404`).
+    pub units_url: String,
+    /// Base URL of the Casitas preset's `finances` service; filled from the topology. Set: the
+    /// `/finances/...` routes exist and `finance_report` tasks may be submitted.
+    pub finances_url: String,
+    /// Base URL of the Casitas preset's `legal` service; filled from the topology. Set: the
+    /// `/legal/...` routes exist and `legal_report` tasks may be submitted.
+    pub legal_url: String,
+    /// The roles an account may hold (what `POST /register` and `PATCH /users/{id}/role` accept);
+    /// set by `scalelab` from `[auth] roles`, not by this section.
+    #[serde(skip)]
+    pub roles: Vec<String>,
     /// Overrides of the route table's roles (`policy::ROUTES`), by `"METHOD /route"` as written
     /// in the router: the role the route needs, or `""` for none beyond its token rule. A key that
     /// names no route is a start-up error. Routes left out keep the table's role
@@ -64,6 +77,10 @@ impl Default for Config {
             cache_url: String::new(),
             db_url: String::new(),
             users_url: String::new(),
+            units_url: String::new(),
+            finances_url: String::new(),
+            legal_url: String::new(),
+            roles: api::wire::users::DEFAULT_ROLES.map(String::from).to_vec(),
             required_roles: BTreeMap::new(),
             cache: CacheBackend::Service,
             cache_ttl_secs: 30,
@@ -237,11 +254,15 @@ impl Config {
         if self.auth.hs256_secret.as_deref() == Some("") {
             problem("auth.hs256_secret: empty".into());
         }
-        if !self.users_url.is_empty() && !self.users_url.starts_with("http://") {
-            problem(format!(
-                "users_url: {:?} is not an http:// URL",
-                self.users_url
-            ));
+        for (field, url) in [
+            ("users_url", &self.users_url),
+            ("units_url", &self.units_url),
+            ("finances_url", &self.finances_url),
+            ("legal_url", &self.legal_url),
+        ] {
+            if !url.is_empty() && !url.starts_with("http://") {
+                problem(format!("{field}: {url:?} is not an http:// URL"));
+            }
         }
         for (field, urls) in [
             ("auth_urls", &self.auth_urls),

@@ -99,7 +99,7 @@ pub fn router(state: AppState) -> Router {
     };
     // The endpoints and the table are both code, not configuration: they either match for every
     // gateway or for none, and `tests::policy` proves they match.
-    let routes = match policy::build(&state, features::endpoints()) {
+    let routes = match policy::build(&state, features::endpoints(&state.inner.config)) {
         Ok(routes) => routes,
         Err(e) => panic!("the route table and the endpoints disagree: {e}"),
     };

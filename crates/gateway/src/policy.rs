@@ -11,6 +11,10 @@
 //!   endpoint) is an error when the router is built, so a route cannot be added without deciding
 //!   who may call it.
 //!
+//! A route's role is passed by that role and by `admin`. The Casitas preset's routes are three more
+//! tables ([`UNITS_ROUTES`], [`FINANCES_ROUTES`], [`LEGAL_ROUTES`]), each active when the gateway has that domain's
+//! service (`units_url`, `finances_url`, `legal_url`); an inactive table's routes do not exist.
+//!
 //! Guests (a token whose roles hold `guest`, handed out by `GET /token`) are read-only: a route
 //! that needs a token and writes (every method but `GET`) refuses them unless its entry says
 //! otherwise.
@@ -30,8 +34,12 @@ use crate::config::{Config, Rule};
 use crate::tokens::Caller;
 use crate::{AppState, Error};
 
-/// The role that administers the system (and sees every task).
+/// The role that administers the system (sees every task, and passes every route's role).
 pub(crate) const ADMIN: &str = "admin";
+/// The Casitas preset's finance staff.
+pub(crate) const FINANCE: &str = "finance";
+/// The Casitas preset's legal staff.
+pub(crate) const LEGAL: &str = "legal";
 /// The role of a guest token.
 pub(crate) const GUEST: &str = "guest";
 /// The bucket both login routes share.
@@ -229,6 +237,70 @@ pub const ROUTES: &[RoutePolicy] = &[
     get("/policy", "this table, as this gateway applies it").role(ADMIN),
 ];
 
+/// The Casitas preset's units routes (active with `units_url`).
+pub const UNITS_ROUTES: &[RoutePolicy] = &[
+    get(
+        "/units/available",
+        "the units you can rent today, cached (no token needed)",
+    )
+    .no_token(),
+    get("/units", "every unit (?status=), cached"),
+    get("/units/{id}", "one unit, cached"),
+    post("/units", "add a unit; invalidates the cached listings").role(ADMIN),
+    patch(
+        "/units/{id}",
+        "change a unit; invalidates the cached listings",
+    )
+    .role(ADMIN),
+];
+
+/// The Casitas preset's finances routes (active with `finances_url`).
+pub const FINANCES_ROUTES: &[RoutePolicy] = &[
+    get(
+        "/finances/transactions",
+        "transactions (?unit=&month=YYYY-MM), cached per query",
+    )
+    .role(FINANCE),
+    post(
+        "/finances/transactions",
+        "record a transaction; invalidates the cached queries",
+    )
+    .role(FINANCE),
+    post(
+        "/finances/generate_report",
+        "queue a finance report (high priority; 202 + task id)",
+    )
+    .role(FINANCE),
+];
+
+/// The Casitas preset's legal routes (active with `legal_url`).
+pub const LEGAL_ROUTES: &[RoutePolicy] = &[
+    get("/legal/documents", "legal documents (?status=&unit=)").role(LEGAL),
+    post(
+        "/legal/generate_report",
+        "queue a legal report (low priority; 202 + task id)",
+    )
+    .role(LEGAL),
+];
+
+/// Every table, with whether `config` makes it active.
+fn tables(config: &Config) -> [(&'static [RoutePolicy], bool); 4] {
+    [
+        (ROUTES, true),
+        (UNITS_ROUTES, !config.units_url.is_empty()),
+        (FINANCES_ROUTES, !config.finances_url.is_empty()),
+        (LEGAL_ROUTES, !config.legal_url.is_empty()),
+    ]
+}
+
+/// The routes `config` makes exist, in table order.
+pub fn active(config: &Config) -> impl Iterator<Item = &'static RoutePolicy> {
+    tables(config)
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .flat_map(|(t, _)| t.iter())
+}
+
 /// One route's rules as this gateway applies them: the table's entry with the topology's overrides.
 #[derive(Debug)]
 pub(crate) struct Resolved {
@@ -241,10 +313,11 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
-    /// Refuses `caller` unless they hold this route's role (`what` names the action in the 403).
+    /// Refuses `caller` unless they hold this route's role or are an admin (`what` names the
+    /// action in the 403).
     pub(crate) fn require(&self, caller: &Caller, what: &str) -> Result<(), Error> {
         match &self.role {
-            Some(role) if !caller.has_role(role) => {
+            Some(role) if !caller.has_role(role) && !caller.has_role(ADMIN) => {
                 Err(Error::Forbidden(format!("{what} needs the {role} role")))
             }
             _ => Ok(()),
@@ -256,14 +329,17 @@ impl Resolved {
 #[derive(Debug)]
 pub(crate) struct Policies {
     by_key: HashMap<String, Arc<Resolved>>,
+    /// The active entries, in table order.
+    order: Vec<&'static RoutePolicy>,
 }
 
 impl Policies {
     /// Resolves [`ROUTES`] against `config` (whose overrides [`check_overrides`] has accepted).
     pub(crate) fn resolve(config: &Config) -> Policies {
-        let by_key = ROUTES
+        let order: Vec<&'static RoutePolicy> = active(config).collect();
+        let by_key = order
             .iter()
-            .map(|p| {
+            .map(|&p| {
                 let key = p.key();
                 let role = match config.required_roles.get(&key) {
                     Some(r) if r.is_empty() => None,
@@ -278,7 +354,7 @@ impl Policies {
                 (key, Arc::new(resolved))
             })
             .collect();
-        Policies { by_key }
+        Policies { by_key, order }
     }
 
     /// The resolved entry of `key` (`"PATCH /users/{id}/role"`).
@@ -290,7 +366,7 @@ impl Policies {
 
     /// The table as `GET /policy` shows it, in the table's order.
     pub(crate) fn rows(&self) -> Vec<wire::RoutePolicy> {
-        ROUTES
+        self.order
             .iter()
             .filter_map(|p| self.by_key.get(&p.key()))
             .map(|r| row(r))
@@ -355,7 +431,7 @@ pub fn route_table(config: &Config) -> Vec<wire::RoutePolicy> {
 pub(crate) fn check_overrides(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     for key in config.required_roles.keys() {
-        match ROUTES.iter().find(|p| p.key() == *key) {
+        match active(config).find(|p| p.key() == *key) {
             None => problems.push(format!(
                 "required_roles.\"{key}\": no such route (keys are \"METHOD /path\"; `scalelab config --routes` lists them)"
             )),
@@ -366,7 +442,7 @@ pub(crate) fn check_overrides(config: &Config) -> Vec<String> {
         }
     }
     for path in config.rate_limit.routes.keys() {
-        match ROUTES.iter().find(|p| p.path == path) {
+        match active(config).find(|p| p.path == path) {
             None => problems.push(format!(
                 "rate_limit.routes.\"{path}\": no such route (keys are paths as the router writes them, like \"/data/{{key}}\")"
             )),
@@ -451,9 +527,10 @@ pub(crate) fn build(
         // A route layer: an unknown route or a wrong method gets its 404/405 without a token.
         router = router.route(e.path, e.handler.route_layer(guard));
     }
-    if let Some(stale) = ROUTES
+    if let Some(stale) = policies
+        .order
         .iter()
-        .map(RoutePolicy::key)
+        .map(|p| p.key())
         .find(|k| !seen.contains(k))
     {
         return Err(BuildError::NoHandler(stale));

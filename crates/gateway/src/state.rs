@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::client::{AuthClient, DbClient, JsonClient, ServiceClient, UsersClient};
+use api::client::{AuthClient, DbClient, JsonClient, RentalClient, ServiceClient, UsersClient};
 use balance::{Pool, PoolConfig, PoolTransport, Strategy};
 use serde_json::Value;
 
@@ -19,6 +19,17 @@ use crate::tokens::{self, Verifier};
 /// The result of one shared `db` read: the value, `None` for an absent key, or the error every
 /// waiting caller answers with.
 pub(crate) type DbRead = Result<Option<Value>, Arc<Error>>;
+
+/// The Casitas preset's domain services (`features/rental.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Rental {
+    /// `units_url`'s service.
+    pub(crate) units: Option<RentalClient>,
+    /// `finances_url`'s service.
+    pub(crate) finances: Option<RentalClient>,
+    /// `legal_url`'s service.
+    pub(crate) legal: Option<RentalClient>,
+}
 
 /// Everything the handlers share; cheap to clone.
 #[derive(Clone, Debug)]
@@ -57,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) db: DbClient,
     /// The users service (profiles); `None` when the topology has none.
     pub(crate) users: Option<UsersClient>,
+    /// The Casitas preset's domain services; each `None` unless configured.
+    pub(crate) rental: Rental,
     /// The configured cache backend.
     pub(crate) cache: Arc<dyn Cache>,
     /// The configured rate limiter.
@@ -142,6 +155,15 @@ impl AppState {
             ))
         });
 
+        let domain = |service: &'static str, url: &str| {
+            (!url.is_empty()).then(|| RentalClient(JsonClient::new(service, url, upstream_timeout)))
+        };
+        let rental = Rental {
+            units: domain("units", &config.units_url),
+            finances: domain("finances", &config.finances_url),
+            legal: domain("legal", &config.legal_url),
+        };
+
         // The one store the gateway opens itself: tasks are written where the workers read them.
         let tasks = match &config.queue {
             Some(q) => Some(
@@ -195,6 +217,7 @@ impl AppState {
                 services,
                 db,
                 users,
+                rental,
                 cache,
                 limiter,
                 flights: SingleFlight::default(),

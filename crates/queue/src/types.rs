@@ -66,6 +66,11 @@ const fn int(name: &'static str, min: i64, max: i64, required: bool) -> Field {
 /// The generic task `POST /longtask` runs when its body names no known type.
 pub const LONGTASK: &str = "longtask";
 
+/// The Casitas preset's finance report (needs a finances service).
+pub const FINANCE_REPORT: &str = "finance_report";
+/// The Casitas preset's legal report (needs a legal service).
+pub const LEGAL_REPORT: &str = "legal_report";
+
 /// Every task type a worker runs.
 pub const TYPES: &[TaskType] = &[
     TaskType {
@@ -112,6 +117,36 @@ pub const TYPES: &[TaskType] = &[
             kind: FieldKind::String { max_len: 1000 },
             required: false,
         }],
+        open: false,
+    },
+    TaskType {
+        name: FINANCE_REPORT,
+        description: "the Casitas preset's finance report: totals per unit and month over the \
+                      finances service's transactions (`unit`, `month` YYYY-MM filter them); \
+                      high priority when submitted by POST /finances/generate_report",
+        fields: &[
+            int("unit", 1, i64::MAX, false),
+            Field {
+                name: "month",
+                kind: FieldKind::String { max_len: 7 },
+                required: false,
+            },
+        ],
+        open: false,
+    },
+    TaskType {
+        name: LEGAL_REPORT,
+        description: "the Casitas preset's legal report: the legal service's documents counted \
+                      by status and kind (`status`, `unit` filter them); low priority when \
+                      submitted by POST /legal/generate_report",
+        fields: &[
+            int("unit", 1, i64::MAX, false),
+            Field {
+                name: "status",
+                kind: FieldKind::String { max_len: 16 },
+                required: false,
+            },
+        ],
         open: false,
     },
     TaskType {

@@ -111,12 +111,7 @@ pub(crate) fn unit_id(id: i64) -> Result<(), Error> {
 
 /// A month, in a body or in `?month=`: `YYYY-MM` with a month from 01 to 12.
 pub(crate) fn month(m: &str) -> Result<(), Error> {
-    let b = m.as_bytes();
-    let shaped = b.len() == 7
-        && b[4] == b'-'
-        && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
-        && matches!(m[5..].parse::<u8>(), Ok(1..=12));
-    if shaped {
+    if api::wire::rental::is_month(m) {
         Ok(())
     } else {
         Err(Error::invalid(

@@ -47,6 +47,9 @@ pub struct Config {
     /// The directory of the SQLite files; set by `scalelab` from `--data-dir`.
     #[serde(skip)]
     pub data_dir: PathBuf,
+    /// The roles a profile may hold; set by `scalelab` from `[auth] roles`, not by this section.
+    #[serde(skip)]
+    pub roles: Vec<String>,
 }
 
 /// One shard of an explicit layout.
@@ -67,6 +70,7 @@ impl Default for Config {
             shards: Vec::new(),
             max_page_size: 100,
             data_dir: PathBuf::from("data"),
+            roles: api::wire::users::DEFAULT_ROLES.map(String::from).to_vec(),
         }
     }
 }

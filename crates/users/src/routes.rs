@@ -91,7 +91,7 @@ async fn create(
     use axum::response::IntoResponse;
     let Json(req) = body.map_err(IntoResponse::into_response)?;
     let result = async {
-        req.validate()?;
+        req.validate(&state.config.roles)?;
         let now = now_rfc3339();
         let profile = Profile {
             id: req.id,
@@ -162,7 +162,7 @@ async fn update(
     let Json(req) = body.map_err(IntoResponse::into_response)?;
     let result = async {
         let id = path_id(id)?;
-        req.validate()?;
+        req.validate(&state.config.roles)?;
         let changes = Changes {
             email: req.email,
             first_name: req.first_name,

@@ -71,6 +71,9 @@ impl Registry {
         r.register(Arc::new(Cpu));
         r.register(Arc::new(Fail));
         r.register(Arc::new(LongTask::default()));
+        // Without their services (set by `AppState::new` from the config) they fail, saying so.
+        r.register(Arc::new(crate::reports::FinanceReportTask::default()));
+        r.register(Arc::new(crate::reports::LegalReportTask::default()));
         r
     }
 

@@ -7,9 +7,10 @@
 //! [`Config`] is the `[worker]` section; [`AppState::new`] opens the queue; [`router`] serves
 //! `/health`, `/ready` and `/metrics` (queue depth by priority, wait and run time histograms,
 //! retries, dead tasks, tasks in flight); [`serve`] runs the HTTP side and the run loop
-//! (`run.rs`). The handlers are in `handlers.rs`.
+//! (`run.rs`). The handlers are in `handlers.rs`; the Casitas preset's reports in `reports.rs`.
 
 mod handlers;
+mod reports;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::client::{DbClient, JsonClient};
+use api::client::{DbClient, JsonClient, RentalClient};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -55,6 +56,12 @@ pub struct Config {
     pub stats_interval_ms: u64,
     /// Base URL of the `db` service, read by `report` tasks; filled from the topology.
     pub db_url: String,
+    /// Base URL of the Casitas preset's `finances` service, read by `finance_report` tasks;
+    /// filled from the topology (empty without the preset: those tasks fail, saying so).
+    pub finances_url: String,
+    /// Base URL of the Casitas preset's `legal` service, read by `legal_report` tasks; filled
+    /// from the topology.
+    pub legal_url: String,
     /// The task store, shared with the gateways; set by `scalelab` from `[queue]`.
     #[serde(skip)]
     pub queue: queue::Config,
@@ -71,6 +78,8 @@ impl Default for Config {
             stats_interval_ms: 2_000,
             longtask_ms: 3_000,
             db_url: String::new(),
+            finances_url: String::new(),
+            legal_url: String::new(),
             queue: queue::Config::default(),
         }
     }
@@ -103,8 +112,14 @@ impl Config {
             "stats_interval_ms",
             "must be at least 1",
         );
-        if !self.db_url.is_empty() {
-            p.url("db_url", &self.db_url, common::validate::http_url);
+        for (field, url) in [
+            ("db_url", &self.db_url),
+            ("finances_url", &self.finances_url),
+            ("legal_url", &self.legal_url),
+        ] {
+            if !url.is_empty() {
+                p.url(field, url, common::validate::http_url);
+            }
         }
         p.into_vec()
     }
@@ -172,6 +187,16 @@ impl AppState {
         let mut registry = Registry::builtin();
         registry.register(std::sync::Arc::new(handlers::LongTask {
             ms: config.longtask_ms,
+        }));
+        let rental = |service: &'static str, url: &str| {
+            (!url.is_empty())
+                .then(|| RentalClient(JsonClient::new(service, url, Duration::from_secs(10))))
+        };
+        registry.register(Arc::new(reports::FinanceReportTask {
+            finances: rental("finances", &config.finances_url),
+        }));
+        registry.register(Arc::new(reports::LegalReportTask {
+            legal: rental("legal", &config.legal_url),
         }));
         Self::with_queue(config, instance, queue, registry)
     }

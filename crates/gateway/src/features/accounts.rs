@@ -117,7 +117,7 @@ async fn register(
     if users.is_some() {
         // The same rules `users` applies, before an account exists that would need undoing.
         // The username's own rule is auth's to report (with its code).
-        if let Err(invalid) = profile.validate()
+        if let Err(invalid) = profile.validate(&state.inner.config.roles)
             && invalid.code != "invalid_username"
         {
             return Err(Error::Invalid {

@@ -6,12 +6,14 @@
 //! - `process`: `GET /process` through the balanced pool of services;
 //! - `users`: your profile, the admin routes, `GET /users/{id}` cache-aside;
 //! - `tasks`: submission, status, listing, cancellation, events, the lab's task calls;
-//! - `ops`: readiness and the route table itself.
+//! - `ops`: readiness and the route table itself;
+//! - `rental`: the Casitas preset's units, finances and legal routes, cached, and its reports.
 
 mod accounts;
 mod data;
 mod ops;
 mod process;
+mod rental;
 mod tasks;
 mod users;
 
@@ -21,8 +23,8 @@ use crate::policy::Endpoint;
 
 pub use data::DEFAULT_KEY;
 
-/// Every endpoint of the gateway.
-pub(crate) fn endpoints() -> Vec<Endpoint> {
+/// Every endpoint of a gateway configured by `config` (the Casitas preset's only with its services).
+pub(crate) fn endpoints(config: &crate::config::Config) -> Vec<Endpoint> {
     [
         accounts::endpoints(),
         data::endpoints(),
@@ -30,6 +32,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         users::endpoints(),
         tasks::endpoints(),
         ops::endpoints(),
+        rental::endpoints(config),
     ]
     .into_iter()
     .flatten()

@@ -91,7 +91,7 @@ fn priority(p: Option<&str>) -> Result<Priority, Error> {
 }
 
 /// Checks and stores a submission. Nothing is stored unless every check passed.
-async fn enqueue(
+pub(super) async fn enqueue(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -101,6 +101,7 @@ async fn enqueue(
     max_attempts: Option<u32>,
 ) -> Result<Task, Error> {
     queue::types::validate(&kind, &payload)?;
+    super::rental::check_task_type(state, &kind)?;
     let key = idempotency_key(headers)?;
     let q = store(state)?;
     let task = q
@@ -191,17 +192,19 @@ async fn longtask(
         None => (queue::types::LONGTASK.to_string(), Value::Object(fields)),
     };
     let task = enqueue(&state, &caller, &headers, kind, payload, priority, None).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TaskQueued {
-            status: "Task queued".into(),
-            status_url: format!("/tasks/{}", task.id),
-            events_url: format!("/tasks/{}/events", task.id),
-            task_id: task.id,
-            kind: task.kind,
-            priority: task.priority.as_str().into(),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(queued(task))))
+}
+
+/// The lab's answer to a queued task: `{"status": "Task queued", "task_id", ...}`.
+pub(super) fn queued(task: Task) -> TaskQueued {
+    TaskQueued {
+        status: "Task queued".into(),
+        status_url: format!("/tasks/{}", task.id),
+        events_url: format!("/tasks/{}/events", task.id),
+        task_id: task.id,
+        kind: task.kind,
+        priority: task.priority.as_str().into(),
+    }
 }
 
 /// `POST /add` `{"a","b"}` → `201 {"result_id"}` (the Celery-style pair with `/result/{id}`).

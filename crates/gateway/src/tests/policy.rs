@@ -33,9 +33,9 @@ fn request(method: &str, path: &str, token: Option<&str>) -> Request<Body> {
 async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an_endpoint() {
     let h = Harness::start().await;
     let state = h.state().await;
-    assert!(policy::build(&state, features::endpoints()).is_ok());
+    assert!(policy::build(&state, features::endpoints(&h.config)).is_ok());
 
-    let mut extra = features::endpoints();
+    let mut extra = features::endpoints(&h.config);
     extra.push(Endpoint::new(Method::GET, "/secret", || async { "open" }));
     assert_eq!(
         policy::build(&state, extra).err(),
@@ -43,7 +43,7 @@ async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an
     );
 
     // A method the table does not list on a path it does list is refused the same way.
-    let mut extra = features::endpoints();
+    let mut extra = features::endpoints(&h.config);
     extra.push(Endpoint::new(Method::DELETE, "/data/{key}", || async {
         "gone"
     }));
@@ -52,7 +52,7 @@ async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an
         Some(BuildError::NoPolicy("DELETE /data/{key}".into()))
     );
 
-    let mut missing = features::endpoints();
+    let mut missing = features::endpoints(&h.config);
     missing.remove(0);
     assert!(matches!(
         policy::build(&state, missing).err(),
@@ -62,11 +62,24 @@ async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an
 
 #[tokio::test]
 async fn every_route_of_the_table_applies_its_token_role_and_guest_rules() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
+    // The Casitas preset's tables too: their services are dead here, and the guard answers first.
+    let dead = super::fakes::dead_url().await;
+    h.config.units_url = dead.clone();
+    h.config.finances_url = dead.clone();
+    h.config.legal_url = dead;
     let app = h.app().await;
     let (user, admin, guest) = (h.user(), h.admin(), h.auth.token("guest", &["guest"]));
+    let routes: Vec<_> = policy::active(&h.config).collect();
+    assert_eq!(
+        routes.len(),
+        ROUTES.len()
+            + policy::UNITS_ROUTES.len()
+            + policy::FINANCES_ROUTES.len()
+            + policy::LEGAL_ROUTES.len()
+    );
     let mut checked = 0;
-    for p in ROUTES {
+    for p in routes.iter().copied() {
         let route = format!("{} {}", p.method, p.path);
         let a = send(&app, request(p.method, p.path, None)).await;
         match p.token {
@@ -78,7 +91,10 @@ async fn every_route_of_the_table_applies_its_token_role_and_guest_rules() {
             _ => assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{route}: {}", a.json),
         }
         if let Some(role) = p.role {
-            assert_eq!(role, "admin", "the harness's tokens know user and admin");
+            assert!(
+                ["admin", "finance", "legal"].contains(&role),
+                "the test's tokens know user, admin, finance and legal"
+            );
             let a = send(&app, request(p.method, p.path, Some(&user))).await;
             assert_eq!(
                 (a.status, a.error()),
@@ -111,11 +127,48 @@ async fn every_route_of_the_table_applies_its_token_role_and_guest_rules() {
         );
         checked += 1;
     }
-    assert_eq!(checked, ROUTES.len());
+    assert_eq!(checked, routes.len());
     // Writes are the routes guests may not pass; reads all let them through.
-    for p in ROUTES.iter().filter(|p| p.token == TokenRule::Required) {
+    for p in routes.iter().filter(|p| p.token == TokenRule::Required) {
         assert_eq!(p.guests, p.method == "GET", "{} {}", p.method, p.path);
     }
+}
+
+/// A route's role is passed by that role and by admin, and by nobody else: finance staff read
+/// transactions but not legal documents, and cannot add units.
+#[tokio::test]
+async fn a_role_passes_its_own_routes_and_admin_passes_all() {
+    let mut h = Harness::start().await;
+    let dead = super::fakes::dead_url().await;
+    h.config.units_url = dead.clone();
+    h.config.finances_url = dead.clone();
+    h.config.legal_url = dead;
+    let app = h.app().await;
+    let finance = h.auth.token("fiona", &["finance"]);
+    let legal = h.auth.token("lee", &["legal"]);
+    let passes =
+        |a: &super::Answer| ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&a.status);
+    let cases = [
+        ("GET", "/finances/transactions", &finance, true),
+        ("POST", "/finances/generate_report", &finance, true),
+        ("GET", "/legal/documents", &finance, false),
+        ("POST", "/units", &finance, false),
+        ("GET", "/legal/documents", &legal, true),
+        ("POST", "/legal/generate_report", &legal, true),
+        ("GET", "/finances/transactions", &legal, false),
+        ("GET", "/units", &legal, true),
+    ];
+    for (method, path, token, want) in cases {
+        let a = send(&app, request(method, path, Some(token))).await;
+        assert_eq!(passes(&a), want, "{method} {path}: {} {}", a.status, a.json);
+        if !want {
+            assert_eq!(a.error(), "forbidden");
+        }
+    }
+    // Without the preset's services, its routes do not exist.
+    let plain = Harness::start().await.app().await;
+    let a = send(&plain, request("GET", "/units", Some(&finance))).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.json);
 }
 
 #[tokio::test]
