@@ -45,6 +45,8 @@ pub struct Topology {
     program: Option<PathBuf>,
     /// A directory to run in instead of a fresh temporary one (to restart on the same data).
     dir: Option<PathBuf>,
+    /// `up --preset NAME`.
+    preset: Option<String>,
     /// The admin password instead of a random one (a restart keeps the first start's).
     admin_password: Option<String>,
 }
@@ -68,8 +70,16 @@ impl Topology {
             start_timeout: START_TIMEOUT,
             program: None,
             dir: None,
+            preset: None,
             admin_password: None,
         }
+    }
+
+    /// Runs `up --preset NAME` (the preset is laid over this topology; the roles it adds need
+    /// [`Topology::counts`] here so that they get free ports).
+    pub fn preset(mut self, name: &str) -> Self {
+        self.preset = Some(name.to_owned());
+        self
     }
 
     /// Merges TOML settings into the topology file, e.g. `"[gateway]\nrate_limit_login = 100"`.
@@ -175,6 +185,7 @@ impl Topology {
             .arg(&config_path)
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(self.preset.iter().flat_map(|p| ["--preset", p.as_str()]))
             .env("SCALELAB_ADMIN_PASSWORD", &admin_password)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -18,10 +18,13 @@
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
 //! - `lab_calls`: the lab's own calls as written (unknown keys, the loose `/longtask`, task status
 //!   on the worker's port, a guest token naming a user).
+//! - `casitas`: `up --preset casitas` (routes, roles, cached listings, reports on the real rows,
+//!   report priorities, the balancer's deny list and per-IP limit), embedded and on PostgreSQL.
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
 
+mod casitas;
 mod config_check;
 mod distributed;
 mod lab_calls;

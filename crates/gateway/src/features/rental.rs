@@ -72,8 +72,12 @@ pub(super) fn endpoints(config: &Config) -> Vec<Endpoint> {
 }
 
 /// Refuses a report task whose domain service this gateway does not have (so that `POST /tasks`
-/// cannot queue a report no worker could read the data for).
-pub(super) fn check_task_type(state: &AppState, kind: &str) -> Result<(), Error> {
+/// cannot queue a report no worker could read the data for), and a finance report whose month is
+/// not `YYYY-MM` (the registry checks only that it is a short string).
+pub(super) fn check_task(state: &AppState, kind: &str, payload: &Value) -> Result<(), Error> {
+    if kind == queue::types::FINANCE_REPORT {
+        check_month(payload.get("month").and_then(Value::as_str))?;
+    }
     let missing = match kind {
         queue::types::FINANCE_REPORT => state.inner.rental.finances.is_none(),
         queue::types::LEGAL_REPORT => state.inner.rental.legal.is_none(),

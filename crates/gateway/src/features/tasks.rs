@@ -101,7 +101,7 @@ pub(super) async fn enqueue(
     max_attempts: Option<u32>,
 ) -> Result<Task, Error> {
     queue::types::validate(&kind, &payload)?;
-    super::rental::check_task_type(state, &kind)?;
+    super::rental::check_task(state, &kind, &payload)?;
     let key = idempotency_key(headers)?;
     let q = store(state)?;
     let task = q
