@@ -8,7 +8,6 @@
 mod scenario;
 mod serve;
 mod shards;
-mod supervisor;
 mod topology;
 mod up;
 
@@ -259,8 +258,7 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// The environment variable by which `up` tells each child its pid.
-pub(crate) const SUPERVISOR_PID_ENV: &str = "SCALELAB_SUPERVISOR_PID";
+use supervisor::SUPERVISOR_PID_ENV;
 
 /// Resolves when the process that started this one as `up`'s child is no longer its parent (it
 /// died, even by SIGKILL, and this process was handed to another parent); never for a process not

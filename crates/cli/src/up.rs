@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use crate::supervisor::{self, ChildSpec, SupervisorOptions};
 use crate::topology::{Preset, Topology};
+use supervisor::{self, ChildSpec, SupervisorOptions};
 
 /// Arguments of `scalelab up`.
 #[derive(Debug, Args)]

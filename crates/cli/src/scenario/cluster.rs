@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::supervisor::{self, SupervisorOptions};
 use crate::topology::{InstanceRef, Topology};
 use crate::up;
+use supervisor::{self, SupervisorOptions};
 
 /// How many of the children's last log lines are kept, to explain a failed start.
 const LOG_TAIL: usize = 60;

@@ -41,27 +41,31 @@ use tokio::time::Instant;
 use output::Logger;
 use registry::Registry;
 
+/// The environment variable by which the supervisor tells each child its pid (the child stops by
+/// itself when its parent is no longer that process).
+pub const SUPERVISOR_PID_ENV: &str = "SCALELAB_SUPERVISOR_PID";
+
 /// One instance for the supervisor to run: which program, with what arguments, and where it answers.
 #[derive(Debug, Clone)]
-pub(crate) struct ChildSpec {
+pub struct ChildSpec {
     /// The role (`gateway`, `lb`, ...): shown in the table and in `instances.json`. Consecutive specs
     /// with the same role are started together and stopped together.
-    pub(crate) role: String,
+    pub role: String,
     /// The instance id (`gateway-1`), the prefix of every line the child prints.
-    pub(crate) id: String,
+    pub id: String,
     /// The port the child listens on; checked to be free before anything starts.
-    pub(crate) port: u16,
+    pub port: u16,
     /// Base URL of the instance (`http://127.0.0.1:5000`).
-    pub(crate) url: String,
+    pub url: String,
     /// The path that must answer 200 for the instance to count as healthy, normally `/health` (the
     /// balancer proxies `/health`, so its own is under its admin prefix).
-    pub(crate) health_path: String,
+    pub health_path: String,
     /// The program to run, normally `std::env::current_exe()`.
-    pub(crate) program: PathBuf,
+    pub program: PathBuf,
     /// Its arguments, e.g. `serve gateway --id gateway-1 --port 5000 --config ... --data-dir ...`.
-    pub(crate) args: Vec<String>,
+    pub args: Vec<String>,
     /// Extra environment variables, on top of the inherited environment.
-    pub(crate) env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 impl ChildSpec {
@@ -74,30 +78,30 @@ impl ChildSpec {
 
 /// How the supervisor waits, restarts and reports. `Default` gives the values `scalelab up` uses.
 #[derive(Debug, Clone)]
-pub(crate) struct SupervisorOptions {
+pub struct SupervisorOptions {
     /// How long a child may take to answer `GET /health` with 200 after it was spawned.
-    pub(crate) start_timeout: Duration,
+    pub start_timeout: Duration,
     /// How long shutdown waits, in total, for the children to exit after SIGTERM before SIGKILL.
-    pub(crate) grace: Duration,
+    pub grace: Duration,
     /// Delay before the first restart of a child that exited; doubled on each further failure.
-    pub(crate) backoff_base: Duration,
+    pub backoff_base: Duration,
     /// The largest restart delay.
-    pub(crate) backoff_max: Duration,
+    pub backoff_max: Duration,
     /// A child that stayed up this long is considered good again: its next restart is immediate-ish
     /// (`backoff_base`).
-    pub(crate) backoff_reset: Duration,
+    pub backoff_reset: Duration,
     /// Interval between two `GET /health` polls while waiting for a child.
-    pub(crate) health_interval: Duration,
+    pub health_interval: Duration,
     /// Print the table of instances (and the hints) once everything is healthy.
-    pub(crate) print_table: bool,
+    pub print_table: bool,
     /// Lines printed after the table, e.g. curl commands to try.
-    pub(crate) hints: Vec<String>,
+    pub hints: Vec<String>,
     /// Where to write `instances.json` (`[{"role","id","url","port","pid"}]`), rewritten on restarts.
-    pub(crate) instances_file: Option<PathBuf>,
+    pub instances_file: Option<PathBuf>,
     /// Stop on SIGINT and SIGTERM (in addition to the caller's shutdown future).
-    pub(crate) handle_signals: bool,
+    pub handle_signals: bool,
     /// Where output lines go; `None` prints them to stdout. Tests collect them here.
-    pub(crate) log: Option<mpsc::UnboundedSender<String>>,
+    pub log: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl Default for SupervisorOptions {
@@ -148,7 +152,7 @@ struct Supervised {
 /// Returns an error, after stopping whatever it started, if a port is taken, a child cannot be spawned,
 /// a child exits or stays unhealthy during start-up, or the stop was not clean: the error names
 /// every child that needed SIGKILL or exited with another status than 0.
-pub(crate) async fn run(
+pub async fn run(
     specs: Vec<ChildSpec>,
     opts: SupervisorOptions,
     shutdown: impl Future<Output = ()>,
