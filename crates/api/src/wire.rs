@@ -1049,3 +1049,28 @@ pub mod rental {
         pub units_with_expired: Vec<i64>,
     }
 }
+
+/// The supervisor's control API (`scalelab up`): instances, their states, membership.
+pub mod control {
+    use serde::{Deserialize, Serialize};
+
+    /// An instance as its pools should see it (`GET /members/{role}`).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Member {
+        /// `gateway-3`.
+        pub id: String,
+        /// Base URL.
+        pub url: String,
+        /// `starting` (not in pools yet), `active`, `draining` (no new requests), `stopping`.
+        pub state: String,
+    }
+
+    /// Every instance of one role (`GET /members/{role}`).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Members {
+        /// The role.
+        pub role: String,
+        /// Its instances, in id order.
+        pub members: Vec<Member>,
+    }
+}

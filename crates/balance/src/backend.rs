@@ -18,6 +18,8 @@ pub struct Backend {
     pub authority: String,
     /// Whether selection may pick it; flipped by active checks and passive failures.
     healthy: AtomicBool,
+    /// Leaving the pool: no new request goes to it, its connections close after their response.
+    draining: AtomicBool,
     /// Requests selected for this backend whose response is not finished yet.
     in_flight: AtomicUsize,
     /// Consecutive failed active checks (reset by a success).
@@ -39,6 +41,8 @@ pub struct BackendStats {
     pub url: String,
     /// Whether it takes requests now.
     pub healthy: bool,
+    /// `active`, `draining` (leaving: no new requests) or `down` (failed its checks).
+    pub state: &'static str,
     /// Requests in flight now.
     pub in_flight: usize,
     /// Requests sent to it so far.
@@ -67,6 +71,7 @@ impl Backend {
             url,
             authority,
             healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             fails: AtomicU32::new(0),
             successes: AtomicU32::new(0),
@@ -82,6 +87,36 @@ impl Backend {
     /// Whether selection may pick it.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether it is leaving the pool (no new request goes to it).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether selection may pick it: healthy and not draining.
+    pub fn is_selectable(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+
+    /// `draining`, `active` or `down`.
+    pub fn state(&self) -> &'static str {
+        if self.is_draining() {
+            "draining"
+        } else if self.is_healthy() {
+            "active"
+        } else {
+            "down"
+        }
+    }
+
+    /// Starts (or calls off) its drain: while draining it gets no new request and each of its
+    /// connections closes after its current response; requests in flight finish.
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Ordering::AcqRel) != draining {
+            tracing::info!(backend = %self.url, draining, "backend drain state changed");
+        }
+        self.conns.set_closing(draining);
     }
 
     /// Requests in flight now.
@@ -152,6 +187,7 @@ impl Backend {
         BackendStats {
             url: self.url.clone(),
             healthy: self.is_healthy(),
+            state: self.state(),
             in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@
 //! whether a request left: `try_send_request` hands the request back when it was never written, which
 //! is what lets [`crate::Pool`] retry it on another backend without buffering the body.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub(crate) struct ConnPool {
     /// Shared with the response bodies, which put their connection back when they end.
     idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
     max_idle: usize,
+    /// Set when the backend drains: no connection is kept or given back any more, so each one
+    /// closes after its current response.
+    closing: Arc<AtomicBool>,
 }
 
 /// A connection lent to one response: back to the idle list when the response body has been
@@ -55,6 +59,7 @@ pub(crate) struct Lent {
     sender: Option<SendRequest<Body>>,
     idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
     max_idle: usize,
+    closing: Arc<AtomicBool>,
 }
 
 impl Lent {
@@ -64,6 +69,7 @@ impl Lent {
     pub(crate) fn give_back(&mut self) {
         if let Some(sender) = self.sender.take()
             && !sender.is_closed()
+            && !self.closing.load(Ordering::Acquire)
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -78,6 +84,16 @@ impl ConnPool {
             authority,
             idle: Arc::new(Mutex::new(Vec::new())),
             max_idle,
+            closing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// From now on (`true`) every connection closes after its current response and the idle ones
+    /// close at once; `false` keeps connections again (a drain called off).
+    pub(crate) fn set_closing(&self, closing: bool) {
+        self.closing.store(closing, Ordering::Release);
+        if closing && let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
         }
     }
 
@@ -90,6 +106,7 @@ impl ConnPool {
             sender: Some(sender),
             idle: self.idle.clone(),
             max_idle: self.max_idle,
+            closing: self.closing.clone(),
         }
     }
 

@@ -56,7 +56,8 @@ pub fn spawn(pool: Arc<Pool>) -> HealthTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let probes = pool.backends().iter().map(|b| {
+            let backends = pool.backends();
+            let probes = backends.iter().map(|b| {
                 let b = b.clone();
                 let path = cfg.path.clone();
                 async move {

@@ -7,7 +7,9 @@
 //! healthy backend when the request never left, or when an idempotent request without a body failed
 //! on a broken connection. [`health`] runs the active checks; passive checks happen in [`Pool::send`]
 //! (a connect error or timeout marks the backend down at once). [`PoolTransport`] puts `api`'s typed
-//! clients over a pool.
+//! clients over a pool. [`membership`] changes a pool's backends while it runs (from the
+//! supervisor's control API, or DNS names re-resolved); a draining backend gets no new request and
+//! its connections close after their current response.
 //!
 //! Invariants:
 //! - a backend's `in_flight` counts requests from selection until their response body is finished
@@ -17,12 +19,13 @@
 pub mod backend;
 pub mod conn;
 pub mod health;
+pub mod membership;
 pub mod pool;
 pub mod selection;
 pub mod transport;
 
 pub use backend::{Backend, BackendStats};
 pub use health::HealthConfig;
-pub use pool::{Pool, PoolConfig, PoolError};
+pub use pool::{Member, MembershipChange, Pool, PoolConfig, PoolError};
 pub use selection::{LeastConnections, PowerOfTwoChoices, RoundRobin, Selection, Strategy};
 pub use transport::PoolTransport;

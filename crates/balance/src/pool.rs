@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -156,13 +157,57 @@ pub struct Forwarded {
     pub attempts: u32,
 }
 
-/// A set of backends behind one selection strategy.
+/// A set of backends behind one selection strategy. Its membership may change while it serves
+/// ([`Pool::set_members`]): each request works on the set as it was when the request started.
 #[derive(Debug)]
 pub struct Pool {
     name: String,
-    backends: Vec<Arc<Backend>>,
+    /// Swapped whole on a membership change; read without a lock by every request.
+    backends: ArcSwap<Vec<Arc<Backend>>>,
     selection: Arc<dyn Selection>,
     config: PoolConfig,
+}
+
+/// One backend as a membership source lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its base URL.
+    pub url: String,
+    /// Whether it is leaving (no new requests; in-flight ones finish).
+    pub draining: bool,
+}
+
+impl Member {
+    /// An active member at `url`.
+    pub fn active(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            draining: false,
+        }
+    }
+}
+
+/// What [`Pool::set_members`] changed, by URL.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Backends that joined.
+    pub added: Vec<String>,
+    /// Backends that left (requests in flight on them finish).
+    pub removed: Vec<String>,
+    /// Backends that started draining.
+    pub draining: Vec<String>,
+    /// Backends whose drain was called off.
+    pub resumed: Vec<String>,
+}
+
+impl MembershipChange {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.draining.is_empty()
+            && self.resumed.is_empty()
+    }
 }
 
 impl Pool {
@@ -184,18 +229,64 @@ impl Pool {
     ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_string(),
-            backends: urls
-                .iter()
-                .map(|u| Backend::new(u, config.max_idle_per_backend))
-                .collect(),
+            backends: ArcSwap::from_pointee(
+                urls.iter()
+                    .map(|u| Backend::new(u, config.max_idle_per_backend))
+                    .collect(),
+            ),
             selection,
             config,
         })
     }
 
-    /// Its backends, in configuration order.
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
+    /// Its backends now, in membership order (a snapshot: later changes do not show in it).
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    /// Makes `members` the pool's backends: a URL already in the pool keeps its backend (health,
+    /// counters, connections) and takes the member's drain state; a new URL joins (healthy until
+    /// shown otherwise); a URL no longer listed leaves. Requests in flight finish wherever they
+    /// are; new ones see the new set. A member listed twice counts once.
+    pub fn set_members(&self, members: &[Member]) -> MembershipChange {
+        let current = self.backends.load_full();
+        let mut change = MembershipChange::default();
+        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(members.len());
+        for m in members {
+            let url = m.url.trim_end_matches('/');
+            if next.iter().any(|b| b.url == url) {
+                continue;
+            }
+            let backend = match current.iter().find(|b| b.url == url) {
+                Some(b) => b.clone(),
+                None => {
+                    change.added.push(url.to_string());
+                    Backend::new(url, self.config.max_idle_per_backend)
+                }
+            };
+            match (backend.is_draining(), m.draining) {
+                (false, true) => change.draining.push(backend.url.clone()),
+                (true, false) => change.resumed.push(backend.url.clone()),
+                _ => {}
+            }
+            backend.set_draining(m.draining);
+            next.push(backend);
+        }
+        for gone in current
+            .iter()
+            .filter(|b| !next.iter().any(|n| n.url == b.url))
+        {
+            // Whatever it still has in flight finishes; no new request can reach it.
+            gone.set_draining(true);
+            change.removed.push(gone.url.clone());
+        }
+        if !change.is_empty() {
+            tracing::info!(pool = %self.name, ?change, "pool membership changed");
+            metrics::gauge!("scalelab_pool_backends", "pool" => self.name.clone())
+                .set(next.len() as f64);
+            self.backends.store(Arc::new(next));
+        }
+        change
     }
 
     /// Its settings.
@@ -229,6 +320,8 @@ impl Pool {
     pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
         let replay = Replay::of(&req);
         let mut req = Some(req);
+        // The membership as this request found it; a change meanwhile applies to the next one.
+        let backends = self.backends.load();
         // On the stack for pools of up to 16 backends: no allocation per request.
         let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut last: Option<PoolError> = None;
@@ -236,15 +329,15 @@ impl Pool {
         let response_timeout = Duration::from_millis(self.config.response_timeout_ms);
 
         for attempt in 1..=self.config.max_attempts.max(1) {
-            let candidates: SmallVec<[usize; 16]> = (0..self.backends.len())
-                .filter(|i| !tried.contains(i) && self.backends[*i].is_healthy())
+            let candidates: SmallVec<[usize; 16]> = (0..backends.len())
+                .filter(|i| !tried.contains(i) && backends[*i].is_selectable())
                 .collect();
             if candidates.is_empty() {
                 break;
             }
-            let i = self.selection.select(&self.backends, &candidates);
+            let i = self.selection.select(&backends, &candidates);
             tried.push(i);
-            let backend = &self.backends[i];
+            let backend = &backends[i];
             let Some(request) = req.take().or_else(|| replay.as_ref().map(Replay::build)) else {
                 break;
             };

@@ -34,6 +34,13 @@ async fn start_on(name: &'static str, listener: TcpListener) -> TestBackend {
                 name
             }),
         )
+        .route(
+            "/pause",
+            get(move || async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                name
+            }),
+        )
         .route("/health", get(|| async { "ok" }));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -276,4 +283,72 @@ async fn a_connection_whose_response_was_read_carries_the_next_request() {
     };
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(pool.backends()[0].stats().in_flight, 0);
+}
+
+/// Membership changes while the pool serves: a draining backend gets no new request while the one
+/// it is serving finishes, a new backend joins, a backend no longer listed leaves.
+#[tokio::test]
+async fn membership_changes_drain_add_and_remove_backends_while_serving() {
+    use balance::Member;
+    let (a, b, c) = (start("a").await, start("b").await, start("c").await);
+    let pool = Pool::new(
+        "test",
+        &[a.url.clone(), b.url.clone()],
+        config(Strategy::RoundRobin),
+    );
+    // A slow request in flight on b (round robin: a, then b), then b drains.
+    assert_eq!(who(&pool).await.unwrap(), "a");
+    let slow_pool = pool.clone();
+    let slow = tokio::spawn(async move {
+        let f = slow_pool.send(get_req("/pause")).await.unwrap();
+        let bytes = f.response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    });
+    let b_backend = pool.backends()[1].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b_backend.in_flight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never reached b"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let change = pool.set_members(&[
+        Member::active(a.url.clone()),
+        Member {
+            url: b.url.clone(),
+            draining: true,
+        },
+    ]);
+    assert_eq!(change.draining, [b.url.clone()]);
+    assert_eq!(b_backend.stats().state, "draining");
+    for _ in 0..10 {
+        assert_eq!(
+            who(&pool).await.unwrap(),
+            "a",
+            "a draining backend gets no new request"
+        );
+    }
+    assert_eq!(
+        slow.await.unwrap(),
+        "b",
+        "the request in flight on the draining backend finished"
+    );
+
+    // c joins, b leaves: requests spread over a and c only.
+    let change = pool.set_members(&[Member::active(a.url.clone()), Member::active(c.url.clone())]);
+    assert_eq!(
+        (change.added, change.removed),
+        (vec![c.url.clone()], vec![b.url.clone()])
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(who(&pool).await.unwrap());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+    // The same list again changes nothing.
+    assert!(
+        pool.set_members(&[Member::active(a.url.clone()), Member::active(c.url.clone())])
+            .is_empty()
+    );
 }

@@ -38,7 +38,7 @@ pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /_lb/metrics`: Prometheus text, with per-backend gauges refreshed at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    for b in state.pool.backends() {
+    for b in state.pool.backends().iter() {
         let s = b.stats();
         metrics::gauge!("scalelab_lb_backend_healthy", "backend" => s.url.clone())
             .set(if s.healthy { 1.0 } else { 0.0 });
