@@ -320,7 +320,7 @@ async fn membership_changes_drain_add_and_remove_backends_while_serving() {
             draining: true,
         },
     ]);
-    assert_eq!(change.draining, [b.url.clone()]);
+    assert_eq!(change.draining, vec![b.url.clone()]);
     assert_eq!(b_backend.stats().state, "draining");
     for _ in 0..10 {
         assert_eq!(
