@@ -35,6 +35,13 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     /// Active health checks.
     pub health: HealthConfig,
+    /// Expand each backend URL whose host is a DNS name to one backend per address it resolves
+    /// to, re-resolved every `refresh_ms` (nginx's `resolve`; for an orchestrator's headless
+    /// service). Off: a name is resolved when a connection is made, as one backend.
+    pub resolve: bool,
+    /// How often a changing membership is read again (DNS names, or the supervisor's list of
+    /// instances under `scalelab up`), milliseconds.
+    pub refresh_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -46,6 +53,8 @@ impl Default for PoolConfig {
             max_idle_per_backend: 256,
             max_attempts: 3,
             health: HealthConfig::default(),
+            resolve: false,
+            refresh_ms: 1000,
         }
     }
 }
@@ -63,6 +72,7 @@ impl PoolConfig {
             ("health.timeout_ms", h.timeout_ms),
             ("health.fall", u64::from(h.fall)),
             ("health.rise", u64::from(h.rise)),
+            ("refresh_ms", self.refresh_ms),
         ];
         let mut problems: Vec<String> = at_least_one
             .iter()
@@ -302,6 +312,28 @@ impl Pool {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Starts following a changing membership, if there is one to follow: the supervisor's list at
+    /// `supervisor` (`http://HOST:PORT/members/ROLE`, given by `scalelab up`), else the DNS names of
+    /// `urls` when `resolve` is on. It stops when the returned task is dropped.
+    pub fn spawn_membership(
+        self: &Arc<Self>,
+        urls: &[String],
+        supervisor: Option<String>,
+    ) -> Option<crate::membership::MembershipTask> {
+        use crate::membership::{Source, SystemResolver, has_names, spawn};
+        let every = Duration::from_millis(self.config.refresh_ms.max(1));
+        let source = match supervisor.filter(|u| !u.is_empty()) {
+            Some(url) => Source::Supervisor { url },
+            None if self.config.resolve && has_names(urls) => Source::Dns {
+                urls: urls.to_vec(),
+                resolver: Arc::new(SystemResolver),
+            },
+            None => return None,
+        };
+        tracing::info!(pool = %self.name, ?source, "following the pool's membership");
+        Some(spawn(self.clone(), source, every))
     }
 
     /// Starts the active health checks; they stop when the returned task is dropped.

@@ -31,6 +31,10 @@ pub struct Config {
     /// Base URL of the Casitas preset's `legal` service; filled from the topology. Set: the
     /// `/legal/...` routes exist and `legal_report` tasks may be submitted.
     pub legal_url: String,
+    /// The supervisor's control API (`http://127.0.0.1:PORT`), set by `scalelab up`: the service
+    /// and auth pools then follow its lists of instances as they are scaled, drained and stopped.
+    /// Empty: the pools are `service_urls` and `auth_urls` (and DNS names with `services.resolve`).
+    pub membership_url: String,
     /// The roles an account may hold (what `POST /register` and `PATCH /users/{id}/role` accept);
     /// set by `scalelab` from `[auth] roles`, not by this section.
     #[serde(skip)]
@@ -80,6 +84,7 @@ impl Default for Config {
             units_url: String::new(),
             finances_url: String::new(),
             legal_url: String::new(),
+            membership_url: String::new(),
             roles: api::wire::users::DEFAULT_ROLES.map(String::from).to_vec(),
             required_roles: BTreeMap::new(),
             cache: CacheBackend::Service,
@@ -259,6 +264,7 @@ impl Config {
             ("units_url", &self.units_url),
             ("finances_url", &self.finances_url),
             ("legal_url", &self.legal_url),
+            ("membership_url", &self.membership_url),
         ] {
             if !url.is_empty() && !url.starts_with("http://") {
                 problem(format!("{field}: {url:?} is not an http:// URL"));

@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     /// The JWKS loader and the pools' health checks, stopped with the state.
     _tasks: Vec<AbortOnDrop>,
     _health: Vec<balance::health::HealthTask>,
+    /// The pools' membership sources (the supervisor's lists, or DNS), stopped with the state.
+    _membership: Vec<balance::membership::MembershipTask>,
 }
 
 impl AppState {
@@ -205,6 +207,21 @@ impl AppState {
             auth_pool.spawn_health_checks(),
             service_pool.spawn_health_checks(),
         ];
+        let members = |role: &str| {
+            (!config.membership_url.is_empty()).then(|| {
+                format!(
+                    "{}/members/{role}",
+                    config.membership_url.trim_end_matches('/')
+                )
+            })
+        };
+        let membership: Vec<balance::membership::MembershipTask> = [
+            auth_pool.spawn_membership(&config.auth_urls, members("auth")),
+            service_pool.spawn_membership(&config.service_urls, members("service")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
 
         Ok(AppState {
             inner: Arc::new(Inner {
@@ -225,6 +242,7 @@ impl AppState {
                 tasks,
                 _tasks: vec![AbortOnDrop(loader)],
                 _health: health,
+                _membership: membership,
             }),
         })
     }

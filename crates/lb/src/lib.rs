@@ -46,6 +46,10 @@ pub struct Config {
     pub rate_limit: Option<edge::EdgeRateLimit>,
     /// Largest request body forwarded, in bytes (`413` beyond), like nginx's `client_max_body_size`.
     pub max_body_bytes: u64,
+    /// The supervisor's control API (`http://127.0.0.1:PORT`), set by `scalelab up`: the gateway
+    /// pool then follows its list of gateways as they are scaled, drained and stopped. Empty: the
+    /// pool is `backends` (and their DNS names with `pool.resolve`).
+    pub membership_url: String,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             deny: Vec::new(),
             rate_limit: None,
             max_body_bytes: 10 * 1024 * 1024,
+            membership_url: String::new(),
         }
     }
 }
@@ -170,8 +175,16 @@ pub async fn serve(
     instance: common::Instance,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let backends = config.backends.clone();
+    let supervisor = (!config.membership_url.is_empty()).then(|| {
+        format!(
+            "{}/members/gateway",
+            config.membership_url.trim_end_matches('/')
+        )
+    });
     let state = AppState::new(config, instance)?;
     let _checks = state.pool.spawn_health_checks();
+    let _membership = state.pool.spawn_membership(&backends, supervisor);
     let _sweeper = state.edge.spawn_sweeper();
     tracing::info!(
         strategy = state.pool.strategy(),
