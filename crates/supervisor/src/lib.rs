@@ -19,6 +19,7 @@
 //!   exits non-zero.
 //! - Every line a child writes is printed whole, prefixed with its instance id (`gateway-1 | ...`).
 
+pub mod autoscale;
 mod child;
 mod output;
 mod registry;
