@@ -5,6 +5,7 @@
 //!
 //! This is the only crate that reads argv, environment variables and files.
 
+mod control;
 mod scenario;
 mod serve;
 mod shards;
@@ -67,6 +68,38 @@ enum Command {
         #[arg(long, requires = "routes")]
         json: bool,
     },
+    /// The instances of the running `up` (of this data directory): role, id, url, pid, state.
+    Status {
+        #[command(flatten)]
+        target: control::Target,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start or drain instances of the running `up` until each role has its count
+    /// (`scalelab scale gateway=4 service=2`); new instances join their pools once healthy,
+    /// removed ones drain first, so no client sees an error.
+    Scale {
+        #[command(flatten)]
+        target: control::Target,
+        /// `ROLE=COUNT`, for gateway, service, auth or worker.
+        #[arg(required = true, value_name = "ROLE=COUNT")]
+        counts: Vec<String>,
+    },
+    /// Drain one instance (no new requests; stopped once drained).
+    Drain {
+        #[command(flatten)]
+        target: control::Target,
+        /// The instance id, like gateway-3.
+        id: String,
+    },
+    /// SIGKILL one instance (the crash demo: the supervisor restarts it).
+    Kill {
+        #[command(flatten)]
+        target: control::Target,
+        /// The instance id, like gateway-3.
+        id: String,
+    },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
     Bench(Box<bench::BenchArgs>),
     /// The users service's shards: what a new shard count would move.
@@ -105,6 +138,10 @@ fn main() -> std::process::ExitCode {
                 None if routes => print_routes(config, preset, json),
                 None => print_config(effective, config, preset),
             },
+            Command::Status { target, json } => control::status(target, json).await,
+            Command::Scale { target, counts } => control::scale(target, counts).await,
+            Command::Drain { target, id } => control::instance(target, id, "drain").await,
+            Command::Kill { target, id } => control::instance(target, id, "kill").await,
             Command::Bench(args) => bench_cmd(*args).await,
             Command::Shards(args) => shards::run(args).await,
         }

@@ -41,17 +41,83 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(p) => format!("in the topology file {}", p.display()),
         None => "in the built-in topology".into(),
     })?;
+    // The control API's address goes into the topology the children read: the balancer's and
+    // the gateways' pools follow the instances through it.
+    let control = std::net::TcpListener::bind((topo.instances.host.as_str(), 0))
+        .context("cannot open the control API's port")?;
+    let control_url = format!("http://{}", control.local_addr()?);
+    if topo.lb.membership_url.is_empty() {
+        topo.lb.membership_url = control_url.clone();
+    }
+    if topo.gateway.membership_url.is_empty() {
+        topo.gateway.membership_url = control_url.clone();
+    }
     let effective = prepare(&mut topo)?;
     let program = std::env::current_exe().context("cannot find the scalelab binary")?;
     let specs = child_specs(&topo, &effective, &program);
     anyhow::ensure!(!specs.is_empty(), "the topology has no instances");
 
+    let control_file = ControlFile::write(&topo.data_dir, &control_url)?;
+    let mut hints = hints(&topo);
+    hints.push(format!(
+        "  scalelab status; scalelab scale gateway=4     # control API: {control_url}"
+    ));
     let opts = SupervisorOptions {
-        hints: hints(&topo),
+        hints,
         instances_file: Some(topo.data_dir.join("instances.json")),
+        control: Some(supervisor::Control {
+            listener: std::sync::Arc::new(control),
+            elastic: elastic(&topo, &effective, &program),
+        }),
         ..SupervisorOptions::default()
     };
-    supervisor::run(specs, opts, std::future::pending()).await
+    let result = supervisor::run(specs, opts, std::future::pending()).await;
+    drop(control_file);
+    result
+}
+
+/// The roles `scalelab scale` may change: those reached through a pool that follows the
+/// supervisor (gateways, services, auth) or that pull their work (workers).
+pub(crate) const SCALABLE: [&str; 4] = ["gateway", "service", "auth", "worker"];
+
+/// What the supervisor needs to start, drain and stop instances while it runs.
+fn elastic(topo: &Topology, effective: &Path, program: &Path) -> supervisor::Elastic {
+    let (topo, effective, program) = (topo.clone(), effective.to_owned(), program.to_owned());
+    // Every pool re-reads its membership each `refresh_ms`: twice the slowest, plus a margin, and
+    // every pool has seen a drain before the instance is told to stop.
+    let refresh = topo
+        .lb
+        .pool
+        .refresh_ms
+        .max(topo.gateway.services.refresh_ms);
+    supervisor::Elastic {
+        factory: std::sync::Arc::new(move |role: &str, id: &str, port: u16| {
+            spec(&topo, &effective, &program, role, id, port)
+        }),
+        scalable: SCALABLE.iter().map(|r| r.to_string()).collect(),
+        max_per_role: 16,
+        drain_delay: std::time::Duration::from_millis(refresh.saturating_mul(2) + 250),
+    }
+}
+
+/// `<data_dir>/control.json`: how `scalelab status`, `scale`, `drain` and `kill` find this `up`.
+/// Removed when `up` ends.
+pub(crate) struct ControlFile(PathBuf);
+
+impl ControlFile {
+    fn write(data_dir: &Path, url: &str) -> anyhow::Result<Self> {
+        let path = data_dir.join("control.json");
+        let body = serde_json::json!({"url": url, "pid": std::process::id()});
+        std::fs::write(&path, serde_json::to_vec_pretty(&body)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ControlFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Creates the data directory, makes it absolute, fills in the derived URLs and writes the
@@ -78,34 +144,46 @@ pub(crate) fn prepare(topo: &mut Topology) -> anyhow::Result<PathBuf> {
 pub(crate) fn child_specs(topo: &Topology, effective: &Path, program: &Path) -> Vec<ChildSpec> {
     topo.instances()
         .into_iter()
-        .map(|i| ChildSpec {
-            args: vec![
-                "serve".into(),
-                i.role.into(),
-                "--id".into(),
-                i.id.clone(),
-                "--port".into(),
-                i.port.to_string(),
-                "--host".into(),
-                topo.instances.host.clone(),
-                "--config".into(),
-                effective.display().to_string(),
-                "--data-dir".into(),
-                topo.data_dir.display().to_string(),
-            ],
-            health_path: if i.role == "lb" {
-                format!("{}/health", lb::ADMIN_PREFIX)
-            } else {
-                "/health".into()
-            },
-            role: i.role.into(),
-            id: i.id,
-            port: i.port,
-            url: i.url,
-            program: program.to_owned(),
-            env: Vec::new(),
-        })
+        .map(|i| spec(topo, effective, program, i.role, &i.id, i.port))
         .collect()
+}
+
+/// `scalelab serve ROLE --id ID --port PORT ...` on the effective topology.
+fn spec(
+    topo: &Topology,
+    effective: &Path,
+    program: &Path,
+    role: &str,
+    id: &str,
+    port: u16,
+) -> ChildSpec {
+    ChildSpec {
+        args: vec![
+            "serve".into(),
+            role.into(),
+            "--id".into(),
+            id.into(),
+            "--port".into(),
+            port.to_string(),
+            "--host".into(),
+            topo.instances.host.clone(),
+            "--config".into(),
+            effective.display().to_string(),
+            "--data-dir".into(),
+            topo.data_dir.display().to_string(),
+        ],
+        health_path: if role == "lb" {
+            format!("{}/health", lb::ADMIN_PREFIX)
+        } else {
+            "/health".into()
+        },
+        role: role.into(),
+        id: id.into(),
+        port,
+        url: format!("http://{}:{port}", topo.instances.host),
+        program: program.to_owned(),
+        env: Vec::new(),
+    }
 }
 
 fn hints(topo: &Topology) -> Vec<String> {

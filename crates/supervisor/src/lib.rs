@@ -21,6 +21,8 @@
 
 pub mod autoscale;
 mod child;
+pub mod control;
+pub mod fleet;
 mod output;
 mod registry;
 #[cfg(test)]
@@ -39,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use fleet::{Elastic, Event, Fleet, InstanceStatus, SpecFactory, State};
 use output::Logger;
 use registry::Registry;
 
@@ -103,6 +106,18 @@ pub struct SupervisorOptions {
     pub handle_signals: bool,
     /// Where output lines go; `None` prints them to stdout. Tests collect them here.
     pub log: Option<mpsc::UnboundedSender<String>>,
+    /// The control API (`control.rs`) on this listener, and how the fleet may change; `None`: the
+    /// instances are fixed.
+    pub control: Option<Control>,
+}
+
+/// Where the control API listens and what it may change.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// Bound by the caller (loopback), so that its address can be written before anything starts.
+    pub listener: Arc<std::net::TcpListener>,
+    /// Scaling, draining and killing.
+    pub elastic: Elastic,
 }
 
 impl Default for SupervisorOptions {
@@ -119,32 +134,33 @@ impl Default for SupervisorOptions {
             instances_file: None,
             handle_signals: true,
             log: None,
+            control: None,
         }
     }
 }
 
 /// What every child's task shares.
-struct Ctx {
-    opts: SupervisorOptions,
+pub(crate) struct Ctx {
+    pub(crate) opts: SupervisorOptions,
     /// Where every line goes (stdout or the caller's channel), one whole line at a time.
-    log: Logger,
+    pub(crate) log: Logger,
     /// Width of the id column of log lines, so that the `|` separators line up.
     id_width: usize,
     /// One client for all health checks (no proxy, no pooled connections to children that may die).
     http: reqwest::Client,
     /// The pids behind `instances.json`.
-    registry: Registry,
+    pub(crate) registry: Registry,
     /// Becomes true when shutdown begins; from then on no child is restarted.
     shutting_down: watch::Receiver<bool>,
 }
 
 /// A running child task, as seen from [`run`].
-struct Supervised {
-    id: String,
+pub(crate) struct Supervised {
+    pub(crate) id: String,
     /// Tells the task to stop its child, with the instant after which it uses SIGKILL.
-    stop: oneshot::Sender<Instant>,
+    pub(crate) stop: oneshot::Sender<Instant>,
     /// Ends with what made the child's stop unclean, if anything did.
-    task: JoinHandle<Option<String>>,
+    pub(crate) task: JoinHandle<Option<String>>,
 }
 
 /// Runs `specs` until SIGINT, SIGTERM or `shutdown`, then stops them and returns `Ok` if every
@@ -204,11 +220,17 @@ async fn run_checked(
         shutting_down: shutting_rx,
     });
 
+    let elastic = ctx.opts.control.as_ref().map(|c| c.elastic.clone());
+    let fleet = Fleet::new(&specs, Arc::clone(&ctx), elastic);
+    // The control API serves from the start: pools read their membership from it as they start.
+    let _control = match &ctx.opts.control {
+        Some(control) => Some(serve_control(control, fleet.clone())?),
+        None => None,
+    };
+
     let started_at = Instant::now();
-    let mut groups: Vec<Vec<Supervised>> = Vec::new();
     for group in role_groups(&specs) {
         let mut readies = Vec::new();
-        let mut supervised = Vec::new();
         for spec in group {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (stop_tx, stop_rx) = oneshot::channel();
@@ -219,13 +241,15 @@ async fn run_checked(
                 stop_rx,
             ));
             readies.push(ready_rx);
-            supervised.push(Supervised {
-                id: spec.id.clone(),
-                stop: stop_tx,
-                task,
-            });
+            fleet.attach(
+                &spec.id,
+                Supervised {
+                    id: spec.id.clone(),
+                    stop: stop_tx,
+                    task,
+                },
+            );
         }
-        groups.push(supervised);
 
         let outcome = tokio::select! {
             biased;
@@ -233,14 +257,18 @@ async fn run_checked(
             results = join_all(readies) => first_failure(results).map_err(Err),
         };
         match outcome {
-            Ok(()) => {}
+            Ok(()) => {
+                for spec in group {
+                    fleet.set_state(&spec.id, State::Active);
+                }
+            }
             Err(Ok(reason)) => {
-                let unclean = stop_all(&ctx, groups, &shutting_tx, reason).await;
+                let unclean = stop_all(&ctx, fleet.close(), &shutting_tx, reason).await;
                 return verdict(unclean);
             }
             Err(Err(message)) => {
                 ctx.log.line(format!("[up] {message}"));
-                stop_all(&ctx, groups, &shutting_tx, "start-up failed").await;
+                stop_all(&ctx, fleet.close(), &shutting_tx, "start-up failed").await;
                 bail!(message);
             }
         }
@@ -259,8 +287,31 @@ async fn run_checked(
     ));
 
     let reason = stop_requested.await;
-    let unclean = stop_all(&ctx, groups, &shutting_tx, reason).await;
+    let unclean = stop_all(&ctx, fleet.close(), &shutting_tx, reason).await;
     verdict(unclean)
+}
+
+/// Serves the control API on `control`'s listener until the returned task is dropped.
+fn serve_control(control: &Control, fleet: Fleet) -> anyhow::Result<AbortOnDrop> {
+    let std_listener = control
+        .listener
+        .try_clone()
+        .context("the control API's listener")?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let app = control::router(fleet);
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `Ok` for a clean stop, otherwise an error naming each child whose stop was not clean.
@@ -410,7 +461,7 @@ fn print_table(ctx: &Ctx, specs: &[ChildSpec]) {
 }
 
 /// Formats rows as left-aligned columns separated by two spaces.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Vec<String> {
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Vec<String> {
     let mut widths = header.map(str::len);
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -70,6 +70,30 @@ impl Registry {
         self.write(&state.records)
     }
 
+    /// Adds an instance started while running (a scale out).
+    pub(super) fn add(&self, spec: &ChildSpec) {
+        let mut state = self.lock();
+        state.records.push(Record {
+            role: spec.role.clone(),
+            id: spec.id.clone(),
+            url: spec.url.clone(),
+            port: spec.port,
+            pid: None,
+        });
+        if state.published {
+            let _ = self.write(&state.records);
+        }
+    }
+
+    /// Removes an instance that was drained and stopped.
+    pub(super) fn remove(&self, id: &str) {
+        let mut state = self.lock();
+        state.records.retain(|r| r.id != id);
+        if state.published {
+            let _ = self.write(&state.records);
+        }
+    }
+
     /// The pid of every instance, by id.
     pub(super) fn pids(&self) -> HashMap<String, Option<u32>> {
         self.lock()

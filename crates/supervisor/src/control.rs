@@ -1,0 +1,134 @@
+//! The control API of a running `scalelab up`: HTTP + JSON on loopback (what `scalelab status`,
+//! `scale`, `drain` and `kill` call, and what the pools read their membership from).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /instances` | every instance: role, id, url, pid, state, uptime |
+//! | `GET /members/{role}` | one role's instances and states, as pools read them |
+//! | `POST /scale` `{"gateway": 4, "service": 2}` | start or drain instances until each role has its count |
+//! | `POST /instances/{id}/drain` | out of its pools now, stopped after the drain delay |
+//! | `POST /instances/{id}/kill` | SIGKILL (the supervisor restarts it) |
+//! | `GET /events[?after=MS]` | what happened: starts, drains, stops, kills, scale requests |
+//!
+//! It listens on loopback only: whoever can reach it can already signal the processes. Errors are
+//! the one JSON shape `{"error", "message"}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use api::wire::control::{Member, Members};
+
+use crate::fleet::Fleet;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// The routes over `fleet`.
+pub fn router(fleet: Fleet) -> Router {
+    Router::new()
+        .route("/instances", get(instances))
+        .route("/members/{role}", get(members))
+        .route("/scale", post(scale))
+        .route("/instances/{id}/drain", post(drain))
+        .route("/instances/{id}/kill", post(kill))
+        .route("/events", get(events))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(fleet)
+}
+
+async fn instances(State(fleet): State<Fleet>) -> Response {
+    Json(json!({"instances": fleet.status()})).into_response()
+}
+
+async fn members(State(fleet): State<Fleet>, Path(role): Path<String>) -> Json<Members> {
+    let members = fleet
+        .members(&role)
+        .into_iter()
+        .map(|(id, url, state)| Member {
+            id,
+            url,
+            state: state.as_str().into(),
+        })
+        .collect();
+    Json(Members { role, members })
+}
+
+async fn scale(
+    State(fleet): State<Fleet>,
+    body: Result<Json<BTreeMap<String, usize>>, JsonRejection>,
+) -> Response {
+    let Ok(Json(wanted)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body is a JSON object of role counts, like {\"gateway\": 4}",
+        );
+    };
+    if wanted.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "name at least one role",
+        );
+    }
+    match fleet.scale(&wanted) {
+        Ok(done) => Json(json!({"changes": done})).into_response(),
+        Err(why) => {
+            fleet.event("refused", None, format!("scale refused: {why}"));
+            error(StatusCode::BAD_REQUEST, "refused", why)
+        }
+    }
+}
+
+async fn drain(State(fleet): State<Fleet>, Path(id): Path<String>) -> Response {
+    match fleet.drain(&id) {
+        Ok(()) => Json(json!({"draining": id})).into_response(),
+        Err(why) if why.starts_with("no instance") => {
+            error(StatusCode::NOT_FOUND, "not_found", why)
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, "refused", why),
+    }
+}
+
+async fn kill(State(fleet): State<Fleet>, Path(id): Path<String>) -> Response {
+    match fleet.kill(&id) {
+        Ok(pid) => Json(json!({"killed": id, "pid": pid})).into_response(),
+        Err(why) if why.starts_with("no instance") => {
+            error(StatusCode::NOT_FOUND, "not_found", why)
+        }
+        Err(why) => error(StatusCode::CONFLICT, "refused", why),
+    }
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn events(
+    State(fleet): State<Fleet>,
+    q: Result<Query<After>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(After { after })) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "after is milliseconds since the epoch",
+        );
+    };
+    Json(json!({"events": fleet.events(after)})).into_response()
+}
