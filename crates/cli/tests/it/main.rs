@@ -15,6 +15,8 @@
 //!   with status 0 and no SIGKILL, a running task handed back to the queue; a worker whose claim
 //!   waits on the SQLite write lock; SIGHUP (terminal closed) stops everything cleanly; SIGKILL of
 //!   `up` leaves no instance running (each stops when its supervisor is gone).
+//! - `elastic`: `scalelab scale` / `status` on a running `up`: gateways and services out and in
+//!   under load with no failed request, workers scaled in while holding tasks (none lost or rerun).
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
 //! - `lab_calls`: the lab's own calls as written (unknown keys, the loose `/longtask`, task status
 //!   on the worker's port, a guest token naming a user).
@@ -27,6 +29,7 @@
 mod casitas;
 mod config_check;
 mod distributed;
+mod elastic;
 mod lab_calls;
 mod request_path;
 mod scenario;
