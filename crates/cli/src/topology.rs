@@ -41,7 +41,7 @@ impl Preset {
 
 /// The top-level keys of a topology file: `data_dir`, `instances`, the roles' sections and the
 /// shared `[queue]`.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "data_dir",
     "instances",
     "lb",
@@ -56,7 +56,51 @@ const SECTIONS: [&str; 14] = [
     "units",
     "finances",
     "legal",
+    "autoscale",
 ];
+
+/// `[autoscale.<role>]`: an autoscaler for a scalable role under `scalelab up`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AutoscaleSection {
+    /// `hpa` (Kubernetes' defaults: evaluate every 15 s, scale down after 300 s of lower
+    /// recommendations) or `demo` (the same rules in seconds, to watch in class).
+    #[serde(default)]
+    pub(crate) profile: AutoscaleProfile,
+    /// `in_flight` (requests being served, per instance: gateways, services, auth) or
+    /// `queue_depth` (queued tasks per worker).
+    pub(crate) metric: supervisor::autoscale::Metric,
+    /// The metric's target per instance.
+    pub(crate) target: f64,
+    /// Fewest instances.
+    pub(crate) min: u32,
+    /// Most instances.
+    pub(crate) max: u32,
+}
+
+/// Which timing an autoscaler runs on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AutoscaleProfile {
+    /// Kubernetes HPA's defaults.
+    #[default]
+    Hpa,
+    /// Seconds instead of minutes.
+    Demo,
+}
+
+impl AutoscaleSection {
+    /// The autoscaler's policy.
+    pub(crate) fn policy(&self) -> supervisor::autoscale::Policy {
+        use supervisor::autoscale::Policy;
+        match self.profile {
+            AutoscaleProfile::Hpa => {
+                Policy::hpa_defaults(self.metric, self.target, self.min, self.max)
+            }
+            AutoscaleProfile::Demo => Policy::demo(self.metric, self.target, self.min, self.max),
+        }
+    }
+}
 
 /// Every problem found in a topology, each as `path.in.the.file: what is wrong`.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +155,8 @@ pub(crate) struct Topology {
     pub(crate) finances: rental::Config,
     /// The Casitas preset's legal service.
     pub(crate) legal: rental::Config,
+    /// Autoscalers by role (`[autoscale.gateway]`, ...); none by default.
+    pub(crate) autoscale: BTreeMap<String, AutoscaleSection>,
 }
 
 impl Default for Topology {
@@ -130,6 +176,7 @@ impl Default for Topology {
             units: rental::Config::default(),
             finances: rental::Config::default(),
             legal: rental::Config::default(),
+            autoscale: BTreeMap::new(),
         }
     }
 }
@@ -215,6 +262,7 @@ impl Topology {
                 "units" => read_section(value, &mut t.units),
                 "finances" => read_section(value, &mut t.finances),
                 "legal" => read_section(value, &mut t.legal),
+                "autoscale" => read_section(value, &mut t.autoscale),
                 _ => Err(format!(
                     ": unknown section; sections are {}",
                     SECTIONS.join(", ")
@@ -288,6 +336,24 @@ impl Topology {
         if runs("users") {
             section("users", t.users.validate());
         }
+        let mut autoscale = Vec::new();
+        for (role, a) in &t.autoscale {
+            if !crate::up::SCALABLE.contains(&role.as_str()) {
+                autoscale.push(format!(
+                    "{role}: {role} cannot be scaled; the roles that can are {}",
+                    crate::up::SCALABLE.join(", ")
+                ));
+            } else if !runs(role) {
+                autoscale.push(format!("{role}: the topology runs no {role}"));
+            }
+            autoscale.extend(
+                a.policy()
+                    .validate()
+                    .into_iter()
+                    .map(|p| format!("{role}.{p}")),
+            );
+        }
+        section("autoscale", autoscale);
         for (name, config) in [
             ("units", &t.units),
             ("finances", &t.finances),

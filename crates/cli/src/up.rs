@@ -90,12 +90,18 @@ fn elastic(topo: &Topology, effective: &Path, program: &Path) -> supervisor::Ela
         .pool
         .refresh_ms
         .max(topo.gateway.services.refresh_ms);
+    let autoscale = topo
+        .autoscale
+        .iter()
+        .map(|(role, a)| (role.clone(), a.policy()))
+        .collect();
     supervisor::Elastic {
         factory: std::sync::Arc::new(move |role: &str, id: &str, port: u16| {
             spec(&topo, &effective, &program, role, id, port)
         }),
         scalable: SCALABLE.iter().map(|r| r.to_string()).collect(),
         max_per_role: 16,
+        autoscale,
         drain_delay: std::time::Duration::from_millis(refresh.saturating_mul(2) + 250),
     }
 }

@@ -171,11 +171,51 @@ async fn record(instance: Instance, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let start = Instant::now();
+    // Work in flight, what an autoscaler reads: probes and scrapes are not work.
+    let probe = matches!(req.uri().path(), "/health" | "/metrics" | "/ready");
+    let _in_flight = (!probe).then(|| InFlight::start(&instance));
     let resp = next.run(req).await;
     let (requests, duration) = http_handles(&instance, route, method, resp.status().as_u16());
     requests.increment(1);
     duration.record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// One request in `scalelab_http_in_flight{role,id}` until dropped (also when the client goes away
+/// and the handler is cancelled).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start(instance: &Instance) -> Self {
+        thread_local! {
+            /// The gauge by instance id address (an instance's id is made once).
+            static GAUGES: std::cell::RefCell<std::collections::HashMap<usize, (Arc<str>, metrics::Gauge)>> =
+                std::cell::RefCell::new(std::collections::HashMap::new());
+        }
+        let key = Arc::as_ptr(&instance.id).cast::<u8>() as usize;
+        let gauge = GAUGES.with(|g| {
+            g.borrow_mut()
+                .entry(key)
+                .or_insert_with(|| {
+                    let gauge = metrics::gauge!(
+                        "scalelab_http_in_flight",
+                        "role" => instance.role.to_string(),
+                        "id" => instance.id.to_string()
+                    );
+                    (instance.id.clone(), gauge)
+                })
+                .1
+                .clone()
+        });
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// A route's request counter (by status) and duration histogram.

@@ -8,7 +8,8 @@
 //! | `POST /scale` `{"gateway": 4, "service": 2}` | start or drain instances until each role has its count |
 //! | `POST /instances/{id}/drain` | out of its pools now, stopped after the drain delay |
 //! | `POST /instances/{id}/kill` | SIGKILL (the supervisor restarts it) |
-//! | `GET /events[?after=MS]` | what happened: starts, drains, stops, kills, scale requests |
+//! | `GET /events[?after=MS]` | what happened: starts, drains, stops, kills, scale requests, autoscaler decisions |
+//! | `GET /autoscale` | each autoscaled role's policy and latest decision, with its arithmetic |
 //!
 //! It listens on loopback only: whoever can reach it can already signal the processes. Errors are
 //! the one JSON shape `{"error", "message"}`.
@@ -45,6 +46,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/instances/{id}/drain", post(drain))
         .route("/instances/{id}/kill", post(kill))
         .route("/events", get(events))
+        .route("/autoscale", get(autoscale))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(fleet)
 }
@@ -111,6 +113,15 @@ async fn kill(State(fleet): State<Fleet>, Path(id): Path<String>) -> Response {
         }
         Err(why) => error(StatusCode::CONFLICT, "refused", why),
     }
+}
+
+async fn autoscale(State(fleet): State<Fleet>) -> Response {
+    let policies: Vec<_> = fleet
+        .autoscaled()
+        .into_iter()
+        .map(|(role, p)| json!({"role": role, "profile": p.profile_name(), "policy": p}))
+        .collect();
+    Json(json!({"policies": policies, "decisions": fleet.decisions()})).into_response()
 }
 
 #[derive(Deserialize)]

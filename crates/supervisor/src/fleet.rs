@@ -30,6 +30,8 @@ pub struct Elastic {
     pub scalable: Vec<String>,
     /// Most instances of one role.
     pub max_per_role: usize,
+    /// The roles with an autoscaler, and its policy.
+    pub autoscale: Vec<(String, crate::autoscale::Policy)>,
     /// Time between `draining` and SIGTERM, so that every pool has seen the drain.
     pub drain_delay: Duration,
 }
@@ -115,6 +117,8 @@ struct Inner {
     /// The next instance number per role.
     next: BTreeMap<String, usize>,
     events: VecDeque<Event>,
+    /// The latest autoscaler decision per role.
+    decisions: BTreeMap<String, crate::autoscale::Decision>,
     /// Set once shutdown begins: no more changes.
     closed: bool,
 }
@@ -170,6 +174,7 @@ impl Fleet {
                 roles,
                 next,
                 events: VecDeque::new(),
+                decisions: BTreeMap::new(),
                 closed: false,
             })),
             ctx,
@@ -250,10 +255,42 @@ impl Fleet {
             .collect()
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Keeps `decision` as its role's latest (`GET /autoscale`).
+    pub fn record_decision(&self, decision: crate::autoscale::Decision) {
+        self.lock()
+            .decisions
+            .insert(decision.role.clone(), decision);
+    }
+
+    /// The latest autoscaler decision of each role.
+    pub fn decisions(&self) -> Vec<crate::autoscale::Decision> {
+        self.lock().decisions.values().cloned().collect()
+    }
+
+    /// The autoscaled roles and their policies.
+    pub fn autoscaled(&self) -> Vec<(String, crate::autoscale::Policy)> {
+        self.elastic
+            .as_ref()
+            .map(|e| e.autoscale.clone())
+            .unwrap_or_default()
+    }
+
     /// Sets each role's instance count: starts the missing ones (they join their pools once
     /// healthy) and drains then stops the newest ones beyond it. Every request is checked before
     /// anything changes. Returns what it does, one line per role.
     pub fn scale(&self, wanted: &BTreeMap<String, usize>) -> Result<Vec<String>, String> {
+        let done = self.scale_quietly(wanted)?;
+        self.event("scale", None, format!("scale: {}", done.join("; ")));
+        Ok(done)
+    }
+
+    /// [`Fleet::scale`] without its event (the autoscaler records its own, with its arithmetic).
+    pub fn scale_quietly(&self, wanted: &BTreeMap<String, usize>) -> Result<Vec<String>, String> {
         let elastic = self
             .elastic
             .clone()
@@ -319,8 +356,6 @@ impl Fleet {
                 done.push(format!("{role}: already {n}"));
             }
         }
-        let summary = done.join("; ");
-        self.event("scale", None, format!("scale: {summary}"));
         Ok(done)
     }
 

@@ -25,6 +25,7 @@ pub mod control;
 pub mod fleet;
 mod output;
 mod registry;
+mod scaler;
 #[cfg(test)]
 mod tests;
 
@@ -286,6 +287,12 @@ async fn run_checked(
         started_at.elapsed()
     ));
 
+    // The autoscalers start once everything is up, and stop with the fleet.
+    let _scalers: Vec<AbortOnDrop> = fleet
+        .autoscaled()
+        .into_iter()
+        .map(|(role, policy)| AbortOnDrop(tokio::spawn(scaler::run(fleet.clone(), role, policy))))
+        .collect();
     let reason = stop_requested.await;
     let unclean = stop_all(&ctx, fleet.close(), &shutting_tx, reason).await;
     verdict(unclean)

@@ -339,3 +339,82 @@ async fn workers_scaled_in_while_holding_tasks_lose_none_and_run_none_twice() {
         }
     }
 }
+
+/// `[autoscale.gateway]` on the demo profile: load makes the autoscaler add gateways (its
+/// arithmetic in the events), and the end of the load brings them back to the minimum after the
+/// scale-down window; no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_follows_the_load_out_and_back_in() {
+    let sys = topology()
+        .counts("gateway", 1)
+        .toml_extra("[db]\nlatency_ms = 100\n")
+        .toml_extra(
+            "[autoscale.gateway]\nprofile = \"demo\"\nmetric = \"in_flight\"\ntarget = 2\nmin = 1\nmax = 3\n",
+        )
+        .start()
+        .await
+        .expect("scalelab up");
+    let token = sys.admin_token().await.expect("admin token");
+    // Reads that skip the cache: each keeps a gateway busy for the db's 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        let (http, lb, token, stop) = (
+            sys.client().clone(),
+            sys.lb_url(),
+            token.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, _) = send(
+                    http.get(format!("{lb}/data?key=key-3&refresh=true"))
+                        .bearer_auth(&token),
+                )
+                .await;
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    until_active(&sys, "gateway", &["gateway-1", "gateway-2", "gateway-3"]).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Idle again: back to the minimum once the demo's 10 s scale-down window has passed.
+    until_active(&sys, "gateway", &["gateway-1"]).await;
+
+    let control: Value = serde_json::from_str(
+        &std::fs::read_to_string(sys.data_dir().join("control.json")).unwrap(),
+    )
+    .unwrap();
+    let url = control["url"].as_str().unwrap();
+    let (_, _, events) = send(sys.client().get(format!("{url}/events"))).await;
+    let lines: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "autoscale")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("gateway: in-flight") && l.contains("desired ceil(1 ×")),
+        "the scale out with its arithmetic: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("gateway: in-flight 0.0/instance")
+                && l.ends_with("raised to min 1")),
+        "the scale in: {lines:#?}"
+    );
+    let (_, _, auto) = send(sys.client().get(format!("{url}/autoscale"))).await;
+    assert_eq!(auto["policies"][0]["profile"], "demo", "{auto}");
+    assert_eq!(auto["decisions"][0]["desired"], 1, "{auto}");
+}
