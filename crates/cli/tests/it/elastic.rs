@@ -123,14 +123,16 @@ impl Load {
                     let mut seen = Vec::new();
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) {
-                        let path = if (i + n) % 2 == 0 {
-                            "/data?key=key-3"
-                        } else {
-                            "/process"
+                        // Reads, and writes with a body (which a proxy can never replay).
+                        let req = match (i + n) % 3 {
+                            0 => http.get(format!("{lb}/data?key=key-3")),
+                            1 => http.get(format!("{lb}/process")),
+                            _ => http
+                                .put(format!("{lb}/data/key-{n}"))
+                                .json(&json!({"value": i})),
                         };
                         i += 1;
-                        let (status, headers, body) =
-                            send(http.get(format!("{lb}{path}")).bearer_auth(&token)).await;
+                        let (status, headers, body) = send(req.bearer_auth(&token)).await;
                         let by = headers
                             .get("x-served-by")
                             .and_then(|v| v.to_str().ok())
