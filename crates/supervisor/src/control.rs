@@ -9,6 +9,7 @@
 //! | `POST /instances/{id}/drain` | out of its pools now, stopped after the drain delay |
 //! | `POST /instances/{id}/kill` | SIGKILL (the supervisor restarts it) |
 //! | `GET /events[?after=MS]` | what happened: starts, drains, stops, kills, scale requests, autoscaler decisions |
+//! | `GET /metrics` | Prometheus text: instances per role and state, autoscaler desired/current per role |
 //! | `GET /autoscale` | each autoscaled role's policy and latest decision, with its arithmetic |
 //!
 //! It listens on loopback only: whoever can reach it can already signal the processes. Errors are
@@ -47,6 +48,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/instances/{id}/kill", post(kill))
         .route("/events", get(events))
         .route("/autoscale", get(autoscale))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(fleet)
 }
@@ -122,6 +124,46 @@ async fn autoscale(State(fleet): State<Fleet>) -> Response {
         .map(|(role, p)| json!({"role": role, "profile": p.profile_name(), "policy": p}))
         .collect();
     Json(json!({"policies": policies, "decisions": fleet.decisions()})).into_response()
+}
+
+/// `scalelab_instances{role,state}` and, per autoscaled role, `scalelab_autoscale_desired` and
+/// `scalelab_autoscale_current` (written here: the supervisor has no metrics registry of its own).
+async fn metrics(State(fleet): State<Fleet>) -> Response {
+    let mut counts: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    for i in fleet.status() {
+        *counts.entry((i.role, i.state.as_str())).or_default() += 1;
+    }
+    let mut text = String::from(
+        "# HELP scalelab_instances Instances of each role by state.\n# TYPE scalelab_instances gauge\n",
+    );
+    for ((role, state), n) in counts {
+        text.push_str(&format!(
+            "scalelab_instances{{role=\"{role}\",state=\"{state}\"}} {n}\n"
+        ));
+    }
+    let decisions = fleet.decisions();
+    text.push_str("# HELP scalelab_autoscale_desired The autoscaler's latest desired count.\n# TYPE scalelab_autoscale_desired gauge\n");
+    for d in &decisions {
+        text.push_str(&format!(
+            "scalelab_autoscale_desired{{role=\"{}\"}} {}\n",
+            d.role, d.desired
+        ));
+    }
+    text.push_str("# HELP scalelab_autoscale_current The count the autoscaler saw.\n# TYPE scalelab_autoscale_current gauge\n");
+    for d in &decisions {
+        text.push_str(&format!(
+            "scalelab_autoscale_current{{role=\"{}\"}} {}\n",
+            d.role, d.current
+        ));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

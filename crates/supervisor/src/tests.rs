@@ -529,3 +529,159 @@ fn the_table_aligns_columns() {
         ]
     );
 }
+
+/// The control API: status, membership, scale out and in (the newest drains, then stops), kill,
+/// refusals, events and metrics, against real child processes.
+#[tokio::test]
+async fn the_control_api_scales_drains_and_reports() {
+    let (mut opts, lines) = options(None);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let factory: crate::SpecFactory =
+        Arc::new(|role: &str, id: &str, port: u16| spec(role, id, port, STAND_IN));
+    opts.control = Some(crate::Control {
+        listener: Arc::new(listener),
+        elastic: crate::Elastic {
+            factory,
+            scalable: vec!["web".into()],
+            max_per_role: 4,
+            drain_delay: Duration::from_millis(100),
+            autoscale: Vec::new(),
+        },
+    });
+    let specs = vec![
+        spec("db", "db-1", free_port(), STAND_IN),
+        spec("web", "web-1", free_port(), STAND_IN),
+    ];
+    let started = start(specs, opts);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let members = |v: serde_json::Value| -> Vec<(String, String)> {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    m["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // Members turn active once healthy.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = get("/members/web").await
+            && members(v) == [("web-1".to_owned(), "active".to_owned())]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", lines.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let post = |path: &str, body: serde_json::Value| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = post("/scale", serde_json::json!({"web": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changes"][0], "web: 1 → 3, starting web-2, web-3");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = members(get("/members/web").await.unwrap());
+        if m.iter().filter(|(_, s)| s == "active").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m:?}\n{}", lines.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refusals: an unscalable role, too many, zero, an unknown instance.
+    for (body, want) in [
+        (serde_json::json!({"db": 2}), "db cannot be scaled"),
+        (
+            serde_json::json!({"web": 5}),
+            "a role runs 1 to 4 instances",
+        ),
+        (
+            serde_json::json!({"web": 0}),
+            "a role runs 1 to 4 instances",
+        ),
+    ] {
+        let (status, answer) = post("/scale", body).await;
+        assert_eq!(status, 400);
+        assert!(
+            answer["message"].as_str().unwrap().contains(want),
+            "{answer}"
+        );
+    }
+    let (status, _) = post("/instances/web-9/drain", serde_json::json!({})).await;
+    assert_eq!(status, 404);
+
+    // Scale in: the newest drains first and is gone once stopped.
+    let (status, body) = post("/scale", serde_json::json!({"web": 2})).await;
+    assert_eq!(
+        (status, body["changes"][0].as_str()),
+        (200, Some("web: 3 → 2, draining web-3"))
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = members(get("/members/web").await.unwrap());
+        if m == [
+            ("web-1".to_owned(), "active".to_owned()),
+            ("web-2".to_owned(), "active".to_owned()),
+        ] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m:?}\n{}", lines.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Kill: the process dies and the supervisor restarts it.
+    let (status, body) = post("/instances/web-2/kill", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let old = body["pid"].as_u64().unwrap() as u32;
+    eventually("web-2 restarted", &lines, || {
+        lines.contains("web-2 is healthy again").then_some(())
+    })
+    .await;
+    assert!(!alive(old));
+
+    let events = get("/events").await.unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "started", "active", "draining", "stopped", "killed", "refused", "scale",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("scalelab_instances{role=\"web\",state=\"active\"} 2"),
+        "{metrics}"
+    );
+    started.stop().await.expect("a clean stop");
+}
