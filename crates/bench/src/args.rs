@@ -105,6 +105,8 @@ pub enum ScenarioName {
     Scale,
     /// Synchronous vs queued work (needs the task queue).
     Async,
+    /// Elasticity: a load ramp ×5 and back, gateways and services autoscaling (and not, beside it).
+    Elastic,
     /// Every scenario, one report, ending in the tactic scorecard.
     All,
 }

@@ -81,7 +81,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
 pub(crate) const SCALABLE: [&str; 4] = ["gateway", "service", "auth", "worker"];
 
 /// What the supervisor needs to start, drain and stop instances while it runs.
-fn elastic(topo: &Topology, effective: &Path, program: &Path) -> supervisor::Elastic {
+pub(crate) fn elastic(topo: &Topology, effective: &Path, program: &Path) -> supervisor::Elastic {
     let (topo, effective, program) = (topo.clone(), effective.to_owned(), program.to_owned());
     // Every pool re-reads its membership each `refresh_ms`: twice the slowest, plus a margin, and
     // every pool has seen a drain before the instance is told to stop.

@@ -38,12 +38,24 @@ pub(super) struct Cluster {
     log: Arc<Mutex<VecDeque<String>>>,
     /// For the few control calls (login, flush, readiness); the load goes through `bench`.
     http: reqwest::Client,
+    /// The supervisor's control API, when the topology may change while it runs.
+    control: Option<String>,
 }
 
 impl Cluster {
     /// Starts `topo` (its ports and data directory are replaced by free ports and a fresh
     /// temporary directory) and waits until every instance is healthy and every gateway ready.
-    pub(super) async fn start(name: &str, mut topo: Topology) -> anyhow::Result<Cluster> {
+    pub(super) async fn start(name: &str, topo: Topology) -> anyhow::Result<Cluster> {
+        Self::start_with(name, topo, false).await
+    }
+
+    /// Like [`Cluster::start`], with the supervisor's control API on, as under `scalelab up`: the
+    /// pools follow the instances, and `[autoscale.<role>]` policies run.
+    pub(super) async fn start_elastic(name: &str, topo: Topology) -> anyhow::Result<Cluster> {
+        Self::start_with(name, topo, true).await
+    }
+
+    async fn start_with(name: &str, mut topo: Topology, elastic: bool) -> anyhow::Result<Cluster> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
@@ -53,6 +65,15 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         topo.data_dir = dir.clone();
         topo.use_free_ports()?;
+        let listener = if elastic {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let url = format!("http://{}", l.local_addr()?);
+            topo.lb.membership_url = url.clone();
+            topo.gateway.membership_url = url.clone();
+            Some((l, url))
+        } else {
+            None
+        };
         let effective = up::prepare(&mut topo)?;
         let program = std::env::current_exe().context("cannot find the scalelab binary")?;
         let admin_password: String = rand::thread_rng()
@@ -79,7 +100,24 @@ impl Cluster {
             }
         });
         let instances_file = topo.data_dir.join("instances.json");
+        let control_url = listener.as_ref().map(|(_, url)| url.clone());
+        let control = listener.map(|(l, _)| {
+            let mut elastic = up::elastic(&topo, &effective, &program);
+            let inner = elastic.factory.clone();
+            let password = admin_password.clone();
+            elastic.factory = Arc::new(move |role: &str, id: &str, port: u16| {
+                let mut spec = inner(role, id, port);
+                spec.env
+                    .push(("SCALELAB_ADMIN_PASSWORD".into(), password.clone()));
+                spec
+            });
+            supervisor::Control {
+                listener: Arc::new(l),
+                elastic,
+            }
+        });
         let opts = SupervisorOptions {
+            control,
             print_table: false,
             handle_signals: false,
             log: Some(tx),
@@ -103,6 +141,7 @@ impl Cluster {
             task: Some(task),
             log,
             http,
+            control: control_url,
         };
         match cluster.wait_ready(&instances_file).await {
             Ok(()) => Ok(cluster),
@@ -235,6 +274,13 @@ impl Cluster {
     }
 
     /// The children's last log lines.
+    /// `GET path` of the control API, as JSON (`None` without one, or when it does not answer).
+    pub(super) async fn control(&self, path: &str) -> Option<serde_json::Value> {
+        let base = self.control.as_ref()?;
+        let resp = self.http.get(format!("{base}{path}")).send().await.ok()?;
+        resp.json().await.ok()
+    }
+
     pub(super) fn log_tail(&self) -> String {
         let tail = self.log.lock().unwrap_or_else(|e| e.into_inner());
         tail.iter().cloned().collect::<Vec<_>>().join("\n")

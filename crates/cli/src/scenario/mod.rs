@@ -4,11 +4,12 @@
 //! `bench` library, stops it, and returns its figures and a report [`Section`]; `all` runs every
 //! scenario and ends the report with the tactic scorecard.
 //!
-//! Start at [`run`]; the scenarios are `lb.rs`, `cache.rs`, `scale.rs` and `queued.rs` (the
-//! `async` one); `score.rs` holds the arithmetic of the findings.
+//! Start at [`run`]; the scenarios are `lb.rs`, `cache.rs`, `scale.rs`, `queued.rs` (the
+//! `async` one) and `elastic.rs` (a load ramp against autoscaling gateways and services); `score.rs` holds the arithmetic of the findings.
 
 mod cache;
 mod cluster;
+mod elastic;
 mod lb;
 mod queued;
 mod scale;
@@ -105,6 +106,7 @@ struct Results {
     scale: Option<scale::ScaleResult>,
     #[serde(rename = "async")]
     queued: Option<queued::QueuedResult>,
+    elastic: Option<elastic::ElasticResult>,
     /// One row per tactic (with `all`, or whichever scenarios ran).
     scorecard: Vec<ScoreRow>,
 }
@@ -157,6 +159,11 @@ pub(crate) async fn run(
         results.queued = Some(result);
         show(section, &mut sections);
     }
+    if wanted(ScenarioName::Elastic) {
+        let (result, section) = elastic::run(&ctx).await.context("scenario elastic")?;
+        results.elastic = Some(result);
+        show(section, &mut sections);
+    }
 
     results.scorecard = scorecard(&ctx, &results);
     results.elapsed_s = started.elapsed().as_secs_f64();
@@ -204,6 +211,7 @@ fn name_of(name: ScenarioName) -> &'static str {
         ScenarioName::Cache => "cache",
         ScenarioName::Scale => "scale",
         ScenarioName::Async => "async",
+        ScenarioName::Elastic => "elastic",
         ScenarioName::All => "all",
     }
 }
@@ -222,6 +230,9 @@ fn scorecard(ctx: &Ctx, r: &Results) -> Vec<ScoreRow> {
     }
     if let Some(queued) = &r.queued {
         rows.push(queued.score_row(ctx.command("async")));
+    }
+    if let Some(elastic) = &r.elastic {
+        rows.push(elastic.score_row(ctx.command("elastic")));
     }
     rows
 }
