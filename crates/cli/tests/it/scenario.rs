@@ -63,6 +63,7 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         "== Caching ==",
         "== Scaling out ==",
         "== Asynchronous work ==",
+        "== Elasticity ==",
         "== Tactic scorecard ==",
     ];
     let at: Vec<usize> = headings
@@ -82,13 +83,14 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         "Caching",
         "Scaling out",
         "Asynchronous work",
+        "Elasticity",
         "Tactic scorecard",
     ] {
         assert!(html.contains(&format!("<h2>{title}</h2>")), "no {title}");
     }
     let charts = svgs(&html);
-    // lb 2 + cache 2 + scale 2 + async 1 in the sections, 4 in the scorecard.
-    assert_eq!(charts.len(), 11, "charts in the page");
+    // lb 2 + cache 2 + scale 2 + async 1 + elastic 2 in the sections, 5 in the scorecard.
+    assert_eq!(charts.len(), 14, "charts in the page");
     for svg in &charts {
         let drawn = svg.matches("<rect").count() + svg.matches("<polyline").count();
         assert!(drawn >= 2, "an empty chart: {}", &svg[..svg.len().min(300)]);
@@ -108,10 +110,14 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
             "load balancing",
             "caching",
             "scaling out",
-            "asynchronous processing"
+            "asynchronous processing",
+            "elasticity"
         ]
     );
-    for (row, name) in rows.iter().zip(["lb", "cache", "scale", "async"]) {
+    for (row, name) in rows
+        .iter()
+        .zip(["lb", "cache", "scale", "async", "elastic"])
+    {
         let (tactic, gain, command) = (
             row["tactic"].as_str().unwrap(),
             row["gain"].as_str().unwrap(),
@@ -213,6 +219,34 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
     assert_eq!(
         queued["tasks_succeeded"], queued["submit"]["requests"],
         "every submitted task ran: {queued}"
+    );
+
+    // elastic: with autoscaling on, the ramp added services and gateways, and no request failed;
+    // off, one of each served the whole ramp.
+    let elastic = &results["elastic"];
+    let most = |run: &Value, role: &str| {
+        run["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[role].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert!(most(&elastic["on"], "services") > 1, "{elastic}");
+    assert!(most(&elastic["on"], "gateways") > 1, "{elastic}");
+    assert_eq!(most(&elastic["off"], "services"), 1, "{elastic}");
+    for run in [&elastic["on"], &elastic["off"]] {
+        for p in run["points"].as_array().unwrap() {
+            assert_eq!(p["errors"], 0, "{p}");
+        }
+    }
+    assert!(
+        elastic["on"]["decisions"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("desired ceil(1 ×"),
+        "{elastic}"
     );
 
     let _ = std::fs::remove_dir_all(&dir);
