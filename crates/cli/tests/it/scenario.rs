@@ -235,6 +235,14 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
     };
     assert!(most(&elastic["on"], "services") > 1, "{elastic}");
     assert!(most(&elastic["on"], "gateways") > 1, "{elastic}");
+    assert!(most(&elastic["on"], "workers") > 1, "{elastic}");
+    for run in [&elastic["on"], &elastic["off"]] {
+        assert!(run["tasks_accepted"].as_u64() > Some(50), "{run}");
+        assert_eq!(
+            run["tasks_succeeded"], run["tasks_accepted"],
+            "no task lost: {run}"
+        );
+    }
     assert_eq!(most(&elastic["off"], "services"), 1, "{elastic}");
     for run in [&elastic["on"], &elastic["off"]] {
         for p in run["points"].as_array().unwrap() {
