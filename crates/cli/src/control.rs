@@ -79,15 +79,86 @@ impl Target {
     }
 }
 
-/// `scalelab status [--json]`.
-pub(crate) async fn status(target: Target, json: bool) -> anyhow::Result<()> {
-    let body = target
+/// Requests in flight and requests answered so far (probes and scrapes left out) from one
+/// instance's `/metrics`; `None` when it does not answer.
+async fn load_of(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
+    let page = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut in_flight = 0.0;
+    let mut requests = 0.0;
+    for line in page.lines() {
+        let value = || {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if line.starts_with("scalelab_http_in_flight{") {
+            in_flight += value();
+        } else if line.starts_with("scalelab_http_requests_total{")
+            && !["/health", "/metrics", "/ready"]
+                .iter()
+                .any(|p| line.contains(&format!("route=\"{p}\"")))
+        {
+            requests += value();
+        }
+    }
+    Some((in_flight, requests))
+}
+
+/// Adds `in_flight` and `rps` (answered requests per second over one second, probes left out) to
+/// every instance that answers `/metrics`.
+async fn add_load(instances: &mut [Value]) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap_or_default();
+    // The balancer proxies `/metrics` to a gateway; its own figures are in `/_lb/stats`.
+    let urls: Vec<Option<String>> = instances
+        .iter()
+        .map(|i| (i["role"] != "lb").then(|| i["url"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let scrape = || {
+        futures::future::join_all(urls.iter().map(|u| async {
+            match u {
+                Some(u) => load_of(&http, u).await,
+                None => None,
+            }
+        }))
+    };
+    let first = scrape().await;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = scrape().await;
+    let secs = started.elapsed().as_secs_f64();
+    for ((i, a), b) in instances.iter_mut().zip(first).zip(second) {
+        if let (Some((_, before)), Some((in_flight, after))) = (a, b) {
+            i["in_flight"] = serde_json::json!(in_flight);
+            i["rps"] = serde_json::json!(((after - before) / secs).max(0.0));
+        }
+    }
+}
+
+/// `scalelab status [--json]`: the control API's instances, with each one's load measured over a
+/// second from its `/metrics`.
+pub(crate) async fn status(target: Target, json: bool, no_load: bool) -> anyhow::Result<()> {
+    let mut body = target
         .call(reqwest::Method::GET, "/instances", None)
         .await?;
+    if !no_load && let Some(instances) = body["instances"].as_array_mut() {
+        add_load(instances).await;
+    }
     if json {
         return crate::stdout(&(serde_json::to_string_pretty(&body)? + "\n"));
     }
-    let rows: Vec<[String; 6]> = body["instances"]
+    let rows: Vec<[String; 8]> = body["instances"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -101,12 +172,30 @@ pub(crate) async fn status(target: Target, json: bool) -> anyhow::Result<()> {
                     .as_u64()
                     .map_or_else(|| "-".into(), |p| p.to_string()),
                 i["state"].as_str().unwrap_or("").to_string(),
+                i["rps"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |r| format!("{r:.0}")),
+                i["in_flight"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |r| format!("{r:.0}")),
                 format!("{:.0}s", i["uptime_secs"].as_f64().unwrap_or(0.0)),
             ]
         })
         .collect();
     let mut text = String::new();
-    for line in supervisor::table(["ROLE", "ID", "URL", "PID", "STATE", "UP"], &rows) {
+    for line in supervisor::table(
+        [
+            "ROLE",
+            "ID",
+            "URL",
+            "PID",
+            "STATE",
+            "REQ/S",
+            "IN FLIGHT",
+            "UP",
+        ],
+        &rows,
+    ) {
         text.push_str(&line);
         text.push('\n');
     }

@@ -75,6 +75,9 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Skip measuring each instance's load (req/s and in flight take a second to measure).
+        #[arg(long)]
+        no_load: bool,
     },
     /// Start or drain instances of the running `up` until each role has its count
     /// (`scalelab scale gateway=4 service=2`); new instances join their pools once healthy,
@@ -138,7 +141,11 @@ fn main() -> std::process::ExitCode {
                 None if routes => print_routes(config, preset, json),
                 None => print_config(effective, config, preset),
             },
-            Command::Status { target, json } => control::status(target, json).await,
+            Command::Status {
+                target,
+                json,
+                no_load,
+            } => control::status(target, json, no_load).await,
             Command::Scale { target, counts } => control::scale(target, counts).await,
             Command::Drain { target, id } => control::instance(target, id, "drain").await,
             Command::Kill { target, id } => control::instance(target, id, "kill").await,

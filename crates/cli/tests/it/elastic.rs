@@ -43,7 +43,8 @@ fn scalelab(sys: &Running, args: &[&str]) -> String {
 
 /// `scalelab status --json`: state by instance id.
 fn states(sys: &Running) -> BTreeMap<String, String> {
-    let v: Value = serde_json::from_str(&scalelab(sys, &["status", "--json"])).expect("JSON");
+    let v: Value =
+        serde_json::from_str(&scalelab(sys, &["status", "--json", "--no-load"])).expect("JSON");
     v["instances"]
         .as_array()
         .unwrap()
@@ -171,6 +172,23 @@ async fn gateways_and_services_scale_out_and_in_under_load_without_a_failed_requ
     let sys = topology().start().await.expect("scalelab up");
     let token = sys.admin_token().await.expect("admin token");
     let load = Load::start(&sys, &token, 8);
+    // The table shows each instance's load, measured from its /metrics.
+    let table = scalelab(&sys, &["status"]);
+    assert!(table.starts_with("ROLE"), "{table}");
+    assert!(
+        table.contains("REQ/S") && table.contains("IN FLIGHT"),
+        "{table}"
+    );
+    let line = table
+        .lines()
+        .find(|l| l.contains("gateway-1"))
+        .expect("gateway-1 listed");
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[4], "active", "{line}");
+    assert!(
+        cells[5].parse::<f64>().is_ok_and(|rps| rps > 0.0),
+        "gateway-1 serves the load: {line}"
+    );
 
     let out = scalelab(&sys, &["scale", "gateway=4", "service=5"]);
     assert!(out.contains("gateway: 2 → 4"), "{out}");
