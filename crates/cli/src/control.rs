@@ -155,6 +155,12 @@ pub(crate) async fn status(target: Target, json: bool, no_load: bool) -> anyhow:
     if !no_load && let Some(instances) = body["instances"].as_array_mut() {
         add_load(instances).await;
     }
+    // The autoscalers' latest decisions, with their arithmetic.
+    let autoscale = target
+        .call(reqwest::Method::GET, "/autoscale", None)
+        .await
+        .unwrap_or(Value::Null);
+    body["autoscale"] = autoscale["decisions"].clone();
     if json {
         return crate::stdout(&(serde_json::to_string_pretty(&body)? + "\n"));
     }
@@ -198,6 +204,16 @@ pub(crate) async fn status(target: Target, json: bool, no_load: bool) -> anyhow:
     ) {
         text.push_str(&line);
         text.push('\n');
+    }
+    for d in body["autoscale"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        text.push_str(&format!(
+            "autoscale: {}\n",
+            d["explanation"].as_str().unwrap_or_default()
+        ));
     }
     crate::stdout(&text)
 }

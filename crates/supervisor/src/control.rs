@@ -10,6 +10,7 @@
 //! | `POST /instances/{id}/kill` | SIGKILL (the supervisor restarts it) |
 //! | `GET /events[?after=MS]` | what happened: starts, drains, stops, kills, scale requests, autoscaler decisions |
 //! | `GET /metrics` | Prometheus text: instances per role and state, autoscaler desired/current per role |
+//! | `GET /events/stream` | the same as server-sent events, as they happen (for the dashboard) |
 //! | `GET /autoscale` | each autoscaled role's policy and latest decision, with its arithmetic |
 //!
 //! It listens on loopback only: whoever can reach it can already signal the processes. Errors are
@@ -47,6 +48,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/instances/{id}/drain", post(drain))
         .route("/instances/{id}/kill", post(kill))
         .route("/events", get(events))
+        .route("/events/stream", get(stream))
         .route("/autoscale", get(autoscale))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -163,6 +165,35 @@ async fn metrics(State(fleet): State<Fleet>) -> Response {
         )],
         text,
     )
+        .into_response()
+}
+
+/// `GET /events/stream`: each event as an SSE `event: <kind>` with the event as JSON data.
+async fn stream(State(fleet): State<Fleet>) -> Response {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let rx = fleet.subscribe();
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let sse = Sse::default()
+                        .event(e.kind.clone())
+                        .json_data(&e)
+                        .unwrap_or_else(|_| Sse::default().data(e.message.clone()));
+                    return Some((Ok::<_, std::convert::Infallible>(sse), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let sse = Sse::default()
+                        .event("lagged")
+                        .data(format!("{n} events missed"));
+                    return Some((Ok(sse), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    axum::response::sse::Sse::new(events)
+        .keep_alive(KeepAlive::default())
         .into_response()
 }
 

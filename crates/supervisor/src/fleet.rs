@@ -129,6 +129,8 @@ pub struct Fleet {
     inner: Arc<Mutex<Inner>>,
     ctx: Arc<Ctx>,
     elastic: Option<Elastic>,
+    /// Every event as it happens, for `GET /events/stream`.
+    live: tokio::sync::broadcast::Sender<Event>,
 }
 
 /// Most events kept for `GET /events`.
@@ -179,7 +181,13 @@ impl Fleet {
             })),
             ctx,
             elastic,
+            live: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Every event from now on (a slow reader misses the oldest, and is told how many).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.live.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -193,12 +201,16 @@ impl Fleet {
         if inner.events.len() == EVENTS_KEPT {
             inner.events.pop_front();
         }
-        inner.events.push_back(Event {
+        let event = Event {
             at_ms: now_ms(),
             kind: kind.into(),
             id: id.map(str::to_string),
             message,
-        });
+        };
+        inner.events.push_back(event.clone());
+        drop(inner);
+        // Nobody listening is fine.
+        let _ = self.live.send(event);
     }
 
     /// The events since `after_ms` (all kept ones for 0).

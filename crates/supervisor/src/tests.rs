@@ -597,8 +597,24 @@ async fn the_control_api_scales_drains_and_reports() {
             )
         }
     };
+    // The live stream sees the scale as it happens.
+    let mut live = http
+        .get(format!("{base}/events/stream"))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = post("/scale", serde_json::json!({"web": 3})).await;
     assert_eq!(status, 200, "{body}");
+    let mut seen = String::new();
+    while !seen.contains("event: started") {
+        let chunk = tokio::time::timeout(DEADLINE, live.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("\"id\":\"web-2\""), "{seen}");
     assert_eq!(body["changes"][0], "web: 1 → 3, starting web-2, web-3");
     let deadline = Instant::now() + DEADLINE;
     loop {

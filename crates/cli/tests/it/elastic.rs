@@ -434,6 +434,11 @@ async fn the_autoscaler_follows_the_load_out_and_back_in() {
                 && l.ends_with("raised to min 1")),
         "the scale in: {lines:#?}"
     );
+    let table = scalelab(&sys, &["status", "--no-load"]);
+    assert!(
+        table.contains("autoscale: gateway: in-flight 0.0/instance"),
+        "status shows the latest decision: {table}"
+    );
     let (_, _, auto) = send(sys.client().get(format!("{url}/autoscale"))).await;
     assert_eq!(auto["policies"][0]["profile"], "demo", "{auto}");
     assert_eq!(auto["decisions"][0]["desired"], 1, "{auto}");
