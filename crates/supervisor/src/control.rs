@@ -173,24 +173,17 @@ async fn stream(State(fleet): State<Fleet>) -> Response {
     use axum::response::sse::{Event as Sse, KeepAlive};
     let rx = fleet.subscribe();
     let events = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    let sse = Sse::default()
-                        .event(e.kind.clone())
-                        .json_data(&e)
-                        .unwrap_or_else(|_| Sse::default().data(e.message.clone()));
-                    return Some((Ok::<_, std::convert::Infallible>(sse), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let sse = Sse::default()
-                        .event("lagged")
-                        .data(format!("{n} events missed"));
-                    return Some((Ok(sse), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let sse = match rx.recv().await {
+            Ok(e) => Sse::default()
+                .event(e.kind.clone())
+                .json_data(&e)
+                .unwrap_or_else(|_| Sse::default().data(e.message.clone())),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Sse::default()
+                .event("lagged")
+                .data(format!("{n} events missed")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(sse), rx))
     });
     axum::response::sse::Sse::new(events)
         .keep_alive(KeepAlive::default())
