@@ -57,6 +57,13 @@ impl Target {
             .timeout(Duration::from_secs(10))
             .build()?;
         let mut req = http.request(method, format!("{base}{path}"));
+        // A control API off loopback wants the admin credential for changes; send it when known.
+        if let Ok(password) = std::env::var("SCALELAB_ADMIN_PASSWORD")
+            && !password.is_empty()
+        {
+            let user = std::env::var("SCALELAB_ADMIN_USER").unwrap_or_else(|_| "admin".into());
+            req = req.basic_auth(user, Some(password));
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -25,6 +25,11 @@ pub(crate) struct UpArgs {
     /// second copy beside the first); the ports chosen are in `<data_dir>/instances.json`.
     #[arg(long)]
     free_ports: bool,
+    /// Where the control API listens (`scalelab status`, `scale`, `drain`, `kill`). Default: a free
+    /// port on loopback. On any other address every call that changes something needs the admin
+    /// credential (HTTP Basic `admin:<password>`).
+    #[arg(long, value_name = "ADDR")]
+    control_addr: Option<std::net::SocketAddr>,
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -43,9 +48,24 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     // The control API's address goes into the topology the children read: the balancer's and
     // the gateways' pools follow the instances through it.
-    let control = std::net::TcpListener::bind((topo.instances.host.as_str(), 0))
-        .context("cannot open the control API's port")?;
-    let control_url = format!("http://{}", control.local_addr()?);
+    let control = match args.control_addr {
+        Some(addr) => std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot open the control API on {addr}"))?,
+        None => std::net::TcpListener::bind((topo.instances.host.as_str(), 0))
+            .context("cannot open the control API's port")?,
+    };
+    let mut bound = control.local_addr()?;
+    if bound.ip().is_unspecified() {
+        // Listening everywhere: the children reach it on loopback.
+        bound.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let control_url = format!("http://{bound}");
+    if !bound.ip().is_loopback() || args.control_addr.is_some_and(|a| !a.ip().is_loopback()) {
+        eprintln!(
+            "[up] the control API listens on {}: every call that changes the system needs the admin credential",
+            control.local_addr()?
+        );
+    }
     if topo.lb.membership_url.is_empty() {
         topo.lb.membership_url = control_url.clone();
     }

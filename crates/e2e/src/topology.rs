@@ -47,6 +47,8 @@ pub struct Topology {
     dir: Option<PathBuf>,
     /// `up --preset NAME`.
     preset: Option<String>,
+    /// More arguments for `up`.
+    up_args: Vec<String>,
     /// The admin password instead of a random one (a restart keeps the first start's).
     admin_password: Option<String>,
 }
@@ -71,8 +73,15 @@ impl Topology {
             program: None,
             dir: None,
             preset: None,
+            up_args: Vec::new(),
             admin_password: None,
         }
+    }
+
+    /// Passes `arg` to `up` (after the harness's own arguments).
+    pub fn up_arg(mut self, arg: &str) -> Self {
+        self.up_args.push(arg.to_owned());
+        self
     }
 
     /// Runs `up --preset NAME` (the preset is laid over this topology; the roles it adds need
@@ -186,6 +195,7 @@ impl Topology {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(self.preset.iter().flat_map(|p| ["--preset", p.as_str()]))
+            .args(&self.up_args)
             .env("SCALELAB_ADMIN_PASSWORD", &admin_password)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -13,8 +13,9 @@
 //! | `GET /events/stream` | the same as server-sent events, as they happen (for the dashboard) |
 //! | `GET /autoscale` | each autoscaled role's policy and latest decision, with its arithmetic |
 //!
-//! It listens on loopback only: whoever can reach it can already signal the processes. Errors are
-//! the one JSON shape `{"error", "message"}`.
+//! On loopback (the default) whoever can reach it can already signal the processes; bound to
+//! another address (`scalelab up --control-addr`), every `POST` needs the admin credential
+//! (`guard.rs`). Errors are the one JSON shape `{"error", "message"}`.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ use serde_json::json;
 use api::wire::control::{Member, Members};
 
 use crate::fleet::Fleet;
+use crate::guard::AdminGuard;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
@@ -39,8 +41,32 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// The routes over `fleet`.
-pub fn router(fleet: Fleet) -> Router {
+/// Refuses a call that changes the fleet without the admin credential, when the guard requires it.
+async fn admin_only(
+    State((fleet, guard)): State<(Fleet, AdminGuard)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() != axum::http::Method::GET {
+        let header = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(why) = guard.check(&fleet, header).await {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"scalelab control\""),
+            );
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// The routes over `fleet`; calls that change it pass `guard` first.
+pub fn router(fleet: Fleet, guard: AdminGuard) -> Router {
+    let admin = axum::middleware::from_fn_with_state((fleet.clone(), guard), admin_only);
     Router::new()
         .route("/instances", get(instances))
         .route("/members/{role}", get(members))
@@ -53,6 +79,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(fleet)
+        .layer(admin)
 }
 
 async fn instances(State(fleet): State<Fleet>) -> Response {

@@ -23,6 +23,7 @@ pub mod autoscale;
 mod child;
 pub mod control;
 pub mod fleet;
+pub mod guard;
 mod output;
 mod registry;
 mod scaler;
@@ -306,7 +307,8 @@ fn serve_control(control: &Control, fleet: Fleet) -> anyhow::Result<AbortOnDrop>
         .context("the control API's listener")?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let app = control::router(fleet);
+    let guard = guard::AdminGuard::for_addr(listener.local_addr()?);
+    let app = control::router(fleet, guard);
     Ok(AbortOnDrop(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     })))

@@ -443,3 +443,43 @@ async fn the_autoscaler_follows_the_load_out_and_back_in() {
     assert_eq!(auto["policies"][0]["profile"], "demo", "{auto}");
     assert_eq!(auto["decisions"][0]["desired"], 1, "{auto}");
 }
+
+/// Off loopback, the control API refuses changes without the admin credential (checked by auth),
+/// and takes them with it; reads stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_api_off_loopback_needs_the_admin_credential_to_change_anything() {
+    let sys = topology()
+        .up_arg("--control-addr")
+        .up_arg("0.0.0.0:0")
+        .start()
+        .await
+        .expect("scalelab up");
+    let run = |password: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scalelab"));
+        cmd.args(args).arg("--data-dir").arg(sys.data_dir());
+        cmd.env_remove("SCALELAB_ADMIN_PASSWORD");
+        if let Some(p) = password {
+            cmd.env("SCALELAB_ADMIN_PASSWORD", p);
+        }
+        cmd.output().expect("run scalelab")
+    };
+    let out = run(None, &["scale", "service=2"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("send the admin credential"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(Some("not-the-password"), &["scale", "service=2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid admin credential"));
+    // Reads need nothing.
+    assert!(run(None, &["status", "--no-load"]).status.success());
+    let out = run(Some(sys.admin_password()), &["scale", "service=2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("service: 3 → 2"));
+}
