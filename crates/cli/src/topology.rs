@@ -76,6 +76,18 @@ pub(crate) struct AutoscaleSection {
     pub(crate) min: u32,
     /// Most instances.
     pub(crate) max: u32,
+    /// Ratios within this distance of 1.0 do not scale (default: the profile's, 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tolerance: Option<f64>,
+    /// How often the autoscaler evaluates, in ms (default: the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) evaluate_every_ms: Option<u64>,
+    /// Scale-up stabilization window, in ms (default: the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) up_stabilization_ms: Option<u64>,
+    /// Scale-down stabilization window, in ms (default: the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) down_stabilization_ms: Option<u64>,
 }
 
 /// Which timing an autoscaler runs on.
@@ -90,15 +102,28 @@ pub(crate) enum AutoscaleProfile {
 }
 
 impl AutoscaleSection {
-    /// The autoscaler's policy.
+    /// The profile's policy, with the windows this section sets (its profile then reads `custom`).
     pub(crate) fn policy(&self) -> supervisor::autoscale::Policy {
         use supervisor::autoscale::Policy;
-        match self.profile {
+        let mut p = match self.profile {
             AutoscaleProfile::Hpa => {
                 Policy::hpa_defaults(self.metric, self.target, self.min, self.max)
             }
             AutoscaleProfile::Demo => Policy::demo(self.metric, self.target, self.min, self.max),
+        };
+        if let Some(v) = self.tolerance {
+            p.tolerance = v;
         }
+        if let Some(v) = self.evaluate_every_ms {
+            p.evaluate_every_ms = v;
+        }
+        if let Some(v) = self.up_stabilization_ms {
+            p.up_stabilization_ms = v;
+        }
+        if let Some(v) = self.down_stabilization_ms {
+            p.down_stabilization_ms = v;
+        }
+        p
     }
 }
 
@@ -705,6 +730,47 @@ mod tests {
         assert_eq!(t.ports("units"), [6001]);
         assert_eq!(t.ports("legal"), [5033]);
         assert_eq!(t.gateway.cache_ttl_secs, 60);
+    }
+
+    #[test]
+    fn autoscale_sections_take_a_profile_and_its_windows_and_are_checked() {
+        let t = Topology::parse(
+            "[instances]\ngateway = [1]\nworker = [2]\n\
+             [autoscale.gateway]\nprofile = \"demo\"\nmetric = \"in_flight\"\ntarget = 2\nmin = 1\nmax = 4\n\
+             [autoscale.worker]\nmetric = \"queue_depth\"\ntarget = 5\nmin = 1\nmax = 3\ndown_stabilization_ms = 60000\n",
+        )
+        .unwrap();
+        let g = t.autoscale["gateway"].policy();
+        assert_eq!(
+            (g.profile_name(), g.down_stabilization_ms),
+            ("demo", 10_000)
+        );
+        let w = t.autoscale["worker"].policy();
+        assert_eq!(
+            (w.profile_name(), w.down_stabilization_ms),
+            ("custom", 60_000)
+        );
+        assert_eq!(w.evaluate_every_ms, 15_000, "the rest is HPA's");
+
+        let bad = Topology::parse(
+            "[instances]\ngateway = [1]\n\
+             [autoscale.lb]\nmetric = \"in_flight\"\ntarget = 2\nmin = 1\nmax = 2\n\
+             [autoscale.service]\nmetric = \"in_flight\"\ntarget = 2\nmin = 1\nmax = 2\n\
+             [autoscale.gateway]\nmetric = \"in_flight\"\ntarget = 0\nmin = 3\nmax = 2\n",
+        )
+        .unwrap();
+        let problems = bad.problems();
+        for want in [
+            "autoscale.gateway.max:",
+            "autoscale.gateway.target:",
+            "autoscale.lb: lb cannot be scaled",
+            "autoscale.service: the topology runs no service",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want} in {problems:#?}"
+            );
+        }
     }
 
     #[test]

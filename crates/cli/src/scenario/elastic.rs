@@ -139,6 +139,10 @@ async fn ramp(ctx: &Ctx, autoscale: bool) -> anyhow::Result<Run> {
                     target,
                     min: 1,
                     max: MAX_INSTANCES,
+                    tolerance: None,
+                    evaluate_every_ms: None,
+                    up_stabilization_ms: None,
+                    down_stabilization_ms: None,
                 },
             );
         }
