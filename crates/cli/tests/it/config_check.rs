@@ -233,3 +233,48 @@ fn printing_into_a_reader_that_stops_early_is_not_an_error() {
         );
     }
 }
+
+/// `config --preset casitas` prints the topology `up --preset casitas` runs: a file that
+/// `config --check` accepts, with the preset's roles and settings; `--routes` shows its routes.
+#[test]
+fn the_casitas_preset_prints_a_topology_that_checks() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let out = run(&["config", "--preset", "casitas"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let file: toml::Table = toml::from_str(&text).expect("TOML");
+    assert_eq!(file["instances"]["units"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        file["instances"]["gateway"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(
+        file["auth"]["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str() == Some("finance"))
+    );
+    let path = dir.path().join("casitas.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = run(&["config", "--check", path.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["config", "--routes", "--preset", "casitas"], dir.path());
+    let routes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("POST /finances/generate_report") && l.contains("finance")),
+        "{routes}"
+    );
+    let out = run(&["config", "--routes"], dir.path());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("/units"));
+}
