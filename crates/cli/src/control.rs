@@ -97,25 +97,14 @@ async fn load_of(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
         .text()
         .await
         .ok()?;
-    let mut in_flight = 0.0;
-    let mut requests = 0.0;
-    for line in page.lines() {
-        let value = || {
-            line.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        if line.starts_with("scalelab_http_in_flight{") {
-            in_flight += value();
-        } else if line.starts_with("scalelab_http_requests_total{")
-            && !["/health", "/metrics", "/ready"]
-                .iter()
-                .any(|p| line.contains(&format!("route=\"{p}\"")))
-        {
-            requests += value();
-        }
-    }
+    use supervisor::scaler::{sum_metric, sum_metric_where};
+    let in_flight = sum_metric(&page, "scalelab_http_in_flight").unwrap_or(0.0);
+    let requests = sum_metric_where(&page, "scalelab_http_requests_total", |line| {
+        !["/health", "/metrics", "/ready"]
+            .iter()
+            .any(|p| line.contains(&format!("route=\"{p}\"")))
+    })
+    .unwrap_or(0.0);
     Some((in_flight, requests))
 }
 

@@ -26,7 +26,7 @@ pub mod fleet;
 pub mod guard;
 mod output;
 mod registry;
-mod scaler;
+pub mod scaler;
 #[cfg(test)]
 mod tests;
 

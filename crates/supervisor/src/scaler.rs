@@ -16,14 +16,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::autoscale::{Autoscaler, Metric, Policy, Sample};
 use crate::fleet::{Fleet, State};
 
-/// The value of every sample of `metric` in a Prometheus text page, summed.
-pub(crate) fn sum_metric(page: &str, metric: &str) -> Option<f64> {
+/// The value of every sample of `metric` in a Prometheus text page, summed; `None` when there is
+/// none.
+pub fn sum_metric(page: &str, metric: &str) -> Option<f64> {
+    sum_metric_where(page, metric, |_| true)
+}
+
+/// Like [`sum_metric`], over the samples whose line `keep` accepts (e.g. by a label).
+pub fn sum_metric_where(page: &str, metric: &str, keep: impl Fn(&str) -> bool) -> Option<f64> {
     let mut found = None;
     for line in page.lines() {
         let Some(rest) = line.strip_prefix(metric) else {
             continue;
         };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+        if !(rest.starts_with('{') || rest.starts_with(' ')) || !keep(line) {
             continue;
         }
         if let Some(v) = rest
