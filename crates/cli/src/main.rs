@@ -103,6 +103,12 @@ enum Command {
         /// The instance id, like gateway-3.
         id: String,
     },
+    /// GET a URL and exit 0 on a 2xx answer within two seconds, 1 otherwise (a container's
+    /// HEALTHCHECK: `scalelab probe http://127.0.0.1:5000/health`).
+    Probe {
+        /// The URL to GET.
+        url: String,
+    },
     /// Load generator: send requests to a URL and report latency, throughput and distribution.
     Bench(Box<bench::BenchArgs>),
     /// The users service's shards: what a new shard count would move.
@@ -149,6 +155,7 @@ fn main() -> std::process::ExitCode {
             Command::Scale { target, counts } => control::scale(target, counts).await,
             Command::Drain { target, id } => control::instance(target, id, "drain").await,
             Command::Kill { target, id } => control::instance(target, id, "kill").await,
+            Command::Probe { url } => probe(&url).await,
             Command::Bench(args) => bench_cmd(*args).await,
             Command::Shards(args) => shards::run(args).await,
         }
@@ -160,6 +167,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `scalelab probe URL`.
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let status = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+        .status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
 }
 
 fn print_config(
@@ -263,7 +286,8 @@ fn stdout(text: &str) -> anyhow::Result<()> {
 
 /// `scalelab config --check FILE`: the checks of `scalelab up`, without starting anything.
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let topo = topology::Topology::load(Some(file))?;
+    let mut topo = topology::Topology::load(Some(file))?;
+    topo.secrets_from_env();
     topo.check()
         .with_context(|| format!("in the topology file {}", file.display()))?;
     println!(

@@ -81,6 +81,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         topo.data_dir = d;
     }
+    topo.secrets_from_env();
     topo.resolve(
         std::env::var("SCALELAB_ADMIN_PASSWORD")
             .ok()

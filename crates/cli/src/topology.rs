@@ -430,6 +430,21 @@ impl Topology {
         }
     }
 
+    /// URLs that carry a password come from the environment when set there (a container's
+    /// Secret), so that the topology file (a ConfigMap) holds none: `SCALELAB_REDIS_URL` (the
+    /// gateways' Redis) and `SCALELAB_AMQP_URL` (the queue's RabbitMQ). PostgreSQL reads
+    /// `PGPASSWORD` itself for a URL without a password. Applied by `serve`, `up` and
+    /// `config --check` (never by the commands that print a topology).
+    pub(crate) fn secrets_from_env(&mut self) {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(url) = var("SCALELAB_REDIS_URL") {
+            self.gateway.redis_url = Some(url);
+        }
+        if let Some(url) = var("SCALELAB_AMQP_URL") {
+            self.queue.amqp_url = Some(url);
+        }
+    }
+
     /// The ports of `role` (none if the role is absent).
     pub(crate) fn ports(&self, role: &str) -> &[u16] {
         self.instances

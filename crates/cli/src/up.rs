@@ -42,7 +42,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // Every role's section is checked here, all at once, before the data directory is made or
     // any child starts: a bad value is reported with its path, not by one child among thirteen.
-    topo.check().with_context(|| match &args.config {
+    // With the secrets the children will read from the environment (never written to a file).
+    let mut checked = topo.clone();
+    checked.secrets_from_env();
+    checked.check().with_context(|| match &args.config {
         Some(p) => format!("in the topology file {}", p.display()),
         None => "in the built-in topology".into(),
     })?;

@@ -105,6 +105,9 @@ impl AppState {
             strategy: Strategy::RoundRobin,
             connect_timeout_ms: config.upstream_timeout_ms.min(1000),
             response_timeout_ms: config.upstream_timeout_ms,
+            // Found the same way as the services (DNS names re-resolved on an orchestrator).
+            resolve: config.services.resolve,
+            refresh_ms: config.services.refresh_ms,
             ..PoolConfig::default()
         };
         let auth_pool = Pool::new("auth", &config.auth_urls, auth_pool_config);
