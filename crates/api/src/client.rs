@@ -97,6 +97,8 @@ pub struct Outbound<'a> {
     pub body: Option<Vec<u8>>,
     /// The caller's request id, passed on in `X-Request-Id`.
     pub request_id: &'a str,
+    /// The deployment's service credential, sent in `X-Service-Token` when there is one.
+    pub service_token: Option<&'a str>,
 }
 
 /// A peer's answer, whatever its status.
@@ -181,6 +183,9 @@ impl Transport for Direct {
                 .request(req.method, format!("{}{}", self.base, req.path))
                 .header(REQUEST_ID, req.request_id)
                 .header(http::header::ACCEPT, "application/json");
+            if let Some(token) = req.service_token {
+                builder = builder.header(crate::headers::SERVICE_TOKEN, token);
+            }
             if let Some(body) = req.body {
                 builder = builder
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -199,6 +204,8 @@ impl Transport for Direct {
 #[derive(Debug, Clone)]
 pub struct JsonClient {
     transport: Arc<dyn Transport>,
+    /// Sent with every request when set (see [`JsonClient::with_service_token`]).
+    service_token: Option<Arc<str>>,
 }
 
 impl JsonClient {
@@ -220,7 +227,15 @@ impl JsonClient {
     pub fn over(transport: impl Transport) -> Self {
         Self {
             transport: Arc::new(transport),
+            service_token: None,
         }
+    }
+
+    /// Sends `token` in `X-Service-Token` with every request (the deployment's credential for
+    /// internal roles bound beyond loopback); `None` sends nothing.
+    pub fn with_service_token(mut self, token: Option<Arc<str>>) -> Self {
+        self.service_token = token;
+        self
     }
 
     /// The peer's role.
@@ -251,6 +266,7 @@ impl JsonClient {
                 path,
                 body,
                 request_id,
+                service_token: self.service_token.as_deref(),
             })
             .await?;
         if !answer.status.is_success() {

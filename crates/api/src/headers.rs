@@ -7,5 +7,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const SERVED_BY: &str = "x-served-by";
 /// `HIT` or `MISS` on every cache-aside answer of the gateway.
 pub const CACHE: &str = "x-cache";
+/// The credential a deployment gives its roles (`SCALELAB_SERVICE_TOKEN`): an internal role bound
+/// beyond loopback refuses a request that changes something without it.
+pub const SERVICE_TOKEN: &str = "x-service-token";
 /// The alternative token header the lab's scripts send.
 pub const X_TOKEN: &str = "x-token";

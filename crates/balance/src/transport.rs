@@ -45,6 +45,9 @@ impl PoolTransport {
             .uri(req.path)
             .header(api::headers::REQUEST_ID, req.request_id)
             .header(header::ACCEPT, "application/json");
+        if let Some(token) = req.service_token {
+            builder = builder.header(api::headers::SERVICE_TOKEN, token);
+        }
         let body = match req.body {
             Some(bytes) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");

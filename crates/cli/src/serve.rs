@@ -76,6 +76,9 @@ pub(crate) struct ServeArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The deployment's credential for internal roles (`X-Service-Token`).
+pub(crate) const SERVICE_TOKEN_ENV: &str = "SCALELAB_SERVICE_TOKEN";
+
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut topo = Topology::load(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
@@ -102,7 +105,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {host}:{port} for {role} {id}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, role, id, "starting");
-    let instance = common::Instance::new(role, id);
+    let token = std::env::var(SERVICE_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let internal = !matches!(args.role, Role::Lb | Role::Gateway);
+    // An internal role reachable from other machines takes changes only from the deployment's
+    // roles; on loopback (`scalelab up`) everything on the machine is trusted already.
+    if internal && !addr.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "{role} {id} listens on {addr}, beyond loopback: set {SERVICE_TOKEN_ENV} (the same \
+             value for every role of the deployment), so that only its roles may change its data"
+        );
+    }
+    let mut instance = common::Instance::new(role, id);
+    if let (true, Some(t)) = (internal, token.as_deref()) {
+        instance = instance.requiring_service_token(t);
+    }
+    topo.gateway.service_token = token;
     let shutdown = crate::shutdown_signal();
     match args.role {
         Role::Lb => lb::serve(listener, topo.lb, instance, shutdown).await?,

@@ -24,6 +24,10 @@ pub struct Instance {
     pub role: &'static str,
     /// The instance id, unique in the topology; sent back in `X-Served-By`.
     pub id: Arc<str>,
+    /// When set, a request that changes something (any method but GET, HEAD and OPTIONS) needs
+    /// this credential in `X-Service-Token` (`401 service_token_required` otherwise): what an
+    /// internal role bound beyond loopback requires, given by the deployment.
+    pub service_token: Option<Arc<str>>,
 }
 
 impl Instance {
@@ -32,8 +36,42 @@ impl Instance {
         Self {
             role,
             id: id.into(),
+            service_token: None,
         }
     }
+
+    /// The same instance, requiring `token` on requests that change something.
+    pub fn requiring_service_token(mut self, token: impl Into<Arc<str>>) -> Self {
+        self.service_token = Some(token.into());
+        self
+    }
+}
+
+/// Refuses a request that changes something without the instance's service credential.
+async fn require_service_token(token: Arc<str>, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let given = req
+        .headers()
+        .get(api::headers::SERVICE_TOKEN)
+        .map(|v| v.as_bytes());
+    // Constant time: the comparison does not tell how much of a guess was right.
+    let matches = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.iter()
+                .zip(token.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if reads || matches {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "service_token_required",
+        "this internal service takes changes only from the deployment's roles (X-Service-Token)",
+    )
+    .into_response()
 }
 
 /// Makes request ids for requests that come without one: random version-4 UUIDs from the
@@ -129,6 +167,13 @@ pub fn wrap(routes: Router, instance: &Instance, limits: Limits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
 
+    // Inside the stack's layers, so that a refusal is counted and carries the request id.
+    let routes = match instance.service_token.clone() {
+        Some(token) => routes.layer(middleware::from_fn(move |req, next| {
+            require_service_token(token.clone(), req, next)
+        })),
+        None => routes,
+    };
     let served_by = HeaderValue::from_str(&instance.id).unwrap_or(HeaderValue::from_static("-"));
     let metrics_instance = instance.clone();
     let timeout = limits.timeout;
@@ -364,5 +409,56 @@ mod tests {
             })
             .collect();
         assert_eq!(ids.len(), 1000);
+    }
+}
+
+#[cfg(test)]
+mod service_token_tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn status(app: &Router, method: &str, token: Option<&str>) -> StatusCode {
+        let mut r = Request::builder().method(method).uri("/thing");
+        if let Some(t) = token {
+            r = r.header(api::headers::SERVICE_TOKEN, t);
+        }
+        app.clone()
+            .oneshot(r.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// With a credential set, reads pass and changes need it exactly; without, everything passes.
+    #[tokio::test]
+    async fn changes_need_the_service_token_when_one_is_set() {
+        let routes = || Router::new().route("/thing", get(|| async { "r" }).put(|| async { "w" }));
+        let guarded = wrap(
+            routes(),
+            &Instance::new("db", "db-1").requiring_service_token("s3cret-token"),
+            Limits::default(),
+        );
+        assert_eq!(status(&guarded, "GET", None).await, StatusCode::OK);
+        assert_eq!(
+            status(&guarded, "PUT", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&guarded, "PUT", Some("s3cret-tokem")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&guarded, "PUT", Some("s3cret")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&guarded, "PUT", Some("s3cret-token")).await,
+            StatusCode::OK
+        );
+        let open = wrap(routes(), &Instance::new("db", "db-1"), Limits::default());
+        assert_eq!(status(&open, "PUT", None).await, StatusCode::OK);
     }
 }

@@ -35,6 +35,11 @@ pub struct Config {
     /// and auth pools then follow its lists of instances as they are scaled, drained and stopped.
     /// Empty: the pools are `service_urls` and `auth_urls` (and DNS names with `services.resolve`).
     pub membership_url: String,
+    /// The deployment's service credential (`SCALELAB_SERVICE_TOKEN`), sent to the internal roles
+    /// (auth, cache, db, users, the rental domains), which require it when bound beyond loopback;
+    /// set by `scalelab` from the environment, never by this section.
+    #[serde(skip)]
+    pub service_token: Option<String>,
     /// The roles an account may hold (what `POST /register` and `PATCH /users/{id}/role` accept);
     /// set by `scalelab` from `[auth] roles`, not by this section.
     #[serde(skip)]
@@ -85,6 +90,7 @@ impl Default for Config {
             finances_url: String::new(),
             legal_url: String::new(),
             membership_url: String::new(),
+            service_token: None,
             roles: api::wire::users::DEFAULT_ROLES.map(String::from).to_vec(),
             required_roles: BTreeMap::new(),
             cache: CacheBackend::Service,

@@ -110,12 +110,17 @@ impl AppState {
             refresh_ms: config.services.refresh_ms,
             ..PoolConfig::default()
         };
+        // Sent to every internal role (they require it when bound beyond loopback).
+        let token: Option<Arc<str>> = config.service_token.as_deref().map(Arc::from);
         let auth_pool = Pool::new("auth", &config.auth_urls, auth_pool_config);
-        let auth = AuthClient(JsonClient::over(PoolTransport::new(
-            "auth",
-            auth_pool.clone(),
-            upstream_timeout,
-        )));
+        let auth = AuthClient(
+            JsonClient::over(PoolTransport::new(
+                "auth",
+                auth_pool.clone(),
+                upstream_timeout,
+            ))
+            .with_service_token(token.clone()),
+        );
         let service_pool = Pool::new("service", &config.service_urls, config.services.clone());
         let services = ServiceClient(JsonClient::over(PoolTransport::new(
             "service",
@@ -134,9 +139,11 @@ impl AppState {
                 .ok_or_else(|| Error::Config("redis_url is required".into()))
         };
         let cache: Arc<dyn Cache> = match config.cache {
-            CacheBackend::Service => {
-                Arc::new(ServiceCache::new(&config.cache_url, upstream_timeout))
-            }
+            CacheBackend::Service => Arc::new(ServiceCache::with_service_token(
+                &config.cache_url,
+                upstream_timeout,
+                token.clone(),
+            )),
             CacheBackend::Local => Arc::new(LocalCache::new(config.local_cache_max_entries)),
             CacheBackend::Redis => Arc::new(RedisCache::new(need_redis()?, &config.redis_prefix)),
         };
@@ -146,22 +153,25 @@ impl AppState {
                 Arc::new(RedisLimiter::new(need_redis()?, &config.redis_prefix))
             }
         };
-        let db = DbClient(JsonClient::new(
-            "db",
-            config.db_url.clone(),
-            upstream_timeout,
-        ));
+        let db = DbClient(
+            JsonClient::new("db", config.db_url.clone(), upstream_timeout)
+                .with_service_token(token.clone()),
+        );
 
         let users = (!config.users_url.is_empty()).then(|| {
-            UsersClient(JsonClient::new(
-                "users",
-                config.users_url.clone(),
-                upstream_timeout,
-            ))
+            UsersClient(
+                JsonClient::new("users", config.users_url.clone(), upstream_timeout)
+                    .with_service_token(token.clone()),
+            )
         });
 
         let domain = |service: &'static str, url: &str| {
-            (!url.is_empty()).then(|| RentalClient(JsonClient::new(service, url, upstream_timeout)))
+            (!url.is_empty()).then(|| {
+                RentalClient(
+                    JsonClient::new(service, url, upstream_timeout)
+                        .with_service_token(token.clone()),
+                )
+            })
         };
         let rental = Rental {
             units: domain("units", &config.units_url),

@@ -22,6 +22,7 @@
 //!   on the worker's port, a guest token naming a user).
 //! - `casitas`: `up --preset casitas` (routes, roles, cached listings, reports on the real rows,
 //!   report priorities, the balancer's deny list and per-IP limit), embedded and on PostgreSQL.
+//! - `service_token`: the deployment's credential for internal roles (`SCALELAB_SERVICE_TOKEN`).
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
@@ -33,6 +34,7 @@ mod elastic;
 mod lab_calls;
 mod request_path;
 mod scenario;
+mod service_token;
 mod shutdown;
 mod support;
 mod tasks;

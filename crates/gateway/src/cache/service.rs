@@ -20,8 +20,17 @@ pub struct ServiceCache {
 impl ServiceCache {
     /// A cache at `url` (`http://127.0.0.1:5004`); calls give up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Self {
+        Self::with_service_token(url, timeout, None)
+    }
+
+    /// Like [`ServiceCache::new`], sending the deployment's service credential.
+    pub fn with_service_token(
+        url: &str,
+        timeout: Duration,
+        token: Option<std::sync::Arc<str>>,
+    ) -> Self {
         Self {
-            client: CacheClient(JsonClient::new("cache", url, timeout)),
+            client: CacheClient(JsonClient::new("cache", url, timeout).with_service_token(token)),
         }
     }
 }
