@@ -177,11 +177,14 @@ async fn rebalance(url: &str, to: u32, timeout: Duration) -> anyhow::Result<()> 
                 return Ok(());
             }
             Some(s) if s["target"].is_null() || !started => {
-                let r = http
+                let mut req = http
                     .post(format!("{url}/rebalance"))
-                    .json(&json!({ "to": to }))
-                    .send()
-                    .await;
+                    .json(&json!({ "to": to }));
+                // The users service takes changes only with the deployment's credential, when set.
+                if let Ok(token) = std::env::var(crate::serve::SERVICE_TOKEN_ENV) {
+                    req = req.header("x-service-token", token);
+                }
+                let r = req.send().await;
                 match r {
                     Ok(r) if r.status().is_success() => {
                         if !started {

@@ -91,6 +91,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         control: Some(supervisor::Control {
             listener: std::sync::Arc::new(control),
             elastic: elastic(&topo, &effective, &program),
+            service_token: std::env::var(crate::serve::SERVICE_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty()),
         }),
         ..SupervisorOptions::default()
     };

@@ -25,15 +25,18 @@ pub struct AdminGuard {
     /// keys, so that nobody can forge a header with the same key), with when.
     passed: Arc<Mutex<HashMap<u64, Instant>>>,
     keys: std::collections::hash_map::RandomState,
+    /// The deployment's service credential, which auth wants on a login when it is set.
+    service_token: Option<String>,
 }
 
 impl AdminGuard {
     /// A guard for a control API listening on `addr`: required unless it is loopback.
-    pub fn for_addr(addr: std::net::SocketAddr) -> Self {
+    pub fn for_addr(addr: std::net::SocketAddr, service_token: Option<String>) -> Self {
         Self {
             required: !addr.ip().is_loopback(),
             passed: Arc::default(),
             keys: std::collections::hash_map::RandomState::new(),
+            service_token,
         }
     }
 
@@ -80,9 +83,13 @@ impl AdminGuard {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| e.to_string())?;
-        let resp = http
+        let mut login = http
             .post(format!("{auth}/login"))
-            .json(&serde_json::json!({"username": user, "password": password}))
+            .json(&serde_json::json!({"username": user, "password": password}));
+        if let Some(token) = &self.service_token {
+            login = login.header(api::headers::SERVICE_TOKEN, token);
+        }
+        let resp = login
             .send()
             .await
             .map_err(|_| "auth could not be reached to check the credential")?;

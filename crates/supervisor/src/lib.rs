@@ -120,6 +120,8 @@ pub struct Control {
     pub listener: Arc<std::net::TcpListener>,
     /// Scaling, draining and killing.
     pub elastic: Elastic,
+    /// The deployment's service credential, sent to auth when checking an admin credential.
+    pub service_token: Option<String>,
 }
 
 impl Default for SupervisorOptions {
@@ -307,7 +309,7 @@ fn serve_control(control: &Control, fleet: Fleet) -> anyhow::Result<AbortOnDrop>
         .context("the control API's listener")?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let guard = guard::AdminGuard::for_addr(listener.local_addr()?);
+    let guard = guard::AdminGuard::for_addr(listener.local_addr()?, control.service_token.clone());
     let app = control::router(fleet, guard);
     Ok(AbortOnDrop(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -548,6 +548,7 @@ async fn the_control_api_scales_drains_and_reports() {
             drain_delay: Duration::from_millis(100),
             autoscale: Vec::new(),
         },
+        service_token: None,
     });
     let specs = vec![
         spec("db", "db-1", free_port(), STAND_IN),

@@ -114,6 +114,7 @@ impl Cluster {
             supervisor::Control {
                 listener: Arc::new(l),
                 elastic,
+                service_token: None,
             }
         });
         let opts = SupervisorOptions {

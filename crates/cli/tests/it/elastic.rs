@@ -448,7 +448,9 @@ async fn the_autoscaler_follows_the_load_out_and_back_in() {
 /// and takes them with it; reads stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_api_off_loopback_needs_the_admin_credential_to_change_anything() {
+    // With the deployment's service credential set too: the supervisor's login at auth sends it.
     let sys = topology()
+        .env("SCALELAB_SERVICE_TOKEN", "e2e-control-service-token")
         .up_arg("--control-addr")
         .up_arg("0.0.0.0:0")
         .start()
