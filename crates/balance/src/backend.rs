@@ -128,6 +128,9 @@ impl Backend {
     pub fn mark_down(&self) -> bool {
         self.successes.store(0, Ordering::Release);
         let was = self.healthy.swap(false, Ordering::AcqRel);
+        // Its kept-alive connections went through whatever made it fail: start afresh when it is
+        // back, rather than learn one dead connection at a time.
+        self.conns.clear_idle();
         if was {
             tracing::warn!(backend = %self.url, "backend marked down");
             metrics::counter!("scalelab_backend_transitions_total", "backend" => self.url.clone(), "to" => "down").increment(1);

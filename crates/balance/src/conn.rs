@@ -88,6 +88,14 @@ impl ConnPool {
         }
     }
 
+    /// Closes the idle connections (a backend marked down: after an outage they are most likely
+    /// dead, and each would cost a request a failure before the pool notices).
+    pub(crate) fn clear_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     /// From now on (`true`) every connection closes after its current response and the idle ones
     /// close at once; `false` keeps connections again (a drain called off).
     pub(crate) fn set_closing(&self, closing: bool) {

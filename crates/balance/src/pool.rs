@@ -42,6 +42,12 @@ pub struct PoolConfig {
     /// How often a changing membership is read again (DNS names, or the supervisor's list of
     /// instances under `scalelab up`), milliseconds.
     pub refresh_ms: u64,
+    /// Whether an idempotent request without a body that got no answer within
+    /// `response_timeout_ms` is sent once more to the next backend (nginx's
+    /// `proxy_next_upstream timeout`): what makes a host that vanished mid-request (a cut link)
+    /// invisible to clients, at the price of running a slow request twice. Off: the timeout is a
+    /// `504`.
+    pub retry_timeouts: bool,
 }
 
 impl Default for PoolConfig {
@@ -55,6 +61,7 @@ impl Default for PoolConfig {
             health: HealthConfig::default(),
             resolve: false,
             refresh_ms: 1000,
+            retry_timeouts: false,
         }
     }
 }
@@ -438,10 +445,17 @@ impl Pool {
                 Err(_elapsed) => {
                     backend.record_error();
                     backend.mark_down();
-                    return Err(PoolError::Timeout {
+                    let err = PoolError::Timeout {
                         backend: backend.url.clone(),
                         timeout_ms: self.config.response_timeout_ms,
-                    });
+                    };
+                    if !self.config.retry_timeouts || replay.is_none() {
+                        return Err(err);
+                    }
+                    tracing::warn!(pool = %self.name, backend = %backend.url, "no answer in time; replaying the idempotent request on the next backend");
+                    metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
+                        .increment(1);
+                    last = Some(err);
                 }
             }
         }

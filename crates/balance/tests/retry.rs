@@ -143,3 +143,33 @@ async fn a_response_timeout_is_a_504_and_not_a_retry() {
         "the second backend must not be tried"
     );
 }
+
+/// With `retry_timeouts` on (nginx's `proxy_next_upstream timeout`), an idempotent request that got
+/// no answer in time is answered by the next backend; a request with a body is still not replayed.
+#[tokio::test]
+async fn with_retry_timeouts_an_idempotent_request_is_answered_by_the_next_backend() {
+    let (slow, slow_seen) = counter(Duration::from_secs(5)).await;
+    let (fast, fast_seen) = counter(Duration::ZERO).await;
+    let pool = Pool::new(
+        "test",
+        &[slow, fast],
+        PoolConfig {
+            retry_timeouts: true,
+            ..config()
+        },
+    );
+    let req = Request::get("/read").body(Body::empty()).unwrap();
+    let answer = pool
+        .send(req)
+        .await
+        .expect("answered by the second backend");
+    assert_eq!(
+        (answer.response.status().as_u16(), answer.attempts),
+        (200, 2)
+    );
+    assert_eq!(slow_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(fast_seen.load(Ordering::SeqCst), 1);
+    // The slow one is marked down now: a write goes to the fast one, once.
+    let post = Request::post("/write").body(Body::from("x")).unwrap();
+    assert_eq!(pool.send(post).await.unwrap().attempts, 1);
+}
