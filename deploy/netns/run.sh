@@ -7,7 +7,8 @@
 # The host (10.77.0.1 on the bridge) drives load with `scalelab bench` and injects faults with
 # `tc netem` and `ip link`, then prints what it injected and what clients saw. Exits non-zero if a
 # request that should have failed over did not, or a task was lost.
-# Needs root, PostgreSQL's server binaries, redis-server, openssl. Usage: deploy/netns/run.sh [scalelab binary]
+# Needs root, PostgreSQL's server binaries, redis-server, openssl, iptables (where the kernel has
+# no netem). Usage: deploy/netns/run.sh [scalelab binary]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-target/debug/scalelab}")
@@ -242,14 +243,20 @@ row "3. app1's link back: rejoined" "$ok" "$bad" "$p99" "$a1%" "$a2%"
 awk -v a="$a1" 'BEGIN { exit !(a > 0) }' || { echo "[netns] the balancer before the rejoin run:" >&2; cat "$W/stats-rejoin.json" >&2; curl -fs "$LB/_lb/stats" >&2; echo >&2; }
 awk -v a="$a1" 'BEGIN { exit !(a > 0) }' || FAIL=1
 
-# 4. 1% packet loss on the edge: reported (TCP retransmits; no failure expected). Needs netem.
+# 4. 1% packet loss on the edge, both ways: reported (TCP retransmits; no failure expected). With
+#    netem `loss 1%`; without it, iptables' `statistic` match drops 1% of the packets instead.
 if in_ns sl-edge tc qdisc add dev eth0 root netem loss 1% 2> /dev/null; then
-  read -r ok bad p99 a1 a2 <<< "$(bench 4s)"
-  row "4. edge 1% packet loss (netem)" "$ok" "$bad" "$p99" "$a1%" "$a2%"
-  in_ns sl-edge tc qdisc del dev eth0 root
+  LOSS="4. edge 1% packet loss (netem)"
+  undo_loss() { in_ns sl-edge tc qdisc del dev eth0 root; }
 else
-  row "4. edge 1% packet loss: SKIPPED, no netem" "-" "-" "-" "-" "-"
+  in_ns sl-edge iptables -A INPUT -i eth0 -m statistic --mode random --probability 0.01 -j DROP
+  in_ns sl-edge iptables -A OUTPUT -o eth0 -m statistic --mode random --probability 0.01 -j DROP
+  LOSS="4. edge 1% packet loss (iptables)"
+  undo_loss() { in_ns sl-edge iptables -F; }
 fi
+read -r ok bad p99 a1 a2 <<< "$(bench 4s)"
+row "$LOSS" "$ok" "$bad" "$p99" "$a1%" "$a2%"
+undo_loss
 
 echo
 printf '%-44s %-10s %-8s %-9s %-7s %-7s\n' "injected" "answered" "failed" "p99 ms" "app1" "app2"
