@@ -89,15 +89,8 @@ impl Target {
 /// Requests in flight and requests answered so far (probes and scrapes left out) from one
 /// instance's `/metrics`; `None` when it does not answer.
 async fn load_of(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let page = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    use supervisor::scaler::{sum_metric, sum_metric_where};
+    use supervisor::scaler::{metrics_page, sum_metric, sum_metric_where};
+    let page = metrics_page(http, url).await?;
     let in_flight = sum_metric(&page, "scalelab_http_in_flight").unwrap_or(0.0);
     let requests = sum_metric_where(&page, "scalelab_http_requests_total", |line| {
         !["/health", "/metrics", "/ready"]

@@ -198,7 +198,8 @@ fn print_config(
             stdout(&format!(
                 "# scalelab's topology with the {} preset laid over it (presets/*.toml)\n\n",
                 preset
-                    .map(|p| format!("{p:?}").to_lowercase())
+                    .and_then(|p| clap::ValueEnum::to_possible_value(&p))
+                    .map(|v| v.get_name().to_string())
                     .unwrap_or_default()
             ))?;
         }

@@ -434,7 +434,7 @@ impl Fleet {
                     );
                 }
                 Ok(Err(why)) => {
-                    let _ = fleet.remove(&watched);
+                    fleet.remove(&watched);
                     fleet.event(
                         "failed",
                         Some(&watched),
@@ -442,20 +442,17 @@ impl Fleet {
                     );
                 }
                 Err(_) => {
-                    let _ = fleet.remove(&watched);
+                    fleet.remove(&watched);
                 }
             }
         });
         Ok(id)
     }
 
-    fn remove(&self, id: &str) -> Option<Entry> {
-        let mut inner = self.lock();
-        let i = inner.entries.iter().position(|e| e.spec.id == id)?;
-        let entry = inner.entries.remove(i);
-        drop(inner);
+    /// Forgets `id` (it stopped, or never started).
+    fn remove(&self, id: &str) {
+        self.lock().entries.retain(|e| e.spec.id != id);
         self.ctx.registry.remove(id);
-        Some(entry)
     }
 
     /// Drains `id`: out of its pools now, SIGTERM after the drain delay, gone once stopped.

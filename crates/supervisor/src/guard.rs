@@ -40,11 +40,6 @@ impl AdminGuard {
         }
     }
 
-    /// Whether mutating calls need the credential.
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
     /// `Ok` if the call may change the fleet; otherwise the reason, for a `401`.
     pub async fn check(&self, fleet: &Fleet, authorization: Option<&str>) -> Result<(), String> {
         if !self.required {

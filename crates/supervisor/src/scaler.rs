@@ -43,15 +43,19 @@ pub fn sum_metric_where(page: &str, metric: &str, keep: impl Fn(&str) -> bool) -
     found
 }
 
-async fn scrape(http: &reqwest::Client, url: &str, metric: &str) -> Option<f64> {
-    let page = http
-        .get(format!("{url}/metrics"))
+/// The Prometheus page of the instance at `url` (`GET /metrics`); `None` when it does not answer.
+pub async fn metrics_page(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(format!("{url}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+async fn scrape(http: &reqwest::Client, url: &str, metric: &str) -> Option<f64> {
+    let page = metrics_page(http, url).await?;
     // An instance that has served nothing yet has no gauge: its load is 0.
     Some(sum_metric(&page, metric).unwrap_or(0.0))
 }

@@ -29,6 +29,15 @@ fn request(method: &str, path: &str, token: Option<&str>) -> Request<Body> {
     r.body(body).expect("request")
 }
 
+/// `h` with the Casitas preset's domain URLs set (to a dead address: the guard answers first).
+async fn with_casitas(mut h: Harness) -> Harness {
+    let dead = super::fakes::dead_url().await;
+    h.config.units_url = dead.clone();
+    h.config.finances_url = dead.clone();
+    h.config.legal_url = dead;
+    h
+}
+
 #[tokio::test]
 async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an_endpoint() {
     let h = Harness::start().await;
@@ -62,12 +71,8 @@ async fn the_router_refuses_an_endpoint_without_an_entry_and_an_entry_without_an
 
 #[tokio::test]
 async fn every_route_of_the_table_applies_its_token_role_and_guest_rules() {
-    let mut h = Harness::start().await;
     // The Casitas preset's tables too: their services are dead here, and the guard answers first.
-    let dead = super::fakes::dead_url().await;
-    h.config.units_url = dead.clone();
-    h.config.finances_url = dead.clone();
-    h.config.legal_url = dead;
+    let h = with_casitas(Harness::start().await).await;
     let app = h.app().await;
     let (user, admin, guest) = (h.user(), h.admin(), h.auth.token("guest", &["guest"]));
     let routes: Vec<_> = policy::active(&h.config).collect();
@@ -138,11 +143,7 @@ async fn every_route_of_the_table_applies_its_token_role_and_guest_rules() {
 /// transactions but not legal documents, and cannot add units.
 #[tokio::test]
 async fn a_role_passes_its_own_routes_and_admin_passes_all() {
-    let mut h = Harness::start().await;
-    let dead = super::fakes::dead_url().await;
-    h.config.units_url = dead.clone();
-    h.config.finances_url = dead.clone();
-    h.config.legal_url = dead;
+    let h = with_casitas(Harness::start().await).await;
     let app = h.app().await;
     let finance = h.auth.token("fiona", &["finance"]);
     let legal = h.auth.token("lee", &["legal"]);
