@@ -4,6 +4,7 @@
 #   sl-app1  10.77.0.11  gateway, service, auth, db, users, worker
 #   sl-app2  10.77.0.12  the same
 #   sl-edge  10.77.0.20  the balancer (least connections over the two gateways)
+# Backends are names (gateways.sl, services.sl, auths.sl) that resolve to both app hosts.
 # The host (10.77.0.1 on the bridge) drives load with `scalelab bench` and injects faults with
 # `tc netem` and `ip link`, then prints what it injected and what clients saw. Exits non-zero if a
 # request that should have failed over did not, or a task was lost.
@@ -27,7 +28,9 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   sleep 1
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-  for n in "${NETS[@]}"; do ip netns del "$n" 2>/dev/null; ip link del "v-$n" 2>/dev/null; done
+  for n in "${NETS[@]}"; do
+    ip netns del "$n" 2>/dev/null; ip link del "v-$n" 2>/dev/null; rm -rf "/etc/netns/$n"
+  done
   ip link del br-sl 2>/dev/null
   rm -rf "$W"
 }
@@ -48,6 +51,16 @@ for n in "${NETS[@]}"; do
   ip -n "$n" link set lo up
 done
 in_ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
+# Each host's resolver (`ip netns exec` mounts /etc/netns/NAME/hosts over /etc/hosts): the roles
+# that run on both app hosts have one name with both addresses, as an orchestrator's DNS gives a
+# headless service, and the pools expand and re-resolve it (`resolve = true`).
+for n in "${NETS[@]}"; do
+  mkdir -p "/etc/netns/$n"
+  printf '127.0.0.1 localhost\n' > "/etc/netns/$n/hosts"
+  for name in gateways services auths; do
+    printf '10.77.0.11 %s.sl\n10.77.0.12 %s.sl\n' "$name" "$name" >> "/etc/netns/$n/hosts"
+  done
+done
 
 # --- the engines on sl-db ------------------------------------------------------------------
 mkdir -p "$W/pg" "$W/pgsock" && chown postgres "$W/pg" "$W/pgsock"
@@ -82,8 +95,10 @@ auth = [5011]
 users = [5020]
 worker = [5005]
 [lb]
-backends = ["http://10.77.0.11:5000", "http://10.77.0.12:5000"]
+backends = ["http://gateways.sl:5000"]
 [lb.pool]
+resolve = true
+refresh_ms = 500
 strategy = "least_connections"
 connect_timeout_ms = 300
 response_timeout_ms = 1000
@@ -94,8 +109,8 @@ timeout_ms = 300
 fall = 2
 rise = 2
 [gateway]
-auth_urls = ["http://10.77.0.11:5011", "http://10.77.0.12:5011"]
-service_urls = ["http://10.77.0.11:5001", "http://10.77.0.12:5001"]
+auth_urls = ["http://auths.sl:5011"]
+service_urls = ["http://services.sl:5001"]
 db_url = "http://$me:5002"
 users_url = "http://$me:5020"
 cache = "redis"
@@ -103,6 +118,8 @@ redis_url = "redis://10.77.0.2:6379"
 redis_prefix = "netns:"
 upstream_timeout_ms = 3000
 [gateway.services]
+resolve = true
+refresh_ms = 500
 connect_timeout_ms = 300
 response_timeout_ms = 1000
 retry_timeouts = true
