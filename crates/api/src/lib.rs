@@ -5,6 +5,7 @@
 //! Start with [`error::ErrorBody`] (the one error shape), then [`wire`] (one module per service),
 //! then [`client`] (what the gateway uses to reach `auth`, `cache` and `db`).
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod headers;

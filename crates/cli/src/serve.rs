@@ -33,6 +33,8 @@ pub(crate) enum Role {
     Finances,
     /// The Casitas preset's legal documents.
     Legal,
+    /// The live dashboard: every instance's health and metrics on one page.
+    Dashboard,
 }
 
 impl Role {
@@ -49,6 +51,7 @@ impl Role {
             Role::Units => "units",
             Role::Finances => "finances",
             Role::Legal => "legal",
+            Role::Dashboard => "dashboard",
         }
     }
 }
@@ -108,7 +111,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let token = std::env::var(SERVICE_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
-    let internal = !matches!(args.role, Role::Lb | Role::Gateway);
+    let internal = !matches!(args.role, Role::Lb | Role::Gateway | Role::Dashboard);
     // An internal role reachable from other machines takes changes only from the deployment's
     // roles; on loopback (`scalelab up`) everything on the machine is trusted already.
     if internal && !addr.ip().is_loopback() && token.is_none() {
@@ -121,7 +124,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let (true, Some(t)) = (internal, token.as_deref()) {
         instance = instance.requiring_service_token(t);
     }
-    topo.gateway.service_token = token;
+    topo.gateway.service_token = token.clone();
+    topo.dashboard.service_token = token;
     let shutdown = crate::shutdown_signal();
     match args.role {
         Role::Lb => lb::serve(listener, topo.lb, instance, shutdown).await?,
@@ -153,6 +157,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
             .await?
         }
+        Role::Dashboard => dashboard::serve(listener, topo.dashboard, instance, shutdown).await?,
         Role::Legal => {
             rental::serve(
                 listener,

@@ -17,9 +17,19 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../../scalelab.toml");
 
 /// The roles in start order: dependencies before the roles that call them.
-pub(crate) const ROLES: [&str; 11] = [
-    "auth", "db", "units", "finances", "legal", "worker", "cache", "service", "users", "gateway",
+pub(crate) const ROLES: [&str; 12] = [
+    "auth",
+    "db",
+    "units",
+    "finances",
+    "legal",
+    "worker",
+    "cache",
+    "service",
+    "users",
+    "gateway",
     "lb",
+    "dashboard",
 ];
 
 /// The presets: topologies built from scalelab's parts, laid over the base topology.
@@ -41,7 +51,7 @@ impl Preset {
 
 /// The top-level keys of a topology file: `data_dir`, `instances`, the roles' sections and the
 /// shared `[queue]`.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "data_dir",
     "instances",
     "lb",
@@ -56,6 +66,7 @@ const SECTIONS: [&str; 15] = [
     "units",
     "finances",
     "legal",
+    "dashboard",
     "autoscale",
 ];
 
@@ -180,6 +191,8 @@ pub(crate) struct Topology {
     pub(crate) finances: rental::Config,
     /// The Casitas preset's legal service.
     pub(crate) legal: rental::Config,
+    /// The live dashboard.
+    pub(crate) dashboard: dashboard::Config,
     /// Autoscalers by role (`[autoscale.gateway]`, ...); none by default.
     pub(crate) autoscale: BTreeMap<String, AutoscaleSection>,
 }
@@ -201,6 +214,7 @@ impl Default for Topology {
             units: rental::Config::default(),
             finances: rental::Config::default(),
             legal: rental::Config::default(),
+            dashboard: dashboard::Config::default(),
             autoscale: BTreeMap::new(),
         }
     }
@@ -287,6 +301,7 @@ impl Topology {
                 "units" => read_section(value, &mut t.units),
                 "finances" => read_section(value, &mut t.finances),
                 "legal" => read_section(value, &mut t.legal),
+                "dashboard" => read_section(value, &mut t.dashboard),
                 "autoscale" => read_section(value, &mut t.autoscale),
                 _ => Err(format!(
                     ": unknown section; sections are {}",
@@ -379,6 +394,9 @@ impl Topology {
             );
         }
         section("autoscale", autoscale);
+        if runs("dashboard") {
+            section("dashboard", t.dashboard.validate());
+        }
         for (name, config) in [
             ("units", &t.units),
             ("finances", &t.finances),
@@ -540,6 +558,15 @@ impl Topology {
         }
         if admin_password.is_some() {
             self.auth.admin_password = admin_password;
+        }
+        // Without a supervisor to ask, the dashboard watches every instance of the file.
+        if self.dashboard.control_url.is_empty() && self.dashboard.targets.is_empty() {
+            for role in ROLES.iter().filter(|r| **r != "dashboard") {
+                let urls = self.urls(role);
+                if !urls.is_empty() {
+                    self.dashboard.targets.insert(role.to_string(), urls);
+                }
+            }
         }
     }
 

@@ -75,6 +75,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if topo.gateway.membership_url.is_empty() {
         topo.gateway.membership_url = control_url.clone();
     }
+    if topo.dashboard.control_url.is_empty() {
+        topo.dashboard.control_url = control_url.clone();
+    }
     let effective = prepare(&mut topo)?;
     let program = std::env::current_exe().context("cannot find the scalelab binary")?;
     let specs = child_specs(&topo, &effective, &program);
@@ -241,5 +244,11 @@ fn hints(topo: &Topology) -> Vec<String> {
         format!("  curl -s {base}/_lb/stats"),
         format!("  scalelab bench {base}/data -c 32 -d 10s --token $TOKEN"),
     ]);
+    if let Some(d) = topo.instances().into_iter().find(|i| i.role == "dashboard") {
+        lines.push(format!(
+            "  open {}/                      # the live dashboard",
+            d.url
+        ));
+    }
     lines
 }

@@ -12,6 +12,8 @@
 //! | `GET /metrics` | Prometheus text: instances per role and state, autoscaler desired/current per role |
 //! | `GET /events/stream` | the same as server-sent events, as they happen (for the dashboard) |
 //! | `GET /autoscale` | each autoscaled role's policy and latest decision, with its arithmetic |
+//! | `POST /cache/flush` | every shared cache instance empties (`ops.rs`) |
+//! | `POST /load` `{"route": "/data", "seconds": 10, "connections": 16}` | a short run of the built-in generator through the balancer; its summary is a `load` event |
 //!
 //! On loopback (the default) whoever can reach it can already signal the processes; bound to
 //! another address (`scalelab up --control-addr`), every `POST` needs the admin credential
@@ -33,7 +35,7 @@ use api::wire::control::{Member, Members};
 use crate::fleet::Fleet;
 use crate::guard::AdminGuard;
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({"error": code, "message": message.into()})),
@@ -66,8 +68,18 @@ async fn admin_only(
 
 /// The routes over `fleet`; calls that change it pass `guard` first.
 pub fn router(fleet: Fleet, guard: AdminGuard) -> Router {
-    let admin = axum::middleware::from_fn_with_state((fleet.clone(), guard), admin_only);
+    let admin = axum::middleware::from_fn_with_state((fleet.clone(), guard.clone()), admin_only);
+    let ops = crate::ops::Ops {
+        fleet: fleet.clone(),
+        guard,
+        loading: std::sync::Arc::default(),
+    };
     Router::new()
+        .route(
+            "/cache/flush",
+            post(crate::ops::flush).with_state(ops.clone()),
+        )
+        .route("/load", post(crate::ops::load).with_state(ops))
         .route("/instances", get(instances))
         .route("/members/{role}", get(members))
         .route("/scale", post(scale))

@@ -87,6 +87,8 @@ pub struct InstanceStatus {
     pub state: State,
     /// Seconds since it was started (by `up` or by a scale).
     pub uptime_secs: f64,
+    /// How many times the supervisor restarted it (it exited or was killed).
+    pub restarts: u32,
 }
 
 /// Something that happened to the fleet (`GET /events`).
@@ -243,6 +245,7 @@ impl Fleet {
     /// Every instance, in start order.
     pub fn status(&self) -> Vec<InstanceStatus> {
         let pids = self.ctx.registry.pids();
+        let restarts = self.ctx.registry.restarts();
         self.lock()
             .entries
             .iter()
@@ -253,6 +256,7 @@ impl Fleet {
                 pid: pids.get(&e.spec.id).copied().flatten(),
                 state: e.state,
                 uptime_secs: e.since.elapsed().as_secs_f64(),
+                restarts: restarts.get(&e.spec.id).copied().unwrap_or(0),
             })
             .collect()
     }

@@ -24,6 +24,7 @@ mod child;
 pub mod control;
 pub mod fleet;
 pub mod guard;
+mod ops;
 mod output;
 mod registry;
 pub mod scaler;

@@ -16,6 +16,9 @@ struct Record {
     url: String,
     port: u16,
     pid: Option<u32>,
+    /// How many times it was spawned (its restarts are one fewer); not in the file.
+    #[serde(skip)]
+    spawns: u32,
 }
 
 struct State {
@@ -40,6 +43,7 @@ impl Registry {
                 url: s.url.clone(),
                 port: s.port,
                 pid: None,
+                spawns: 0,
             })
             .collect();
         Self {
@@ -56,6 +60,7 @@ impl Registry {
         let mut state = self.lock();
         if let Some(record) = state.records.iter_mut().find(|r| r.id == id) {
             record.pid = Some(pid);
+            record.spawns += 1;
         }
         if state.published {
             self.write(&state.records)?;
@@ -79,6 +84,7 @@ impl Registry {
             url: spec.url.clone(),
             port: spec.port,
             pid: None,
+            spawns: 0,
         });
         if state.published {
             let _ = self.write(&state.records);
@@ -100,6 +106,15 @@ impl Registry {
             .records
             .iter()
             .map(|r| (r.id.clone(), r.pid))
+            .collect()
+    }
+
+    /// How many times every instance was restarted, by id.
+    pub(super) fn restarts(&self) -> HashMap<String, u32> {
+        self.lock()
+            .records
+            .iter()
+            .map(|r| (r.id.clone(), r.spawns.saturating_sub(1)))
             .collect()
     }
 

@@ -16,6 +16,10 @@ use crate::handlers::Context;
 /// Runs every slot and the gauge refresher until `stop` turns true and the slots are done.
 pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
     let mut slots = tokio::task::JoinSet::new();
+    // How many tasks it can run at once, beside `scalelab_worker_in_flight` (the dashboard's busy
+    // slots).
+    metrics::gauge!("scalelab_worker_slots", "id" => state.inner.instance.id.to_string())
+        .set(state.inner.config.concurrency as f64);
     for n in 1..=state.inner.config.concurrency {
         slots.spawn(slot(state.clone(), n, stop.clone()));
     }

@@ -23,12 +23,16 @@
 //! - `casitas`: `up --preset casitas` (routes, roles, cached listings, reports on the real rows,
 //!   report priorities, the balancer's deny list and per-IP limit), embedded and on PostgreSQL.
 //! - `service_token`: the deployment's credential for internal roles (`SCALELAB_SERVICE_TOKEN`).
+//! - `dashboard`: the live dashboard in headless Chromium (`browser.rs` drives it over the
+//!   DevTools protocol): boxes, moving counters, a kill and its recovery, polling, 50 instances.
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
 
+mod browser;
 mod casitas;
 mod config_check;
+mod dashboard;
 mod distributed;
 mod elastic;
 mod lab_calls;

@@ -115,13 +115,15 @@ fn with_miss_header(result: Result<Response, Error>) -> Response {
     }
 }
 
-fn count(state: &AppState, hit: bool) {
-    metrics::counter!(
-        "scalelab_gateway_cache_total",
-        "outcome" => if hit { "hit" } else { "miss" },
-        "id" => state.inner.instance.id.to_string()
-    )
-    .increment(1);
+/// Counts the read as a hit or a miss, and how long the cache-aside path took (the dashboard's
+/// "hit vs miss latency": the lookup alone, against the lookup plus the db read and the refill).
+fn count(state: &AppState, hit: bool, started: std::time::Instant) {
+    let outcome = if hit { "hit" } else { "miss" };
+    let id = state.inner.instance.id.to_string();
+    metrics::histogram!("scalelab_gateway_data_seconds", "outcome" => outcome, "id" => id.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("scalelab_gateway_cache_total", "outcome" => outcome, "id" => id)
+        .increment(1);
 }
 
 /// Cache, then (on a miss, a cache outage or `refresh`) one shared db read that refills the cache.
@@ -131,12 +133,13 @@ async fn read_through(
     refresh: bool,
     rid: &str,
 ) -> Result<Response, Error> {
+    let started = std::time::Instant::now();
     valid_key(&key)?;
     let gateway_id = state.inner.instance.id.to_string();
     if !refresh {
         match state.inner.cache.get(&key, rid).await {
             Ok(Some(data)) => {
-                count(state, true);
+                count(state, true, started);
                 let body = DataResponse {
                     cached: true,
                     key,
@@ -153,7 +156,6 @@ async fn read_through(
             }
         }
     }
-    count(state, false);
     let work_state = state.clone();
     let work_key = key.clone();
     let work_rid = rid.to_string();
@@ -163,6 +165,7 @@ async fn read_through(
         .run(key.clone(), move || load(work_state, work_key, work_rid))
         .await
         .map_err(|Aborted| Error::Internal("the shared db read ended without a result".into()))?;
+    count(state, false, started);
     match read {
         Ok(Some(data)) => {
             let body = DataResponse {
