@@ -683,6 +683,7 @@ mod tests {
             ("gateway-1", 5000),
             ("gateway-2", 5003),
             ("lb-1", 8000),
+            ("dashboard-1", 8050),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), *b))
@@ -707,6 +708,10 @@ mod tests {
         assert_eq!(t.worker.queue.data_dir, t.data_dir);
         assert_eq!(t.gateway.users_url, "http://127.0.0.1:5020");
         assert_eq!(t.auth.admin_password.as_deref(), Some("s3cret-password"));
+        // Without a supervisor, the dashboard watches every instance of the file but itself.
+        assert_eq!(t.dashboard.targets["service"].len(), 3);
+        assert_eq!(t.dashboard.targets["lb"], ["http://127.0.0.1:8000"]);
+        assert!(!t.dashboard.targets.contains_key("dashboard"));
     }
 
     #[test]

@@ -182,6 +182,15 @@ impl Browser {
         Ok(answer["result"].clone())
     }
 
+    /// Makes every request whose URL matches one of `patterns` (`*` wildcards) fail, as a proxy or
+    /// a filter that blocks them would.
+    pub(crate) async fn block(&self, patterns: &[&str]) -> anyhow::Result<()> {
+        self.call("Network.enable", json!({})).await?;
+        self.call("Network.setBlockedURLs", json!({"urls": patterns}))
+            .await?;
+        Ok(())
+    }
+
     /// Opens `url` in the page.
     pub(crate) async fn navigate(&self, url: &str) -> anyhow::Result<()> {
         self.call("Page.navigate", json!({"url": url})).await?;
