@@ -58,11 +58,16 @@ fn box_is(id: &str, class: &str) -> String {
 }
 
 async fn open(browser: &Browser, sys: &Running, query: &str) {
+    open_with(browser, sys, query, 0).await
+}
+
+/// [`open`], with `added` instances started since `up` (by a scale from the page).
+async fn open_with(browser: &Browser, sys: &Running, query: &str, added: usize) {
     browser
         .navigate(&format!("{}/{query}", sys.url("dashboard", 1)))
         .await
         .unwrap();
-    let watched = sys.ids().len() - 1; // every instance but the dashboard itself
+    let watched = sys.ids().len() - 1 + added; // every instance but the dashboard itself
     browser
         .wait_for(
             &format!("{watched} instance boxes"),
@@ -229,10 +234,37 @@ async fn the_dashboard_shows_traffic_a_kill_and_recovery_live() {
         "one restart in service-2's row"
     );
 
+    // Flush and scale from the page: the cache empties (an event says how much), a fourth service
+    // gets its box.
+    browser
+        .eval("document.getElementById('flush').click(); true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the flush in the event log",
+            "[...document.querySelectorAll('#events li')].some(li => li.dataset.kind === 'flush')",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "document.getElementById('scale-role').value = 'service'; \
+             document.getElementById('scale-count').value = '4'; \
+             document.getElementById('scale').click(); true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for("service-4's green box", &box_is("service-4", ".up"), WAIT)
+        .await
+        .unwrap();
+
     // With the stream blocked (a proxy that does not pass SSE), the page falls back to polling by
     // itself, and still moves.
     browser.block(&["*/api/stream*"]).await.unwrap();
-    open(&browser, &sys, "").await;
+    open_with(&browser, &sys, "", 1).await;
     browser
         .wait_for(
             "polling",
