@@ -136,38 +136,40 @@ impl SqlQueue {
         self.db.engine()
     }
 
-    /// Marks dead the lapsed last attempts, then runs the claim statement `sql`.
+    /// Marks dead the lapsed last attempts, then runs the claim statement `sql` for at most
+    /// `limit` tasks; the tasks in claim order (priority, then submission).
+    ///
+    /// The claim runs in a task of its own, so that it always ends, committed or rolled back,
+    /// whatever becomes of the caller's future: a caller dropped (a shutdown, a timeout) or
+    /// unwinding while the claim waits on the store can never leave a transaction open on a
+    /// pooled connection (on SQLite, one such connection holds the file's write lock and every
+    /// other process waits on it), and the tasks a caller was not there to receive are released
+    /// at once rather than left to their lease.
     async fn claim_with(
         &self,
         sql: &str,
         worker_id: &str,
         lease: Duration,
         id: Option<&str>,
-    ) -> Result<Option<Task>, Error> {
-        let now = now_ms();
-        let mut args: Vec<Arg<'_>> = vec![worker_id.into(), (now + ms(lease)).into(), now.into()];
-        if let Some(id) = id {
-            args.push(id.into());
-        }
-        let row = match self.db.pool().await? {
-            // Per engine: IMMEDIATE takes SQLite's write lock before the candidate is read, so
-            // no other process can claim between the read and the update.
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                sql::query(st::REAP, &[now.into()])
-                    .execute(&mut *tx)
-                    .await?;
-                let row = sql::query(sql, &args).fetch_optional(&mut *tx).await?;
-                tx.commit().await?;
-                row.map(sql::Row::Sqlite)
-            }
-            // PostgreSQL's statement locks its row (`FOR UPDATE SKIP LOCKED`) by itself.
-            Pool::Postgres(_) => {
-                self.db.execute(st::REAP, &[now.into()]).await?;
-                self.db.fetch_optional(sql, &args).await?
-            }
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        let claim = Claim {
+            pool: self.db.pool().await?.clone(),
+            sql: sql.to_string(),
+            worker_id: worker_id.to_string(),
+            lease,
+            id: id.map(str::to_string),
+            limit: i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
         };
-        row.as_ref().map(task).transpose()
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let claimed = claim.run().await;
+            if let Err(Ok(tasks)) = tx.send(claimed) {
+                claim.release(&tasks).await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Unavailable("the claim ended abnormally".into()))?
     }
 
     /// Claims a due retry or a task whose lease lapsed (not fresh tasks).
@@ -176,8 +178,10 @@ impl SqlQueue {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.due, worker_id, lease, None)
-            .await
+        let mut tasks = self
+            .claim_with(&self.claims.due, worker_id, lease, None, 1)
+            .await?;
+        Ok(tasks.pop())
     }
 
     /// Claims the task `id` if it is queued.
@@ -187,8 +191,10 @@ impl SqlQueue {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.by_id, worker_id, lease, Some(id))
-            .await
+        let mut tasks = self
+            .claim_with(&self.claims.by_id, worker_id, lease, Some(id), 1)
+            .await?;
+        Ok(tasks.pop())
     }
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
@@ -241,6 +247,82 @@ impl SqlQueue {
     }
 }
 
+/// One claim, owned, so that it can run in a task of its own (see [`SqlQueue::claim_with`]).
+struct Claim {
+    pool: Pool,
+    sql: String,
+    worker_id: String,
+    lease: Duration,
+    /// The task wanted, for the claim by id.
+    id: Option<String>,
+    limit: i64,
+}
+
+impl Claim {
+    /// Marks dead the lapsed last attempts, then claims; the tasks in claim order.
+    async fn run(&self) -> Result<Vec<Task>, Error> {
+        let now = now_ms();
+        let mut args: Vec<Arg<'_>> = vec![
+            self.worker_id.as_str().into(),
+            (now + ms(self.lease)).into(),
+            now.into(),
+            self.limit.into(),
+        ];
+        if let Some(id) = &self.id {
+            args.push(id.into());
+        }
+        let rows: Vec<sql::Row> = match &self.pool {
+            // Per engine: IMMEDIATE takes SQLite's write lock before the candidates are read, so
+            // no other process can claim between the read and the update. The transaction lives
+            // in this function: an error drops it, which rolls it back at once on SQLite.
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sql::query(st::REAP, &[now.into()])
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sql::query(&self.sql, &args).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows.into_iter().map(sql::Row::Sqlite).collect()
+            }
+            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself; each
+            // statement is its own transaction.
+            Pool::Postgres(pool) => {
+                sql::query(st::REAP, &[now.into()]).execute(pool).await?;
+                sql::query(&self.sql, &args)
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(sql::Row::Postgres)
+                    .collect()
+            }
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((row.get::<i64>("seq")?, task(row)?));
+        }
+        claimed.sort_by_key(|(seq, t)| (t.priority.rank(), *seq));
+        Ok(claimed.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Gives back tasks claimed for a caller that was gone by the time they came.
+    async fn release(&self, tasks: &[Task]) {
+        for t in tasks {
+            let args = [
+                t.id.as_str().into(),
+                self.worker_id.as_str().into(),
+                now_ms().into(),
+            ];
+            let done = match &self.pool {
+                Pool::Sqlite(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
+                Pool::Postgres(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, task = %t.id, "could not give back a task claimed for a caller that left; its lease will lapse");
+            }
+        }
+    }
+}
+
 fn options() -> sql::Options {
     sql::Options {
         max_connections: 8,
@@ -260,8 +342,10 @@ impl Queue for SqlQueue {
     }
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.any, worker_id, lease, None)
-            .await
+        let mut tasks = self
+            .claim_with(&self.claims.any, worker_id, lease, None, 1)
+            .await?;
+        Ok(tasks.pop())
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {

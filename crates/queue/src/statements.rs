@@ -35,7 +35,7 @@ pub(crate) const CANDIDATE: &str = "SELECT id FROM tasks \
     WHERE status IN ('queued', 'failed', 'running') \
       AND ((status IN ('queued', 'failed') AND not_before <= $3) \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
-    ORDER BY priority, seq LIMIT 1";
+    ORDER BY priority, seq LIMIT $4";
 
 /// What the RabbitMQ backend claims from the store rather than from the broker: retries whose
 /// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). The
@@ -44,22 +44,26 @@ pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
     WHERE status IN ('queued', 'failed', 'running') \
       AND ((status = 'failed' AND not_before <= $3) \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
-    ORDER BY priority, seq LIMIT 1";
+    ORDER BY priority, seq LIMIT $4";
 
-/// One queued task by id (`$4`): the RabbitMQ backend's claim of a delivered message.
-pub(crate) const CANDIDATE_ID: &str = "SELECT id FROM tasks WHERE id = $4 AND status = 'queued'";
+/// One queued task by id (`$5`; `$4` is the claim's limit, 1): the RabbitMQ backend's claim of a
+/// delivered message.
+pub(crate) const CANDIDATE_ID: &str =
+    "SELECT id FROM tasks WHERE id = $5 AND status = 'queued' LIMIT $4";
 
 /// Deletes a task that was never announced (the RabbitMQ backend's undone submission).
 pub(crate) const DELETE_QUEUED: &str = "DELETE FROM tasks WHERE id = $1 AND status = 'queued'";
 
-/// Takes the candidate ([`CANDIDATE`] or another, with the engine's locking clause).
+/// Takes the candidates ([`CANDIDATE`] or another, with the engine's locking clause), at most
+/// `$4` of them, each under its own lease. `seq` comes back too: the rows of `RETURNING` come in
+/// no promised order, and the caller sorts them into claim order.
 pub(crate) fn claim(candidate: &str) -> String {
     format!(
         "UPDATE tasks SET status = 'running', worker_id = $1, lease_until = $2, \
          attempts = attempts + 1, started_at = $3, progress = NULL, \
          error = CASE WHEN status = 'running' \
                  THEN 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed' ELSE error END \
-         WHERE id = ({candidate}) RETURNING {}",
+         WHERE id IN ({candidate}) RETURNING {}, seq",
         COLUMNS
     )
 }
