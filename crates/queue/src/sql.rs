@@ -11,6 +11,7 @@
 //! the database is down, answers `503 queue_unavailable`, and works as soon as it is back.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::sql::{self, Arg, Db, Engine, Pool, Schema};
@@ -85,7 +86,24 @@ pub struct SqlQueue {
     config: Config,
     /// The claim statements, built once with the engine's locking clause.
     claims: Claims,
+    /// Woken at every submission through this queue and, on PostgreSQL, at every `NOTIFY` of
+    /// another process's submission: idle claimers wait on it instead of sleeping a full poll.
+    wake: Arc<tokio::sync::Notify>,
+    /// The PostgreSQL `LISTEN` task, once started (by the first wait for work); stopped with
+    /// the queue.
+    listening: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
+
+impl Drop for SqlQueue {
+    fn drop(&mut self) {
+        if let Some(task) = self.listening.get() {
+            task.abort();
+        }
+    }
+}
+
+/// The PostgreSQL channel a submission notifies and idle workers listen on.
+const CHANNEL: &str = "scalelab_tasks";
 
 /// The three claims: any claimable task, and the RabbitMQ backend's two (due retries and lapsed
 /// leases; one task by id).
@@ -93,7 +111,8 @@ pub struct SqlQueue {
 struct Claims {
     any: String,
     due: String,
-    by_id: String,
+    /// With `$IDS` standing for the list of parameters `$5, $6, ...`.
+    by_ids: String,
 }
 
 impl SqlQueue {
@@ -124,11 +143,31 @@ impl SqlQueue {
             claims: Claims {
                 any: claim(st::CANDIDATE),
                 due: claim(st::CANDIDATE_DUE),
-                by_id: claim(st::CANDIDATE_ID),
+                by_ids: claim(st::CANDIDATE_IDS),
             },
             db,
             config: config.clone(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            listening: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts, once, the task that `LISTEN`s on PostgreSQL and wakes this queue's idle claimers
+    /// when any process submits. It reconnects after a failure (the claimers poll meanwhile).
+    fn listen(&self, pool: &sqlx::PgPool) {
+        self.listening.get_or_init(|| {
+            let (pool, wake) = (pool.clone(), self.wake.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let e = relay_notifications(&pool, &wake).await;
+                    tracing::debug!(error = %e, "LISTEN failed; polling until it is back");
+                    // Whatever was submitted while nobody listened is found by the next poll.
+                    wake.notify_waiters();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            task.abort_handle()
+        });
     }
 
     /// The engine this queue runs on.
@@ -150,7 +189,7 @@ impl SqlQueue {
         sql: &str,
         worker_id: &str,
         lease: Duration,
-        id: Option<&str>,
+        ids: &[String],
         limit: usize,
     ) -> Result<Vec<Task>, Error> {
         let claim = Claim {
@@ -158,7 +197,7 @@ impl SqlQueue {
             sql: sql.to_string(),
             worker_id: worker_id.to_string(),
             lease,
-            id: id.map(str::to_string),
+            ids: ids.to_vec(),
             limit: i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -172,29 +211,34 @@ impl SqlQueue {
             .map_err(|_| Error::Unavailable("the claim ended abnormally".into()))?
     }
 
-    /// Claims a due retry or a task whose lease lapsed (not fresh tasks).
+    /// Claims up to `n` due retries or tasks whose lease lapsed (not fresh tasks).
     pub(crate) async fn claim_due(
         &self,
         worker_id: &str,
         lease: Duration,
-    ) -> Result<Option<Task>, Error> {
-        let mut tasks = self
-            .claim_with(&self.claims.due, worker_id, lease, None, 1)
-            .await?;
-        Ok(tasks.pop())
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.claim_with(&self.claims.due, worker_id, lease, &[], n)
+            .await
     }
 
-    /// Claims the task `id` if it is queued.
-    pub(crate) async fn claim_id(
+    /// Claims those of the tasks `ids` that are queued, in one statement.
+    pub(crate) async fn claim_ids(
         &self,
-        id: &str,
+        ids: &[String],
         worker_id: &str,
         lease: Duration,
-    ) -> Result<Option<Task>, Error> {
-        let mut tasks = self
-            .claim_with(&self.claims.by_id, worker_id, lease, Some(id), 1)
-            .await?;
-        Ok(tasks.pop())
+    ) -> Result<Vec<Task>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..ids.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = self.claims.by_ids.replace("$IDS", &list);
+        self.claim_with(&sql, worker_id, lease, ids, ids.len())
+            .await
     }
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
@@ -219,7 +263,10 @@ impl SqlQueue {
             )
             .await?;
         match inserted {
-            Some(row) => Ok((self::task(&row)?, true)),
+            Some(row) => {
+                self.announce().await;
+                Ok((self::task(&row)?, true))
+            }
             // The key was used before: the first submission's task, whatever its status.
             None => {
                 let row = self
@@ -231,6 +278,21 @@ impl SqlQueue {
                     .await?;
                 Ok((self::task(&row)?, false))
             }
+        }
+    }
+
+    /// Tells idle claimers that a task was submitted: those of this process at once, those of
+    /// other processes through PostgreSQL's `NOTIFY` (SQLite has no such thing: other processes
+    /// find the task at their next poll). A hint only: a lost one costs one poll.
+    async fn announce(&self) {
+        self.wake.notify_waiters();
+        if self.engine() == Engine::Postgres
+            && let Err(e) = self
+                .db
+                .execute("SELECT pg_notify($1, '')", &[CHANNEL.into()])
+                .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; the workers will poll");
         }
     }
 
@@ -253,8 +315,8 @@ struct Claim {
     sql: String,
     worker_id: String,
     lease: Duration,
-    /// The task wanted, for the claim by id.
-    id: Option<String>,
+    /// The tasks wanted, for the claim by ids (`$5`, `$6`, ...).
+    ids: Vec<String>,
     limit: i64,
 }
 
@@ -268,9 +330,7 @@ impl Claim {
             now.into(),
             self.limit.into(),
         ];
-        if let Some(id) = &self.id {
-            args.push(id.into());
-        }
+        args.extend(self.ids.iter().map(Arg::from));
         let rows: Vec<sql::Row> = match &self.pool {
             // Per engine: IMMEDIATE takes SQLite's write lock before the candidates are read, so
             // no other process can claim between the read and the update. The transaction lives
@@ -343,9 +403,42 @@ impl Queue for SqlQueue {
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
         let mut tasks = self
-            .claim_with(&self.claims.any, worker_id, lease, None, 1)
+            .claim_with(&self.claims.any, worker_id, lease, &[], 1)
             .await?;
         Ok(tasks.pop())
+    }
+
+    async fn claim_batch(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.claim_with(&self.claims.any, worker_id, lease, &[], n)
+            .await
+    }
+
+    async fn complete_batch(
+        &self,
+        worker_id: &str,
+        results: Vec<(String, Value)>,
+    ) -> Result<Vec<Result<Task, Error>>, Error> {
+        let pool = self.db.pool().await?.clone();
+        let worker_id = worker_id.to_string();
+        // In a task of its own for the reason the claim is (`claim_with`): the transaction ends
+        // whatever becomes of the caller.
+        tokio::spawn(async move { complete_all(&pool, &worker_id, &results).await })
+            .await
+            .map_err(|_| Error::Unavailable("the completion ended abnormally".into()))?
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        // Registered before anything else, so that a wake-up from here on is not missed.
+        let woken = self.wake.notified();
+        if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
+            self.listen(pool);
+        }
+        let _ = tokio::time::timeout(timeout, woken).await;
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
@@ -522,6 +615,73 @@ impl Queue for SqlQueue {
     async fn ping(&self) -> Result<(), Error> {
         Ok(self.db.ping().await?)
     }
+}
+
+/// Wakes `wake` at every notification on [`CHANNEL`] until the listening connection fails;
+/// returns why it did.
+async fn relay_notifications(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) -> sqlx::Error {
+    let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    if let Err(e) = listener.listen(CHANNEL).await {
+        return e;
+    }
+    loop {
+        if let Err(e) = listener.recv().await {
+            return e;
+        }
+        wake.notify_waiters();
+    }
+}
+
+/// Stores several results of tasks `worker_id` holds in one transaction (one commit, one sync
+/// of the log, for the whole batch); each statement keeps the holder's precondition, so a task
+/// whose lease was taken over is refused alone ([`Error::LeaseLost`]) and the others are stored.
+async fn complete_all(
+    pool: &Pool,
+    worker_id: &str,
+    results: &[(String, Value)],
+) -> Result<Vec<Result<Task, Error>>, Error> {
+    let sql = st::returning(st::COMPLETE);
+    let now = now_ms();
+    let texts: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+    let args = |i: usize| -> [Arg<'_>; 4] {
+        [
+            results[i].0.as_str().into(),
+            worker_id.into(),
+            texts[i].as_str().into(),
+            now.into(),
+        ]
+    };
+    let mut rows = Vec::with_capacity(results.len());
+    match pool {
+        // Per engine: IMMEDIATE takes the write lock at once rather than on the first update.
+        Pool::Sqlite(p) => {
+            let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+            for i in 0..results.len() {
+                let row = sql::query(&sql, &args(i)).fetch_optional(&mut *tx).await?;
+                rows.push(row.map(sql::Row::Sqlite));
+            }
+            tx.commit().await?;
+        }
+        Pool::Postgres(p) => {
+            let mut tx = p.begin().await?;
+            for i in 0..results.len() {
+                let row = sql::query(&sql, &args(i)).fetch_optional(&mut *tx).await?;
+                rows.push(row.map(sql::Row::Postgres));
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(rows
+        .iter()
+        .zip(results)
+        .map(|(row, (id, _))| match row {
+            Some(row) => task(row),
+            None => Err(lease_lost(id, worker_id)),
+        })
+        .collect())
 }
 
 /// Reads a task from a row of [`st::COLUMNS`].

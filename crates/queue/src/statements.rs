@@ -46,10 +46,10 @@ pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
     ORDER BY priority, seq LIMIT $4";
 
-/// One queued task by id (`$5`; `$4` is the claim's limit, 1): the RabbitMQ backend's claim of a
-/// delivered message.
-pub(crate) const CANDIDATE_ID: &str =
-    "SELECT id FROM tasks WHERE id = $5 AND status = 'queued' LIMIT $4";
+/// The queued tasks among the ids `$IDS` (replaced by `$5, $6, ...`; `$4` is the claim's limit,
+/// their number): the RabbitMQ backend's claim of the messages it got.
+pub(crate) const CANDIDATE_IDS: &str =
+    "SELECT id FROM tasks WHERE id IN ($IDS) AND status = 'queued' LIMIT $4";
 
 /// Deletes a task that was never announced (the RabbitMQ backend's undone submission).
 pub(crate) const DELETE_QUEUED: &str = "DELETE FROM tasks WHERE id = $1 AND status = 'queued'";
