@@ -154,6 +154,13 @@ pub trait Queue: Send + Sync + fmt::Debug {
     /// Counts by status and depth by priority.
     async fn stats(&self) -> Result<Stats, Error>;
 
+    /// Deletes up to `limit` `succeeded` or `cancelled` tasks that finished more than `age` ago;
+    /// how many it deleted. The default keeps everything.
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        let _ = (age, limit);
+        Ok(0)
+    }
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), Error>;
 }

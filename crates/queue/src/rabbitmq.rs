@@ -397,6 +397,10 @@ impl crate::Queue for RabbitQueue {
         Ok(stats)
     }
 
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        self.store.prune(age, limit).await
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         if !self.channel.status().connected() {
             return Err(Error::Unavailable("RabbitMQ channel closed".into()));

@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
     WHERE status IN ('queued', 'failed', 'running');
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
+    WHERE status IN ('succeeded', 'cancelled');
 ",
     postgres: "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -75,6 +77,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
     WHERE status IN ('queued', 'failed', 'running');
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
+    WHERE status IN ('succeeded', 'cancelled');
 ",
 };
 
@@ -610,6 +614,15 @@ impl Queue for SqlQueue {
                 .or_insert(0);
         }
         Ok(stats)
+    }
+
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        let before = now_ms() - ms(age);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .execute(st::PRUNE, &[before.into(), limit.into()])
+            .await?)
     }
 
     async fn ping(&self) -> Result<(), Error> {

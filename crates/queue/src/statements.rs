@@ -128,3 +128,9 @@ pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) AS n FROM task
 
 pub(crate) const DEPTH_BY_PRIORITY: &str = "SELECT priority, COUNT(*) AS n FROM tasks \
     WHERE status IN ('queued', 'failed') GROUP BY priority";
+
+/// Deletes up to `$2` finished tasks (`succeeded`, `cancelled`) that finished before `$1`,
+/// oldest first, through the partial index `tasks_finished`.
+pub(crate) const PRUNE: &str = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+    WHERE status IN ('succeeded', 'cancelled') AND finished_at < $1 \
+    ORDER BY finished_at LIMIT $2)";

@@ -119,6 +119,7 @@ macro_rules! conformance {
                 batch_claims_take_tasks_in_claim_order_each_under_its_own_lease,
                 a_claimer_killed_holding_a_full_batch_loses_nothing,
                 a_submission_wakes_a_waiting_claimer,
+                pruning_deletes_only_old_succeeded_and_cancelled_tasks,
             );
         }
     };
@@ -780,6 +781,57 @@ async fn a_claimer_killed_holding_a_full_batch_loses_nothing(q: Arc<dyn Queue>) 
         .unwrap();
     assert!(matches!(late[0], Err(Error::LeaseLost { .. })));
     assert_eq!(q.stats().await.unwrap().by_status["succeeded"], N as u64);
+}
+
+/// Retention: pruning deletes `succeeded` and `cancelled` tasks that finished before the cut,
+/// oldest first and at most the limit, and never a waiting, running or dead one.
+async fn pruning_deletes_only_old_succeeded_and_cancelled_tasks(q: Arc<dyn Queue>) {
+    let mut done = Vec::new();
+    for i in 0..3 {
+        q.submit(task("sleep", Priority::Normal, i)).await.unwrap();
+        let t = claim_soon(&*q, "w", LEASE).await;
+        done.push(q.complete(&t.id, "w", json!(i)).await.unwrap());
+    }
+    let dead = q
+        .submit(NewTask {
+            max_attempts: Some(1),
+            ..task("fail", Priority::Normal, 9)
+        })
+        .await
+        .unwrap();
+    let t = claim_soon(&*q, "w", LEASE).await;
+    assert_eq!(t.id, dead.id);
+    q.fail(&t.id, "w", "boom").await.unwrap();
+    let cancelled = q.submit(task("sleep", Priority::Low, 7)).await.unwrap();
+    let cancelled = q.cancel(&cancelled.id).await.unwrap();
+    let running = q.submit(task("sleep", Priority::Normal, 8)).await.unwrap();
+    claim_soon(&*q, "w", LEASE).await;
+    let queued = q.submit(task("sleep", Priority::Low, 10)).await.unwrap();
+    wait_past(cancelled.finished_at.unwrap()).await;
+
+    // A limit of 2 takes the two oldest; a second pass the rest.
+    assert_eq!(q.prune(Duration::ZERO, 2).await.unwrap(), 2);
+    assert!(q.get(&done[0].id).await.unwrap().is_none());
+    assert!(q.get(&done[1].id).await.unwrap().is_none());
+    assert_eq!(q.prune(Duration::ZERO, 100).await.unwrap(), 2);
+    assert!(q.get(&done[2].id).await.unwrap().is_none());
+    assert!(q.get(&cancelled.id).await.unwrap().is_none());
+    for (id, status) in [
+        (&dead.id, Status::Dead),
+        (&running.id, Status::Running),
+        (&queued.id, Status::Queued),
+    ] {
+        assert_eq!(q.get(id).await.unwrap().unwrap().status, status);
+    }
+    // A long retention deletes nothing: a task that just succeeded stays.
+    let t = claim_soon(&*q, "w", LEASE).await;
+    assert_eq!(t.id, queued.id);
+    q.complete(&t.id, "w", json!("recent")).await.unwrap();
+    assert_eq!(q.prune(Duration::from_secs(3600), 100).await.unwrap(), 0);
+    assert_eq!(
+        q.get(&queued.id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
 }
 
 /// Submits a task every 20 ms until `waiting` (a wait for work far longer than the test) ends:

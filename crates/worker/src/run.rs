@@ -20,12 +20,14 @@ pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
         slots.spawn(slot(state.clone(), n, stop.clone()));
     }
     let gauges = tokio::spawn(refresh_gauges(state.clone(), stop.clone()));
+    let pruning = tokio::spawn(prune(state.clone(), stop.clone()));
     while let Some(done) = slots.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "a worker slot ended abnormally");
         }
     }
     gauges.abort();
+    pruning.abort();
     tracing::info!(id = %state.inner.instance.id, "every slot stopped");
 }
 
@@ -318,6 +320,37 @@ async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "queue stats failed"),
+        }
+        pause(every, &mut stop).await;
+    }
+}
+
+/// Deletes finished tasks older than `[queue] retention_ms`, a chunk at a time (each chunk one
+/// short statement, so that claims never wait long behind it), every tenth of the retention (at
+/// most a minute apart). Every worker does it; a chunk two workers race for is deleted once.
+async fn prune(state: AppState, mut stop: watch::Receiver<bool>) {
+    const CHUNK: usize = 5_000;
+    let retention = state.inner.config.queue.retention_ms;
+    if retention == 0 {
+        return;
+    }
+    let age = Duration::from_millis(retention);
+    let every = (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    while !*stop.borrow() {
+        loop {
+            match state.inner.queue.prune(age, CHUNK).await {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(deleted = n, "pruned finished tasks");
+                    if (n as usize) < CHUNK {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pruning failed");
+                    break;
+                }
+            }
         }
         pause(every, &mut stop).await;
     }
