@@ -170,6 +170,17 @@ impl RabbitQueue {
         }
     }
 
+    /// Hands deliveries back to the broker (a claim that failed half-way).
+    async fn requeue_all(&self, got: &[(String, u64)]) {
+        for (_, tag) in got {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = self.channel.basic_nack(*tag, requeue).await;
+        }
+    }
+
     fn take_held(&self, id: &str) -> Option<u64> {
         self.held.lock().ok().and_then(|mut h| h.remove(id))
     }
@@ -239,18 +250,27 @@ impl crate::Queue for RabbitQueue {
             if want == 0 {
                 break;
             }
-            let mut got: Vec<(String, u64)> = Vec::with_capacity(want);
-            while got.len() < want {
-                let Some(message) = self
-                    .channel
+            // The gets are pipelined on the channel (one round trip for the lot, not one each);
+            // the broker answers them in order, each with a message or "empty".
+            let gets = (0..want).map(|_| {
+                self.channel
                     .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(amqp)?
-                else {
-                    break;
-                };
-                let id = String::from_utf8_lossy(&message.delivery.data).to_string();
-                got.push((id, message.delivery.delivery_tag));
+            });
+            let mut got: Vec<(String, u64)> = Vec::with_capacity(want);
+            let mut failed = None;
+            for answer in futures::future::join_all(gets).await {
+                match answer {
+                    Ok(Some(message)) => got.push((
+                        String::from_utf8_lossy(&message.delivery.data).to_string(),
+                        message.delivery.delivery_tag,
+                    )),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(amqp(e)),
+                }
+            }
+            if let Some(e) = failed {
+                self.requeue_all(&got).await;
+                return Err(e);
             }
             if got.is_empty() {
                 break;
@@ -278,13 +298,7 @@ impl crate::Queue for RabbitQueue {
                     tasks.extend(claimed);
                 }
                 Err(e) => {
-                    for (_, tag) in got {
-                        let requeue = BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        };
-                        let _ = self.channel.basic_nack(tag, requeue).await;
-                    }
+                    self.requeue_all(&got).await;
                     return Err(e);
                 }
             }

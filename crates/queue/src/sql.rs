@@ -50,6 +50,7 @@ CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
     WHERE status IN ('succeeded', 'cancelled');
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
 ",
     postgres: "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -79,6 +80,7 @@ CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
     WHERE status IN ('succeeded', 'cancelled');
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
 ",
 };
 
@@ -648,52 +650,47 @@ async fn relay_notifications(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) ->
     }
 }
 
-/// Stores several results of tasks `worker_id` holds in one transaction (one commit, one sync
-/// of the log, for the whole batch); each statement keeps the holder's precondition, so a task
-/// whose lease was taken over is refused alone ([`Error::LeaseLost`]) and the others are stored.
+/// Stores several results of tasks `worker_id` holds in one statement (one commit, one sync of
+/// the log, for the whole batch): [`st::complete_batch`] keeps the holder's precondition for each
+/// row, so a task whose lease was taken over is refused alone ([`Error::LeaseLost`]) and the
+/// others are stored.
 async fn complete_all(
     pool: &Pool,
     worker_id: &str,
     results: &[(String, Value)],
 ) -> Result<Vec<Result<Task, Error>>, Error> {
-    let sql = st::returning(st::COMPLETE);
-    let now = now_ms();
-    let texts: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
-    let args = |i: usize| -> [Arg<'_>; 4] {
-        [
-            results[i].0.as_str().into(),
-            worker_id.into(),
-            texts[i].as_str().into(),
-            now.into(),
-        ]
-    };
-    let mut rows = Vec::with_capacity(results.len());
-    match pool {
-        // Per engine: IMMEDIATE takes the write lock at once rather than on the first update.
-        Pool::Sqlite(p) => {
-            let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
-            for i in 0..results.len() {
-                let row = sql::query(&sql, &args(i)).fetch_optional(&mut *tx).await?;
-                rows.push(row.map(sql::Row::Sqlite));
-            }
-            tx.commit().await?;
-        }
-        Pool::Postgres(p) => {
-            let mut tx = p.begin().await?;
-            for i in 0..results.len() {
-                let row = sql::query(&sql, &args(i)).fetch_optional(&mut *tx).await?;
-                rows.push(row.map(sql::Row::Postgres));
-            }
-            tx.commit().await?;
-        }
+    if results.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(rows
+    let sql = st::complete_batch(results.len());
+    let texts: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+    let mut args: Vec<Arg<'_>> = vec![worker_id.into(), now_ms().into()];
+    for ((id, _), text) in results.iter().zip(&texts) {
+        args.push(id.as_str().into());
+        args.push(text.as_str().into());
+    }
+    let rows: Vec<sql::Row> = match pool {
+        Pool::Sqlite(p) => sql::query(&sql, &args)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(sql::Row::Sqlite)
+            .collect(),
+        Pool::Postgres(p) => sql::query(&sql, &args)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(sql::Row::Postgres)
+            .collect(),
+    };
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let t = task(row)?;
+        stored.insert(t.id.clone(), t);
+    }
+    Ok(results
         .iter()
-        .zip(results)
-        .map(|(row, (id, _))| match row {
-            Some(row) => task(row),
-            None => Err(lease_lost(id, worker_id)),
-        })
+        .map(|(id, _)| stored.remove(id).ok_or_else(|| lease_lost(id, worker_id)))
         .collect())
 }
 
@@ -824,15 +821,24 @@ mod tests {
     }
 
     /// A claim reads only unfinished tasks, in claim order, through the partial index: its cost
-    /// does not grow with the number of finished tasks kept for their results.
+    /// does not grow with the number of finished tasks kept for their results. The reaper, run
+    /// before every claim, reads only running tasks by lease end: its cost does not grow with the
+    /// backlog either.
     #[tokio::test]
-    async fn claims_and_the_reaper_use_the_claim_index() {
+    async fn claims_and_the_reaper_use_their_partial_indexes() {
         let q = SqlQueue::open("sqlite::memory:", &Config::default())
             .await
             .expect("open");
-        for sql in [st::CANDIDATE, st::REAP, &q.claims.any] {
+        for (sql, index) in [
+            (st::CANDIDATE, "tasks_claim"),
+            (&q.claims.any, "tasks_claim"),
+            (st::REAP, "tasks_lease"),
+        ] {
             let plan = plan(&q, sql).await;
-            assert!(plan.contains("USING INDEX tasks_claim"), "{sql}\n{plan}");
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")),
+                "{sql}\n{plan}"
+            );
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
         }
     }

@@ -19,10 +19,15 @@ pub(crate) const INSERT: &str = "INSERT INTO tasks (id, kind, payload, status, p
 
 /// Marks `dead` the running tasks whose lease lapsed on their last attempt (their worker died
 /// with no attempt left), so that they are not redelivered for ever.
+///
+/// It runs before every claim, so it must not read the backlog: its `WHERE` starts with the
+/// condition of the partial index `tasks_lease` (lease end of running tasks only), and it reads
+/// only the running tasks whose lease has lapsed. Through `tasks_claim` instead it read every
+/// unfinished task on every claim: a 20,000-task backlog drained at 1,380 tasks/s on SQLite and
+/// 580 on PostgreSQL (docs/PERFORMANCE.md).
 pub(crate) const REAP: &str = "UPDATE tasks SET status = 'dead', finished_at = $1, lease_until = NULL, \
     error = 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed on the last attempt' \
-    WHERE status IN ('queued', 'failed', 'running') \
-      AND status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
+    WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
 
 /// What a claim may take: waiting tasks whose backoff is over, and running tasks whose lease
 /// lapsed with attempts left. Most urgent first, then oldest.
@@ -89,6 +94,25 @@ pub(crate) fn returning(sql: &str) -> String {
 pub(crate) const COMPLETE: &str = "UPDATE tasks SET status = 'succeeded', result = $3, \
     finished_at = $4, lease_until = NULL, error = NULL \
     WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+/// [`COMPLETE`] for `n` tasks in one statement: `$1` the holder, `$2` the time, then each task's
+/// id and result (`$3, $4`, `$5, $6`, ...; `column1`, `column2` are the names both engines give
+/// the columns of `VALUES`). Each row keeps the holder's precondition; the rows it
+/// returns are the results stored.
+pub(crate) fn complete_batch(n: usize) -> String {
+    let values = (0..n)
+        .map(|i| format!("(${}, ${})", 2 * i + 3, 2 * i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE tasks SET status = 'succeeded', result = v.column2, finished_at = $2, \
+         lease_until = NULL, error = NULL \
+         FROM (VALUES {values}) AS v \
+         WHERE tasks.id = v.column1 AND tasks.status = 'running' AND tasks.worker_id = $1 \
+         RETURNING {}",
+        COLUMNS
+    )
+}
 
 pub(crate) const FAIL_DEAD: &str = "UPDATE tasks SET status = 'dead', error = $4, finished_at = $5, \
     lease_until = NULL WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3";
