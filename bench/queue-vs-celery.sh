@@ -12,10 +12,14 @@
 # Celery's client calls `apply_async` from C processes (a Redis LPUSH, no HTTP in between).
 #
 # Needs: PostgreSQL, RabbitMQ and Redis on 127.0.0.1 (root@postgres, guest@rabbitmq), and
-# `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=5000] [C=8] [SLOTS=4]
+# `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=20000] [C=8] [SLOTS=4]
+# The last table is the burn-down: the drain rate of each system beside Celery's with acks_late
+# (`reliable`, the guarantee scalelab gives), as a ratio. After each PostgreSQL-backed run the
+# size of the `tasks` table and its dead rows are printed (what retention and vacuum must keep
+# in check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-5000}
+N=${1:-20000}
 C=${2:-8}
 SLOTS=${3:-4}
 BIN=${SCALELAB_BIN:-target/release/scalelab}
@@ -42,9 +46,13 @@ cleanup() {
 trap cleanup EXIT
 
 export SCALELAB_ADMIN_PASSWORD="bench-$TAG"
+# Warnings only, as the Celery workers below (`-l warning`): at info a worker writes two lines
+# per task, which `up` forwards, and at thousands of tasks per second that is measured too.
+export RUST_LOG=${RUST_LOG:-warn}
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 fmt() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 ROWS=()
+declare -A DRAIN=()
 row() { ROWS+=("$(printf '%-28s %12s %12s %14s %14s' "$@")"); }
 
 # One scalelab backend: $1 name, $2 the [queue] section.
@@ -86,6 +94,12 @@ EOF
   # shellcheck disable=SC2086
   drain=$($HELPER scalelab-drain "$gw" "$token" "$N" $pids)
   echo "$name: submit $submit; drain $drain" >&2
+  DRAIN["scalelab $name"]=$(fmt "$drain" rate)
+  case "$queue" in
+    *postgres*) psql -h 127.0.0.1 -U root -d "$(sed -n 's|.*url = "[^"]*/\([^"/]*\)"|\1|p' <<< "$queue" | head -1)" -Atc \
+      "SELECT 'tasks table: ' || pg_size_pretty(pg_total_relation_size('tasks')) || ', ' || n_live_tup || ' live rows, ' || n_dead_tup || ' dead rows' FROM pg_stat_user_tables WHERE relname = 'tasks'" \
+      | sed "s/^/$name: /" >&2 ;;
+  esac
   row "scalelab $name" "$(fmt "$drain" rate)" "$(fmt "$submit" rate)" "$(fmt "$submit" p50_ms)" "$(fmt "$submit" p99_ms)"
   kill -TERM "$UP"; wait "$UP" || true; UP=
 }
@@ -114,6 +128,7 @@ else: raise SystemExit('celery workers did not start')")
   submit=$(cd bench && python3 queue_vs_celery.py celery-submit "$N" "$C")
   drain=$(cd bench && python3 queue_vs_celery.py celery-drain "$N" "${CELERY_PGIDS[@]}")
   echo "celery $profile: submit $submit; drain $drain" >&2
+  DRAIN["celery redis ($profile)"]=$(fmt "$drain" rate)
   row "celery redis ($profile)" "$(fmt "$drain" rate)" "$(fmt "$submit" rate)" "$(fmt "$submit" p50_ms)" "$(fmt "$submit" p99_ms)"
   for g in "${CELERY_PGIDS[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
   for g in "${CELERY_PGIDS[@]}"; do while kill -0 -- "-$g" 2>/dev/null; do sleep 0.1; done; done
@@ -147,4 +162,11 @@ celery_run default
 echo
 printf '%-28s %12s %12s %14s %14s\n' "system" "drain task/s" "submit/s" "submit p50 ms" "submit p99 ms"
 printf '%s\n' "${ROWS[@]}"
+echo
+echo "burn-down: $N no-op tasks queued while the workers are paused, then released"
+printf '%-28s %12s %18s\n' "system" "drain task/s" "x celery acks_late"
+base=${DRAIN["celery redis (reliable)"]}
+for sys in "scalelab sqlite" "scalelab postgresql" "scalelab rabbitmq" "celery redis (reliable)" "celery redis (default)"; do
+  printf '%-28s %12s %18s\n' "$sys" "${DRAIN[$sys]}" "$(python3 -c "print('%.2f' % (${DRAIN[$sys]} / $base))")"
+done
 echo "load after: $(uptime | sed 's/.*load average: //')"

@@ -31,6 +31,10 @@ pub struct Config {
     pub retry_base_ms: u64,
     /// The longest wait between two attempts, in milliseconds.
     pub retry_max_ms: u64,
+    /// How long a `succeeded` or `cancelled` task is kept after it finished, in milliseconds;
+    /// the workers delete older ones (then `GET /tasks/{id}` answers 404 and its idempotency key
+    /// is free again). `dead` tasks are kept for re-queueing. 0: keep every task.
+    pub retention_ms: u64,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             max_attempts: 3,
             retry_base_ms: 1000,
             retry_max_ms: 60_000,
+            retention_ms: 86_400_000,
         }
     }
 }

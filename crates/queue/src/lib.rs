@@ -73,6 +73,48 @@ pub trait Queue: Send + Sync + fmt::Debug {
     /// `running` with a lapsed lease and attempts left. Highest priority first, then oldest.
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error>;
 
+    /// Up to `n` of the most urgent claimable tasks, in claim order, each `running` for
+    /// `worker_id` under its own lease (as [`claim`](Queue::claim) gives one). A caller that
+    /// holds tasks before running them (a prefetch buffer) renews their leases meanwhile. The
+    /// default claims them one by one; the SQL store takes them in one statement.
+    async fn claim_batch(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        let mut tasks = Vec::new();
+        while tasks.len() < n {
+            match self.claim(worker_id, lease).await? {
+                Some(t) => tasks.push(t),
+                None => break,
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// [`complete`](Queue::complete) for several tasks `worker_id` holds: one outcome per task,
+    /// in order, each stored (durable) by the time this returns. The default completes them one
+    /// by one; the SQL store does it in one transaction.
+    async fn complete_batch(
+        &self,
+        worker_id: &str,
+        results: Vec<(String, Value)>,
+    ) -> Result<Vec<Result<Task, Error>>, Error> {
+        let mut out = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            out.push(self.complete(&id, worker_id, result).await);
+        }
+        Ok(out)
+    }
+
+    /// Waits until a submission may have made work claimable, or `timeout` passes, whichever
+    /// comes first (a hint, never a promise: a caller claims after it either way). The default
+    /// just waits `timeout` (polling).
+    async fn wait_for_work(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+
     /// Renews the lease of a task `worker_id` holds. [`Error::LeaseLost`] when it no longer does.
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error>;
 
@@ -111,6 +153,13 @@ pub trait Queue: Send + Sync + fmt::Debug {
 
     /// Counts by status and depth by priority.
     async fn stats(&self) -> Result<Stats, Error>;
+
+    /// Deletes up to `limit` `succeeded` or `cancelled` tasks that finished more than `age` ago;
+    /// how many it deleted. The default keeps everything.
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        let _ = (age, limit);
+        Ok(0)
+    }
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), Error>;

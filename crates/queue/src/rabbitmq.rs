@@ -170,6 +170,17 @@ impl RabbitQueue {
         }
     }
 
+    /// Hands deliveries back to the broker (a claim that failed half-way).
+    async fn requeue_all(&self, got: &[(String, u64)]) {
+        for (_, tag) in got {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = self.channel.basic_nack(*tag, requeue).await;
+        }
+    }
+
     fn take_held(&self, id: &str) -> Option<u64> {
         self.held.lock().ok().and_then(|mut h| h.remove(id))
     }
@@ -222,51 +233,82 @@ impl crate::Queue for RabbitQueue {
     }
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
-        if let Some(task) = self.store.claim_due(worker_id, lease).await? {
-            return Ok(Some(task));
-        }
+        Ok(self.claim_batch(worker_id, lease, 1).await?.pop())
+    }
+
+    async fn claim_batch(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        let mut tasks = self.store.claim_due(worker_id, lease, n).await?;
         // Messages of tasks that are no longer queued are acked and skipped; a bounded number
-        // per call keeps one claim short.
-        for _ in 0..64 {
-            let Some(message) = self
-                .channel
-                .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(amqp)?
-            else {
-                return Ok(None);
-            };
-            let tag = message.delivery.delivery_tag;
-            let id = String::from_utf8_lossy(&message.delivery.data).to_string();
-            match self.store.claim_id(&id, worker_id, lease).await {
-                Ok(Some(task)) => {
-                    if let Ok(mut held) = self.held.lock() {
-                        held.insert(id, tag);
-                    }
-                    return Ok(Some(task));
+        // of rounds keeps one claim short.
+        for _ in 0..4 {
+            let want = n.saturating_sub(tasks.len());
+            if want == 0 {
+                break;
+            }
+            // The gets are pipelined on the channel (one round trip for the lot, not one each);
+            // the broker answers them in order, each with a message or "empty".
+            let gets = (0..want).map(|_| {
+                self.channel
+                    .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false })
+            });
+            let mut got: Vec<(String, u64)> = Vec::with_capacity(want);
+            let mut failed = None;
+            for answer in futures::future::join_all(gets).await {
+                match answer {
+                    Ok(Some(message)) => got.push((
+                        String::from_utf8_lossy(&message.delivery.data).to_string(),
+                        message.delivery.delivery_tag,
+                    )),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(amqp(e)),
                 }
-                Ok(None) => {
-                    let _ = self
-                        .channel
-                        .basic_ack(tag, BasicAckOptions::default())
-                        .await;
+            }
+            if let Some(e) = failed {
+                self.requeue_all(&got).await;
+                return Err(e);
+            }
+            if got.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = got.iter().map(|(id, _)| id.clone()).collect();
+            match self.store.claim_ids(&ids, worker_id, lease).await {
+                Ok(claimed) => {
+                    let claimed_ids: std::collections::HashSet<&str> =
+                        claimed.iter().map(|t| t.id.as_str()).collect();
+                    for (id, tag) in &got {
+                        if claimed_ids.contains(id.as_str()) {
+                            if let Ok(mut held) = self.held.lock() {
+                                held.insert(id.clone(), *tag);
+                            }
+                        } else {
+                            let _ = self
+                                .channel
+                                .basic_ack(*tag, BasicAckOptions::default())
+                                .await;
+                        }
+                    }
+                    // Claimed in broker order: the broker delivers by priority, then FIFO.
+                    let mut claimed = claimed;
+                    claimed.sort_by_key(|t| ids.iter().position(|i| *i == t.id));
+                    tasks.extend(claimed);
                 }
                 Err(e) => {
-                    let _ = self
-                        .channel
-                        .basic_nack(
-                            tag,
-                            BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            },
-                        )
-                        .await;
+                    self.requeue_all(&got).await;
                     return Err(e);
                 }
             }
         }
-        Ok(None)
+        Ok(tasks)
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        // Submissions are announced by the store (PostgreSQL's NOTIFY) as well as published.
+        self.store.wait_for_work(timeout).await
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
@@ -288,6 +330,22 @@ impl crate::Queue for RabbitQueue {
         let task = self.store.complete(id, worker_id, result).await?;
         self.settle(id, false).await;
         Ok(task)
+    }
+
+    async fn complete_batch(
+        &self,
+        worker_id: &str,
+        results: Vec<(String, Value)>,
+    ) -> Result<Vec<Result<Task, Error>>, Error> {
+        // Every result is stored (one transaction) before any message is acked.
+        let ids: Vec<String> = results.iter().map(|(id, _)| id.clone()).collect();
+        let outcomes = self.store.complete_batch(worker_id, results).await?;
+        for (id, outcome) in ids.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                self.settle(id, false).await;
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn fail(&self, id: &str, worker_id: &str, error: &str) -> Result<Task, Error> {
@@ -351,6 +409,10 @@ impl crate::Queue for RabbitQueue {
         let mut stats = self.store.stats().await?;
         stats.backend = self.backend().to_string();
         Ok(stats)
+    }
+
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        self.store.prune(age, limit).await
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -11,6 +11,7 @@
 //! the database is down, answers `503 queue_unavailable`, and works as soon as it is back.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::sql::{self, Arg, Db, Engine, Pool, Schema};
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
     WHERE status IN ('queued', 'failed', 'running');
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
+    WHERE status IN ('succeeded', 'cancelled');
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
 ",
     postgres: "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -74,6 +78,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_claim ON tasks (priority, seq)
     WHERE status IN ('queued', 'failed', 'running');
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
+    WHERE status IN ('succeeded', 'cancelled');
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
 ",
 };
 
@@ -85,7 +92,24 @@ pub struct SqlQueue {
     config: Config,
     /// The claim statements, built once with the engine's locking clause.
     claims: Claims,
+    /// Woken at every submission through this queue and, on PostgreSQL, at every `NOTIFY` of
+    /// another process's submission: idle claimers wait on it instead of sleeping a full poll.
+    wake: Arc<tokio::sync::Notify>,
+    /// The PostgreSQL `LISTEN` task, once started (by the first wait for work); stopped with
+    /// the queue.
+    listening: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
+
+impl Drop for SqlQueue {
+    fn drop(&mut self) {
+        if let Some(task) = self.listening.get() {
+            task.abort();
+        }
+    }
+}
+
+/// The PostgreSQL channel a submission notifies and idle workers listen on.
+const CHANNEL: &str = "scalelab_tasks";
 
 /// The three claims: any claimable task, and the RabbitMQ backend's two (due retries and lapsed
 /// leases; one task by id).
@@ -93,7 +117,8 @@ pub struct SqlQueue {
 struct Claims {
     any: String,
     due: String,
-    by_id: String,
+    /// With `$IDS` standing for the list of parameters `$5, $6, ...`.
+    by_ids: String,
 }
 
 impl SqlQueue {
@@ -124,11 +149,31 @@ impl SqlQueue {
             claims: Claims {
                 any: claim(st::CANDIDATE),
                 due: claim(st::CANDIDATE_DUE),
-                by_id: claim(st::CANDIDATE_ID),
+                by_ids: claim(st::CANDIDATE_IDS),
             },
             db,
             config: config.clone(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            listening: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts, once, the task that `LISTEN`s on PostgreSQL and wakes this queue's idle claimers
+    /// when any process submits. It reconnects after a failure (the claimers poll meanwhile).
+    fn listen(&self, pool: &sqlx::PgPool) {
+        self.listening.get_or_init(|| {
+            let (pool, wake) = (pool.clone(), self.wake.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let e = relay_notifications(&pool, &wake).await;
+                    tracing::debug!(error = %e, "LISTEN failed; polling until it is back");
+                    // Whatever was submitted while nobody listened is found by the next poll.
+                    wake.notify_waiters();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            task.abort_handle()
+        });
     }
 
     /// The engine this queue runs on.
@@ -136,58 +181,69 @@ impl SqlQueue {
         self.db.engine()
     }
 
-    /// Marks dead the lapsed last attempts, then runs the claim statement `sql`.
+    /// Marks dead the lapsed last attempts, then runs the claim statement `sql` for at most
+    /// `limit` tasks; the tasks in claim order (priority, then submission).
+    ///
+    /// The claim runs in a task of its own, so that it always ends, committed or rolled back,
+    /// whatever becomes of the caller's future: a caller dropped (a shutdown, a timeout) or
+    /// unwinding while the claim waits on the store can never leave a transaction open on a
+    /// pooled connection (on SQLite, one such connection holds the file's write lock and every
+    /// other process waits on it), and the tasks a caller was not there to receive are released
+    /// at once rather than left to their lease.
     async fn claim_with(
         &self,
         sql: &str,
         worker_id: &str,
         lease: Duration,
-        id: Option<&str>,
-    ) -> Result<Option<Task>, Error> {
-        let now = now_ms();
-        let mut args: Vec<Arg<'_>> = vec![worker_id.into(), (now + ms(lease)).into(), now.into()];
-        if let Some(id) = id {
-            args.push(id.into());
-        }
-        let row = match self.db.pool().await? {
-            // Per engine: IMMEDIATE takes SQLite's write lock before the candidate is read, so
-            // no other process can claim between the read and the update.
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                sql::query(st::REAP, &[now.into()])
-                    .execute(&mut *tx)
-                    .await?;
-                let row = sql::query(sql, &args).fetch_optional(&mut *tx).await?;
-                tx.commit().await?;
-                row.map(sql::Row::Sqlite)
-            }
-            // PostgreSQL's statement locks its row (`FOR UPDATE SKIP LOCKED`) by itself.
-            Pool::Postgres(_) => {
-                self.db.execute(st::REAP, &[now.into()]).await?;
-                self.db.fetch_optional(sql, &args).await?
-            }
+        ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        let claim = Claim {
+            pool: self.db.pool().await?.clone(),
+            sql: sql.to_string(),
+            worker_id: worker_id.to_string(),
+            lease,
+            ids: ids.to_vec(),
+            limit: i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
         };
-        row.as_ref().map(task).transpose()
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let claimed = claim.run().await;
+            if let Err(Ok(tasks)) = tx.send(claimed) {
+                claim.release(&tasks).await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Unavailable("the claim ended abnormally".into()))?
     }
 
-    /// Claims a due retry or a task whose lease lapsed (not fresh tasks).
+    /// Claims up to `n` due retries or tasks whose lease lapsed (not fresh tasks).
     pub(crate) async fn claim_due(
         &self,
         worker_id: &str,
         lease: Duration,
-    ) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.due, worker_id, lease, None)
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.claim_with(&self.claims.due, worker_id, lease, &[], n)
             .await
     }
 
-    /// Claims the task `id` if it is queued.
-    pub(crate) async fn claim_id(
+    /// Claims those of the tasks `ids` that are queued, in one statement.
+    pub(crate) async fn claim_ids(
         &self,
-        id: &str,
+        ids: &[String],
         worker_id: &str,
         lease: Duration,
-    ) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.by_id, worker_id, lease, Some(id))
+    ) -> Result<Vec<Task>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..ids.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = self.claims.by_ids.replace("$IDS", &list);
+        self.claim_with(&sql, worker_id, lease, ids, ids.len())
             .await
     }
 
@@ -213,7 +269,10 @@ impl SqlQueue {
             )
             .await?;
         match inserted {
-            Some(row) => Ok((self::task(&row)?, true)),
+            Some(row) => {
+                self.announce().await;
+                Ok((self::task(&row)?, true))
+            }
             // The key was used before: the first submission's task, whatever its status.
             None => {
                 let row = self
@@ -228,6 +287,21 @@ impl SqlQueue {
         }
     }
 
+    /// Tells idle claimers that a task was submitted: those of this process at once, those of
+    /// other processes through PostgreSQL's `NOTIFY` (SQLite has no such thing: other processes
+    /// find the task at their next poll). A hint only: a lost one costs one poll.
+    async fn announce(&self) {
+        self.wake.notify_waiters();
+        if self.engine() == Engine::Postgres
+            && let Err(e) = self
+                .db
+                .execute("SELECT pg_notify($1, '')", &[CHANNEL.into()])
+                .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; the workers will poll");
+        }
+    }
+
     /// Deletes a task that was never announced (a submission undone).
     pub(crate) async fn delete(&self, id: &str) -> Result<(), Error> {
         self.db.execute(st::DELETE_QUEUED, &[id.into()]).await?;
@@ -238,6 +312,80 @@ impl SqlQueue {
     async fn change(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Task>, Error> {
         let row = self.db.fetch_optional(&st::returning(sql), args).await?;
         row.as_ref().map(task).transpose()
+    }
+}
+
+/// One claim, owned, so that it can run in a task of its own (see [`SqlQueue::claim_with`]).
+struct Claim {
+    pool: Pool,
+    sql: String,
+    worker_id: String,
+    lease: Duration,
+    /// The tasks wanted, for the claim by ids (`$5`, `$6`, ...).
+    ids: Vec<String>,
+    limit: i64,
+}
+
+impl Claim {
+    /// Marks dead the lapsed last attempts, then claims; the tasks in claim order.
+    async fn run(&self) -> Result<Vec<Task>, Error> {
+        let now = now_ms();
+        let mut args: Vec<Arg<'_>> = vec![
+            self.worker_id.as_str().into(),
+            (now + ms(self.lease)).into(),
+            now.into(),
+            self.limit.into(),
+        ];
+        args.extend(self.ids.iter().map(Arg::from));
+        let rows: Vec<sql::Row> = match &self.pool {
+            // Per engine: IMMEDIATE takes SQLite's write lock before the candidates are read, so
+            // no other process can claim between the read and the update. The transaction lives
+            // in this function: an error drops it, which rolls it back at once on SQLite.
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sql::query(st::REAP, &[now.into()])
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sql::query(&self.sql, &args).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows.into_iter().map(sql::Row::Sqlite).collect()
+            }
+            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself; each
+            // statement is its own transaction.
+            Pool::Postgres(pool) => {
+                sql::query(st::REAP, &[now.into()]).execute(pool).await?;
+                sql::query(&self.sql, &args)
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(sql::Row::Postgres)
+                    .collect()
+            }
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((row.get::<i64>("seq")?, task(row)?));
+        }
+        claimed.sort_by_key(|(seq, t)| (t.priority.rank(), *seq));
+        Ok(claimed.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Gives back tasks claimed for a caller that was gone by the time they came.
+    async fn release(&self, tasks: &[Task]) {
+        for t in tasks {
+            let args = [
+                t.id.as_str().into(),
+                self.worker_id.as_str().into(),
+                now_ms().into(),
+            ];
+            let done = match &self.pool {
+                Pool::Sqlite(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
+                Pool::Postgres(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, task = %t.id, "could not give back a task claimed for a caller that left; its lease will lapse");
+            }
+        }
     }
 }
 
@@ -260,8 +408,43 @@ impl Queue for SqlQueue {
     }
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
-        self.claim_with(&self.claims.any, worker_id, lease, None)
+        let mut tasks = self
+            .claim_with(&self.claims.any, worker_id, lease, &[], 1)
+            .await?;
+        Ok(tasks.pop())
+    }
+
+    async fn claim_batch(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.claim_with(&self.claims.any, worker_id, lease, &[], n)
             .await
+    }
+
+    async fn complete_batch(
+        &self,
+        worker_id: &str,
+        results: Vec<(String, Value)>,
+    ) -> Result<Vec<Result<Task, Error>>, Error> {
+        let pool = self.db.pool().await?.clone();
+        let worker_id = worker_id.to_string();
+        // In a task of its own for the reason the claim is (`claim_with`): the transaction ends
+        // whatever becomes of the caller.
+        tokio::spawn(async move { complete_all(&pool, &worker_id, &results).await })
+            .await
+            .map_err(|_| Error::Unavailable("the completion ended abnormally".into()))?
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        // Registered before anything else, so that a wake-up from here on is not missed.
+        let woken = self.wake.notified();
+        if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
+            self.listen(pool);
+        }
+        let _ = tokio::time::timeout(timeout, woken).await;
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
@@ -435,9 +618,80 @@ impl Queue for SqlQueue {
         Ok(stats)
     }
 
+    async fn prune(&self, age: Duration, limit: usize) -> Result<u64, Error> {
+        let before = now_ms() - ms(age);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .execute(st::PRUNE, &[before.into(), limit.into()])
+            .await?)
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         Ok(self.db.ping().await?)
     }
+}
+
+/// Wakes `wake` at every notification on [`CHANNEL`] until the listening connection fails;
+/// returns why it did.
+async fn relay_notifications(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) -> sqlx::Error {
+    let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    if let Err(e) = listener.listen(CHANNEL).await {
+        return e;
+    }
+    loop {
+        if let Err(e) = listener.recv().await {
+            return e;
+        }
+        wake.notify_waiters();
+    }
+}
+
+/// Stores several results of tasks `worker_id` holds in one statement (one commit, one sync of
+/// the log, for the whole batch): [`st::complete_batch`] keeps the holder's precondition for each
+/// row, so a task whose lease was taken over is refused alone ([`Error::LeaseLost`]) and the
+/// others are stored.
+async fn complete_all(
+    pool: &Pool,
+    worker_id: &str,
+    results: &[(String, Value)],
+) -> Result<Vec<Result<Task, Error>>, Error> {
+    if results.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = st::complete_batch(results.len());
+    let texts: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+    let mut args: Vec<Arg<'_>> = vec![worker_id.into(), now_ms().into()];
+    for ((id, _), text) in results.iter().zip(&texts) {
+        args.push(id.as_str().into());
+        args.push(text.as_str().into());
+    }
+    let rows: Vec<sql::Row> = match pool {
+        Pool::Sqlite(p) => sql::query(&sql, &args)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(sql::Row::Sqlite)
+            .collect(),
+        Pool::Postgres(p) => sql::query(&sql, &args)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(sql::Row::Postgres)
+            .collect(),
+    };
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let t = task(row)?;
+        stored.insert(t.id.clone(), t);
+    }
+    Ok(results
+        .iter()
+        .map(|(id, _)| stored.remove(id).ok_or_else(|| lease_lost(id, worker_id)))
+        .collect())
 }
 
 /// Reads a task from a row of [`st::COLUMNS`].
@@ -567,15 +821,24 @@ mod tests {
     }
 
     /// A claim reads only unfinished tasks, in claim order, through the partial index: its cost
-    /// does not grow with the number of finished tasks kept for their results.
+    /// does not grow with the number of finished tasks kept for their results. The reaper, run
+    /// before every claim, reads only running tasks by lease end: its cost does not grow with the
+    /// backlog either.
     #[tokio::test]
-    async fn claims_and_the_reaper_use_the_claim_index() {
+    async fn claims_and_the_reaper_use_their_partial_indexes() {
         let q = SqlQueue::open("sqlite::memory:", &Config::default())
             .await
             .expect("open");
-        for sql in [st::CANDIDATE, st::REAP, &q.claims.any] {
+        for (sql, index) in [
+            (st::CANDIDATE, "tasks_claim"),
+            (&q.claims.any, "tasks_claim"),
+            (st::REAP, "tasks_lease"),
+        ] {
             let plan = plan(&q, sql).await;
-            assert!(plan.contains("USING INDEX tasks_claim"), "{sql}\n{plan}");
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")),
+                "{sql}\n{plan}"
+            );
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
         }
     }

@@ -19,10 +19,15 @@ pub(crate) const INSERT: &str = "INSERT INTO tasks (id, kind, payload, status, p
 
 /// Marks `dead` the running tasks whose lease lapsed on their last attempt (their worker died
 /// with no attempt left), so that they are not redelivered for ever.
+///
+/// It runs before every claim, so it must not read the backlog: its `WHERE` starts with the
+/// condition of the partial index `tasks_lease` (lease end of running tasks only), and it reads
+/// only the running tasks whose lease has lapsed. Through `tasks_claim` instead it read every
+/// unfinished task on every claim: a 20,000-task backlog drained at 1,380 tasks/s on SQLite and
+/// 580 on PostgreSQL (docs/PERFORMANCE.md).
 pub(crate) const REAP: &str = "UPDATE tasks SET status = 'dead', finished_at = $1, lease_until = NULL, \
     error = 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed on the last attempt' \
-    WHERE status IN ('queued', 'failed', 'running') \
-      AND status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
+    WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
 
 /// What a claim may take: waiting tasks whose backoff is over, and running tasks whose lease
 /// lapsed with attempts left. Most urgent first, then oldest.
@@ -35,7 +40,7 @@ pub(crate) const CANDIDATE: &str = "SELECT id FROM tasks \
     WHERE status IN ('queued', 'failed', 'running') \
       AND ((status IN ('queued', 'failed') AND not_before <= $3) \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
-    ORDER BY priority, seq LIMIT 1";
+    ORDER BY priority, seq LIMIT $4";
 
 /// What the RabbitMQ backend claims from the store rather than from the broker: retries whose
 /// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). The
@@ -44,22 +49,26 @@ pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
     WHERE status IN ('queued', 'failed', 'running') \
       AND ((status = 'failed' AND not_before <= $3) \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
-    ORDER BY priority, seq LIMIT 1";
+    ORDER BY priority, seq LIMIT $4";
 
-/// One queued task by id (`$4`): the RabbitMQ backend's claim of a delivered message.
-pub(crate) const CANDIDATE_ID: &str = "SELECT id FROM tasks WHERE id = $4 AND status = 'queued'";
+/// The queued tasks among the ids `$IDS` (replaced by `$5, $6, ...`; `$4` is the claim's limit,
+/// their number): the RabbitMQ backend's claim of the messages it got.
+pub(crate) const CANDIDATE_IDS: &str =
+    "SELECT id FROM tasks WHERE id IN ($IDS) AND status = 'queued' LIMIT $4";
 
 /// Deletes a task that was never announced (the RabbitMQ backend's undone submission).
 pub(crate) const DELETE_QUEUED: &str = "DELETE FROM tasks WHERE id = $1 AND status = 'queued'";
 
-/// Takes the candidate ([`CANDIDATE`] or another, with the engine's locking clause).
+/// Takes the candidates ([`CANDIDATE`] or another, with the engine's locking clause), at most
+/// `$4` of them, each under its own lease. `seq` comes back too: the rows of `RETURNING` come in
+/// no promised order, and the caller sorts them into claim order.
 pub(crate) fn claim(candidate: &str) -> String {
     format!(
         "UPDATE tasks SET status = 'running', worker_id = $1, lease_until = $2, \
          attempts = attempts + 1, started_at = $3, progress = NULL, \
          error = CASE WHEN status = 'running' \
                  THEN 'the lease of ' || COALESCE(worker_id, 'a worker') || ' lapsed' ELSE error END \
-         WHERE id = ({candidate}) RETURNING {}",
+         WHERE id IN ({candidate}) RETURNING {}, seq",
         COLUMNS
     )
 }
@@ -85,6 +94,25 @@ pub(crate) fn returning(sql: &str) -> String {
 pub(crate) const COMPLETE: &str = "UPDATE tasks SET status = 'succeeded', result = $3, \
     finished_at = $4, lease_until = NULL, error = NULL \
     WHERE id = $1 AND status = 'running' AND worker_id = $2";
+
+/// [`COMPLETE`] for `n` tasks in one statement: `$1` the holder, `$2` the time, then each task's
+/// id and result (`$3, $4`, `$5, $6`, ...; `column1`, `column2` are the names both engines give
+/// the columns of `VALUES`). Each row keeps the holder's precondition; the rows it
+/// returns are the results stored.
+pub(crate) fn complete_batch(n: usize) -> String {
+    let values = (0..n)
+        .map(|i| format!("(${}, ${})", 2 * i + 3, 2 * i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE tasks SET status = 'succeeded', result = v.column2, finished_at = $2, \
+         lease_until = NULL, error = NULL \
+         FROM (VALUES {values}) AS v \
+         WHERE tasks.id = v.column1 AND tasks.status = 'running' AND tasks.worker_id = $1 \
+         RETURNING {}",
+        COLUMNS
+    )
+}
 
 pub(crate) const FAIL_DEAD: &str = "UPDATE tasks SET status = 'dead', error = $4, finished_at = $5, \
     lease_until = NULL WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3";
@@ -124,3 +152,9 @@ pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) AS n FROM task
 
 pub(crate) const DEPTH_BY_PRIORITY: &str = "SELECT priority, COUNT(*) AS n FROM tasks \
     WHERE status IN ('queued', 'failed') GROUP BY priority";
+
+/// Deletes up to `$2` finished tasks (`succeeded`, `cancelled`) that finished before `$1`,
+/// oldest first, through the partial index `tasks_finished`.
+pub(crate) const PRUNE: &str = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+    WHERE status IN ('succeeded', 'cancelled') AND finished_at < $1 \
+    ORDER BY finished_at LIMIT $2)";

@@ -116,6 +116,10 @@ macro_rules! conformance {
                 list_filters_and_pages,
                 stats_count_by_status_and_priority,
                 a_thousand_tasks_two_claimers_one_dies,
+                batch_claims_take_tasks_in_claim_order_each_under_its_own_lease,
+                a_claimer_killed_holding_a_full_batch_loses_nothing,
+                a_submission_wakes_a_waiting_claimer,
+                pruning_deletes_only_old_succeeded_and_cancelled_tasks,
             );
         }
     };
@@ -678,6 +682,202 @@ async fn a_thousand_tasks_two_claimers_one_dies(q: Arc<dyn Queue>) {
     // lease now and then; that task then runs twice too (at least once), still recorded once.
     let redelivered = all.iter().filter(|t| t.attempts >= 2).count();
     assert!(redelivered >= 1, "the abandoned task was never redelivered");
+}
+
+/// A batch claim takes the most urgent tasks in claim order (priority, then FIFO), each
+/// `running` under its own lease for the claimer; a batch of results is stored task by task,
+/// and a task whose lease was taken over is refused alone.
+async fn batch_claims_take_tasks_in_claim_order_each_under_its_own_lease(q: Arc<dyn Queue>) {
+    let mut submitted = Vec::new();
+    for (i, p) in [
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Normal,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        submitted.push(q.submit(task("sleep", p, i as u64)).await.unwrap().id);
+    }
+    let before = now_ms();
+    let batch = q.claim_batch("w", LEASE, 3).await.unwrap();
+    let ids: Vec<&str> = batch.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [&submitted[2], &submitted[1], &submitted[3]]);
+    for t in &batch {
+        assert_eq!(t.status, Status::Running);
+        assert_eq!(t.worker_id.as_deref(), Some("w"));
+        assert_eq!(t.attempts, 1);
+        assert!(t.lease_until.unwrap() >= before + LEASE.as_millis() as i64);
+    }
+    // The low-priority task is still there, for one more.
+    let rest = q.claim_batch("w2", LEASE, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, submitted[0]);
+
+    let results = batch
+        .iter()
+        .map(|t| (t.id.clone(), json!({"n": t.id})))
+        .chain([(rest[0].id.clone(), json!("not yours"))])
+        .collect();
+    let outcomes = q.complete_batch("w", results).await.unwrap();
+    assert_eq!(outcomes.len(), 4);
+    for (t, outcome) in batch.iter().zip(&outcomes) {
+        let done = outcome.as_ref().expect("stored");
+        assert_eq!(done.status, Status::Succeeded);
+        assert_eq!(done.result, Some(json!({"n": t.id})));
+    }
+    assert!(matches!(outcomes[3], Err(Error::LeaseLost { .. })));
+    assert_eq!(
+        q.get(&rest[0].id).await.unwrap().unwrap().status,
+        Status::Running
+    );
+}
+
+/// A claimer "killed" (it stops without completing or releasing) holding a full batch: once the
+/// leases lapse, another claimer runs every one of those tasks, and each task's result is stored
+/// exactly once.
+async fn a_claimer_killed_holding_a_full_batch_loses_nothing(q: Arc<dyn Queue>) {
+    const N: usize = 200;
+    const BATCH: usize = 32;
+    for i in 0..N {
+        q.submit(task("sleep", Priority::Normal, i as u64))
+            .await
+            .unwrap();
+    }
+    let short = Duration::from_millis(500);
+    let lost = q.claim_batch("dying", short, BATCH).await.unwrap();
+    assert_eq!(lost.len(), BATCH, "a full batch");
+
+    let mut stored: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} tasks were stored",
+            stored.len()
+        );
+        let batch = q.claim_batch("survivor", LEASE, BATCH).await.unwrap();
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let results = batch.iter().map(|t| (t.id.clone(), json!("ok"))).collect();
+        for outcome in q.complete_batch("survivor", results).await.unwrap() {
+            *stored.entry(outcome.expect("stored").id).or_insert(0) += 1;
+        }
+    }
+    assert!(stored.values().all(|n| *n == 1), "a result stored twice");
+    for t in &lost {
+        let t = q.get(&t.id).await.unwrap().unwrap();
+        assert_eq!(t.status, Status::Succeeded);
+        assert_eq!(t.attempts, 2, "ran again after the lapse: {t:?}");
+        assert_eq!(t.worker_id.as_deref(), Some("survivor"));
+    }
+    // The dead claimer's late results are refused.
+    let late = q
+        .complete_batch("dying", vec![(lost[0].id.clone(), json!("late"))])
+        .await
+        .unwrap();
+    assert!(matches!(late[0], Err(Error::LeaseLost { .. })));
+    assert_eq!(q.stats().await.unwrap().by_status["succeeded"], N as u64);
+}
+
+/// Retention: pruning deletes `succeeded` and `cancelled` tasks that finished before the cut,
+/// oldest first and at most the limit, and never a waiting, running or dead one.
+async fn pruning_deletes_only_old_succeeded_and_cancelled_tasks(q: Arc<dyn Queue>) {
+    let mut done = Vec::new();
+    for i in 0..3 {
+        q.submit(task("sleep", Priority::Normal, i)).await.unwrap();
+        let t = claim_soon(&*q, "w", LEASE).await;
+        done.push(q.complete(&t.id, "w", json!(i)).await.unwrap());
+    }
+    let dead = q
+        .submit(NewTask {
+            max_attempts: Some(1),
+            ..task("fail", Priority::Normal, 9)
+        })
+        .await
+        .unwrap();
+    let t = claim_soon(&*q, "w", LEASE).await;
+    assert_eq!(t.id, dead.id);
+    q.fail(&t.id, "w", "boom").await.unwrap();
+    let cancelled = q.submit(task("sleep", Priority::Low, 7)).await.unwrap();
+    let cancelled = q.cancel(&cancelled.id).await.unwrap();
+    let running = q.submit(task("sleep", Priority::Normal, 8)).await.unwrap();
+    claim_soon(&*q, "w", LEASE).await;
+    let queued = q.submit(task("sleep", Priority::Low, 10)).await.unwrap();
+    wait_past(cancelled.finished_at.unwrap()).await;
+
+    // A limit of 2 takes the two oldest; a second pass the rest.
+    assert_eq!(q.prune(Duration::ZERO, 2).await.unwrap(), 2);
+    assert!(q.get(&done[0].id).await.unwrap().is_none());
+    assert!(q.get(&done[1].id).await.unwrap().is_none());
+    assert_eq!(q.prune(Duration::ZERO, 100).await.unwrap(), 2);
+    assert!(q.get(&done[2].id).await.unwrap().is_none());
+    assert!(q.get(&cancelled.id).await.unwrap().is_none());
+    for (id, status) in [
+        (&dead.id, Status::Dead),
+        (&running.id, Status::Running),
+        (&queued.id, Status::Queued),
+    ] {
+        assert_eq!(q.get(id).await.unwrap().unwrap().status, status);
+    }
+    // A long retention deletes nothing: a task that just succeeded stays.
+    let t = claim_soon(&*q, "w", LEASE).await;
+    assert_eq!(t.id, queued.id);
+    q.complete(&t.id, "w", json!("recent")).await.unwrap();
+    assert_eq!(q.prune(Duration::from_secs(3600), 100).await.unwrap(), 0);
+    assert_eq!(
+        q.get(&queued.id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
+}
+
+/// Submits a task every 20 ms until `waiting` (a wait for work far longer than the test) ends:
+/// it must end because a submission woke it, long before its own timeout.
+async fn submit_until_woken(submitter: &dyn Queue, waiting: tokio::task::JoinHandle<()>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut waiting = std::pin::pin!(waiting);
+    loop {
+        submitter
+            .submit(task("sleep", Priority::Normal, 1))
+            .await
+            .unwrap();
+        tokio::select! {
+            woken = &mut waiting => return woken.expect("the waiter"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no submission woke the waiting claimer"
+        );
+    }
+}
+
+/// An idle claimer waiting for work is woken by a submission through the same queue, instead of
+/// sleeping out its poll.
+async fn a_submission_wakes_a_waiting_claimer(q: Arc<dyn Queue>) {
+    let waiter = q.clone();
+    let waiting = tokio::spawn(async move { waiter.wait_for_work(Duration::from_secs(600)).await });
+    submit_until_woken(&*q, waiting).await;
+}
+
+/// PostgreSQL only: a claimer waiting in one process is woken by a submission made by another
+/// (two queues on one database, as a gateway and a worker are): `LISTEN`/`NOTIFY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_submission_elsewhere_wakes_a_waiting_claimer() {
+    let Some(db) = common::testing::fresh_postgres("queue_wake").await else {
+        return;
+    };
+    let config = Config {
+        url: Some(db.url.clone()),
+        ..config()
+    };
+    let worker = queue::open(&config).await.expect("worker's queue");
+    let gateway = queue::open(&config).await.expect("gateway's queue");
+    let waiting = tokio::spawn(async move { worker.wait_for_work(Duration::from_secs(600)).await });
+    submit_until_woken(&*gateway, waiting).await;
 }
 
 /// RabbitMQ only: a task that dies is dead-lettered into `<name>.dead` through the work queue's

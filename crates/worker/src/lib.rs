@@ -46,6 +46,11 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// How long an idle slot waits before asking the queue again, in milliseconds.
     pub poll_ms: u64,
+    /// Tasks a slot claims at once (one statement) and holds in its prefetch buffer, running
+    /// them one after another; their results are stored in batches of up to as many. Each is
+    /// leased on its own and its lease renewed while it waits. 1: one task at a time. A worker
+    /// killed holds up to `concurrency * prefetch` tasks, which run again once their leases lapse.
+    pub prefetch: usize,
     /// At shutdown, how long running tasks get to finish before they are released back to the
     /// queue (to run elsewhere), in milliseconds. Keep it under `scalelab up`'s stop grace (10 s).
     pub shutdown_grace_ms: u64,
@@ -74,6 +79,7 @@ impl Default for Config {
             lease_ms: 15_000,
             heartbeat_ms: 3_000,
             poll_ms: 200,
+            prefetch: 16,
             shutdown_grace_ms: 5_000,
             stats_interval_ms: 2_000,
             longtask_ms: 3_000,
@@ -107,6 +113,11 @@ impl Config {
             ),
         );
         p.check(self.poll_ms > 0, "poll_ms", "must be at least 1");
+        p.check(
+            (1..=1000).contains(&self.prefetch),
+            "prefetch",
+            "must be 1 to 1000",
+        );
         p.check(
             self.stats_interval_ms > 0,
             "stats_interval_ms",

@@ -24,12 +24,14 @@ pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
         slots.spawn(slot(state.clone(), n, stop.clone()));
     }
     let gauges = tokio::spawn(refresh_gauges(state.clone(), stop.clone()));
+    let pruning = tokio::spawn(prune(state.clone(), stop.clone()));
     while let Some(done) = slots.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "a worker slot ended abnormally");
         }
     }
     gauges.abort();
+    pruning.abort();
     tracing::info!(id = %state.inner.instance.id, "every slot stopped");
 }
 
@@ -47,20 +49,128 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// One slot: claims up to `prefetch` tasks at once under its own id, runs them one after
+/// another (renewing the leases of those still waiting while one runs), and stores the results
+/// in batches. It claims again only once it holds nothing, so its id never holds two attempts of
+/// one task at once.
 async fn slot(state: AppState, n: usize, mut stop: watch::Receiver<bool>) {
     let inner = &state.inner;
     let worker_id = format!("{}/{n}", inner.instance.id);
     let lease = Duration::from_millis(inner.config.lease_ms);
     let poll = Duration::from_millis(inner.config.poll_ms);
+    let mut held = Held::default();
     while !*stop.borrow() {
-        match inner.queue.claim(&worker_id, lease).await {
-            Ok(Some(task)) => run_one(&state, &worker_id, task, &mut stop).await,
-            Ok(None) => pause(poll, &mut stop).await,
+        let Some(task) = held.waiting.pop_front() else {
+            // Results are stored before the next claim, so that nothing waits behind it.
+            held.flush(&state, &worker_id).await;
+            match inner
+                .queue
+                .claim_batch(&worker_id, lease, inner.config.prefetch)
+                .await
+            {
+                Ok(tasks) if !tasks.is_empty() => held.waiting.extend(tasks),
+                Ok(_) => {
+                    tokio::select! {
+                        _ = inner.queue.wait_for_work(poll) => {}
+                        _ = stopped(&mut stop) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %worker_id, "claiming failed; retrying");
+                    pause(poll * 5, &mut stop).await;
+                }
+            }
+            continue;
+        };
+        run_one(&state, &worker_id, task, &mut held, &mut stop).await;
+    }
+    // Shutdown: store what finished, give back what never started (the attempt not counted).
+    held.flush(&state, &worker_id).await;
+    for task in held.waiting.drain(..) {
+        match inner.queue.release(&task.id, &worker_id).await {
+            Ok(()) => tracing::info!(task = %task.id, "released unstarted at shutdown"),
             Err(e) => {
-                tracing::warn!(error = %e, %worker_id, "claiming failed; retrying");
-                pause(poll * 5, &mut stop).await;
+                tracing::warn!(error = %e, task = %task.id, "release failed; the lease will lapse")
             }
         }
+    }
+}
+
+/// What a slot holds besides the task it runs.
+#[derive(Default)]
+struct Held {
+    /// Claimed and not started yet (the prefetch buffer); their leases are renewed with the
+    /// running task's.
+    waiting: std::collections::VecDeque<Task>,
+    /// Finished with a result not stored yet: (id, type, result, seconds it ran). Still
+    /// `running` in the store; a worker that dies now has them run again (at least once).
+    finished: Vec<(String, String, Value, f64)>,
+    /// When the oldest unstored result must be stored at the latest.
+    due: Option<tokio::time::Instant>,
+}
+
+/// How long a result may wait to be stored with others.
+const STORE_WITHIN: Duration = Duration::from_millis(10);
+
+impl Held {
+    fn finish(&mut self, id: String, kind: String, result: Value, ran: f64) {
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + STORE_WITHIN);
+        self.finished.push((id, kind, result, ran));
+    }
+
+    /// Stores the finished results in one batch; each is logged `succeeded` only once stored.
+    async fn flush(&mut self, state: &AppState, worker_id: &str) {
+        self.due = None;
+        if self.finished.is_empty() {
+            return;
+        }
+        let finished = std::mem::take(&mut self.finished);
+        let results = finished
+            .iter()
+            .map(|(id, _, result, _)| (id.clone(), result.clone()))
+            .collect();
+        match state.inner.queue.complete_batch(worker_id, results).await {
+            Ok(outcomes) => {
+                for ((id, kind, _, ran), outcome) in finished.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(_) => tracing::info!(task = %id, %kind, secs = ran, "succeeded"),
+                        Err(QueueError::LeaseLost { .. }) => {
+                            tracing::warn!(task = %id, "finished after losing the lease; the current holder's result counts")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, task = %id, "could not store the result")
+                        }
+                    }
+                }
+            }
+            // The results are lost with the store; the leases lapse and the tasks run again.
+            Err(e) => {
+                for (id, ..) in &finished {
+                    tracing::error!(error = %e, task = %id, "could not store the result");
+                }
+            }
+        }
+    }
+
+    /// Renews the leases of the waiting tasks; drops those this slot no longer holds.
+    async fn renew(&mut self, state: &AppState, worker_id: &str, lease: Duration) {
+        let mut kept = std::collections::VecDeque::with_capacity(self.waiting.len());
+        for task in self.waiting.drain(..) {
+            match state
+                .inner
+                .queue
+                .heartbeat(&task.id, worker_id, lease)
+                .await
+            {
+                Err(QueueError::LeaseLost { .. }) => {
+                    tracing::warn!(task = %task.id, "lease lost while waiting to run; another worker has the task")
+                }
+                // Kept on other errors: the store may be back before the lease runs out.
+                _ => kept.push_back(task),
+            }
+        }
+        self.waiting = kept;
     }
 }
 
@@ -74,7 +184,13 @@ enum Outcome {
     Release,
 }
 
-async fn run_one(state: &AppState, worker_id: &str, task: Task, stop: &mut watch::Receiver<bool>) {
+async fn run_one(
+    state: &AppState,
+    worker_id: &str,
+    task: Task,
+    held: &mut Held,
+    stop: &mut watch::Receiver<bool>,
+) {
     let inner = &state.inner;
     let id = inner.instance.id.to_string();
     let kind = task.kind.clone();
@@ -115,6 +231,10 @@ async fn run_one(state: &AppState, worker_id: &str, task: Task, stop: &mut watch
                             // The store may be back before the lease runs out; keep working.
                             Err(e) => tracing::warn!(error = %e, task = %task.id, "heartbeat failed"),
                         }
+                        held.renew(state, worker_id, lease).await;
+                    }
+                    _ = tokio::time::sleep_until(held.due.unwrap_or(deadline)), if held.due.is_some() => {
+                        held.flush(state, worker_id).await;
                     }
                     _ = stopped(stop), if grace.is_none() => {
                         grace = Some(tokio::time::Instant::now()
@@ -145,16 +265,12 @@ async fn run_one(state: &AppState, worker_id: &str, task: Task, stop: &mut watch
     metrics::counter!("scalelab_tasks_total", "type" => kind.clone(), "outcome" => label, "id" => id)
         .increment(1);
     match outcome {
+        // Stored with the slot's next batch of results (within `STORE_WITHIN`, or before its
+        // next claim, or when the batch is full), and only then logged `succeeded`.
         Outcome::Done(Ok(result)) => {
-            match inner.queue.complete(&task.id, worker_id, result).await {
-                Ok(_) => tracing::info!(task = %task.id, %kind, secs = ran, "succeeded"),
-                Err(QueueError::LeaseLost { .. }) => {
-                    tracing::warn!(task = %task.id, "finished after losing the lease; the current holder's result counts")
-                }
-                // The result is lost with the store; the lease lapses and the task runs again.
-                Err(e) => {
-                    tracing::error!(error = %e, task = %task.id, "could not store the result")
-                }
+            held.finish(task.id.clone(), kind.clone(), result, ran);
+            if held.finished.len() >= inner.config.prefetch || held.waiting.is_empty() {
+                held.flush(state, worker_id).await;
             }
         }
         Outcome::Done(Err(message)) => {
@@ -208,6 +324,37 @@ async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "queue stats failed"),
+        }
+        pause(every, &mut stop).await;
+    }
+}
+
+/// Deletes finished tasks older than `[queue] retention_ms`, a chunk at a time (each chunk one
+/// short statement, so that claims never wait long behind it), every tenth of the retention (at
+/// most a minute apart). Every worker does it; a chunk two workers race for is deleted once.
+async fn prune(state: AppState, mut stop: watch::Receiver<bool>) {
+    const CHUNK: usize = 5_000;
+    let retention = state.inner.config.queue.retention_ms;
+    if retention == 0 {
+        return;
+    }
+    let age = Duration::from_millis(retention);
+    let every = (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    while !*stop.borrow() {
+        loop {
+            match state.inner.queue.prune(age, CHUNK).await {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(deleted = n, "pruned finished tasks");
+                    if (n as usize) < CHUNK {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pruning failed");
+                    break;
+                }
+            }
         }
         pause(every, &mut stop).await;
     }

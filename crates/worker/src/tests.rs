@@ -343,3 +343,62 @@ async fn the_lab_polls_a_longtask_on_the_workers_own_port() {
     assert_eq!(done["result"]["worked_ms"], 20);
     assert_eq!(done["progress"], json!({"done": 20, "total": 20}));
 }
+
+/// A slot claims `prefetch` tasks at once: the ones waiting behind the running task keep their
+/// leases (renewed with the running task's), and at shutdown they are given back unstarted,
+/// their attempt not counted, with the running one released after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_tasks_keep_their_leases_and_are_released_at_shutdown() {
+    let (state, q, _dir) = setup(Config {
+        concurrency: 1,
+        prefetch: 4,
+        ..fast()
+    })
+    .await;
+    let long = q
+        .submit(NewTask::new("sleep", json!({"ms": 60000}), "u"))
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(
+            q.submit(NewTask::new("add", json!({"a": 1, "b": 2}), "u"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(crate::run(state, stop_rx));
+    wait_status(&*q, &long.id, Status::Running).await;
+    // All four were claimed by the one slot, in one batch.
+    let first = q.get(&waiting[2]).await.unwrap().unwrap();
+    assert_eq!(first.status, Status::Running);
+    assert_eq!(first.worker_id.as_deref(), Some("worker-1/1"));
+    // Its lease moves forward while it waits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = q.get(&waiting[2]).await.unwrap().unwrap();
+        if now.lease_until > first.lease_until {
+            assert_eq!(now.status, Status::Running);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting task's lease was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), runner)
+        .await
+        .expect("the run loop stops within the grace period")
+        .unwrap();
+    for id in waiting.iter().chain([&long.id]) {
+        let t = q.get(id).await.unwrap().unwrap();
+        assert_eq!(t.status, Status::Queued, "{t:?}");
+        assert_eq!(t.attempts, 0, "{t:?}");
+        assert_eq!(t.worker_id, None, "{t:?}");
+    }
+}

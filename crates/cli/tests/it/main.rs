@@ -15,6 +15,8 @@
 //!   with status 0 and no SIGKILL, a running task handed back to the queue; a worker whose claim
 //!   waits on the SQLite write lock; SIGHUP (terminal closed) stops everything cleanly; SIGKILL of
 //!   `up` leaves no instance running (each stops when its supervisor is gone).
+//! - `worker_stop`: a worker under load whose stderr reader is gone (its `up` died) keeps working
+//!   and stops on SIGTERM by itself, every task finished or handed back, the SQLite file free.
 //! - `elastic`: `scalelab scale` / `status` on a running `up`: gateways and services out and in
 //!   under load with no failed request, workers scaled in while holding tasks (none lost or rerun).
 //! - `config_check`: a bad topology refused before anything starts, and `config --check`.
@@ -44,3 +46,4 @@ mod support;
 mod tasks;
 mod tasks_kill;
 mod users;
+mod worker_stop;
