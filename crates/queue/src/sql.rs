@@ -605,6 +605,10 @@ impl Queue for SqlQueue {
                 .depth_by_priority
                 .insert(p.as_str().to_string(), n.max(0) as u64);
         }
+        if let Some(row) = self.db.fetch_all(st::OLDEST_QUEUED, &[]).await?.first() {
+            let oldest: Option<i64> = row.get("oldest")?;
+            stats.oldest_queued_ms = oldest.map(|at| (now_ms() - at).max(0) as u64);
+        }
         // Every status and priority is present, zero included.
         for s in Status::ALL {
             stats.by_status.entry(s.as_str().to_string()).or_insert(0);

@@ -153,6 +153,10 @@ pub(crate) const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) AS n FROM task
 pub(crate) const DEPTH_BY_PRIORITY: &str = "SELECT priority, COUNT(*) AS n FROM tasks \
     WHERE status IN ('queued', 'failed') GROUP BY priority";
 
+/// When the oldest task still waiting for its first run was submitted (NULL when none waits).
+pub(crate) const OLDEST_QUEUED: &str =
+    "SELECT MIN(created_at) AS oldest FROM tasks WHERE status = 'queued'";
+
 /// Deletes up to `$2` finished tasks (`succeeded`, `cancelled`) that finished before `$1`,
 /// oldest first, through the partial index `tasks_finished`.
 pub(crate) const PRUNE: &str = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \

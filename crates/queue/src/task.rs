@@ -253,6 +253,9 @@ pub struct Stats {
     pub depth_by_priority: BTreeMap<String, u64>,
     /// The engine's name.
     pub backend: String,
+    /// How long the oldest `queued` task has waited, in milliseconds; `None` when none waits.
+    #[serde(default)]
+    pub oldest_queued_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -576,6 +576,10 @@ async fn stats_count_by_status_and_priority(q: Arc<dyn Queue>) {
     assert_eq!(stats.depth_by_priority["high"], 0);
     assert_eq!(stats.depth_by_priority["normal"], 1);
     assert_eq!(stats.depth_by_priority["low"], 2);
+    assert!(
+        stats.oldest_queued_ms.is_some(),
+        "three tasks wait: the oldest has an age"
+    );
 }
 
 /// 1,000 tasks, two claimers; one "dies" (stops without completing) while holding a task. Every
@@ -659,6 +663,7 @@ async fn a_thousand_tasks_two_claimers_one_dies(q: Arc<dyn Queue>) {
     assert!(completed.iter().all(|id| ids.contains(*id)));
     let stats = q.stats().await.unwrap();
     assert_eq!(stats.by_status["succeeded"], N);
+    assert_eq!(stats.oldest_queued_ms, None, "nothing waits");
     // The abandoned task was redelivered after its lease and run by the survivor.
     let mut all = Vec::new();
     let mut cursor = None;

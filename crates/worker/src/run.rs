@@ -318,6 +318,8 @@ async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
                     metrics::gauge!("scalelab_queue_depth", "priority" => priority.clone(), "id" => id.clone())
                         .set(*n as f64);
                 }
+                metrics::gauge!("scalelab_queue_oldest_wait_seconds", "id" => id.clone())
+                    .set(stats.oldest_queued_ms.unwrap_or(0) as f64 / 1000.0);
                 for (status, n) in &stats.by_status {
                     metrics::gauge!("scalelab_queue_tasks", "status" => status.clone(), "id" => id.clone())
                         .set(*n as f64);

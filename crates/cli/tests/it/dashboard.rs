@@ -3,7 +3,7 @@
 //! the page's own controls, a killed instance turns red and then healthy again, the polling
 //! fallback works when SSE is not used, the page stays usable at 1280×800 and with 50 instances,
 //! and nothing is written to the console. The screenshots go to `docs/img/` (the README shows
-//! them).
+//! them) with `UPDATE_SCREENSHOTS=1`, to the target directory otherwise.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,11 +39,15 @@ fn topology() -> Topology {
         .toml_extra("[dashboard]\nscrape_ms = 500\n")
 }
 
-/// Where the README's screenshots live.
+/// Where the screenshots go: the README's `docs/img/` with `UPDATE_SCREENSHOTS=1` (so that a
+/// plain test run leaves the checkout as it was), the test's scratch directory otherwise.
 fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/img")
-        .join(name)
+    let dir = if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/img")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
+    dir.join(name)
 }
 
 /// Boxes on the page, the queue's box aside.
@@ -176,6 +180,14 @@ async fn the_dashboard_shows_traffic_a_kill_and_recovery_live() {
         .wait_for(
             "a few points on the charts",
             "document.getElementById('chart-legend').textContent.includes('gateway')",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the worker's busy slots out of its slots, and the oldest task's age",
+            r"(() => { const t = document.getElementById('queue').textContent; return /busy slots\d+ \/ \d+/.test(t) && /oldest waiting[\d.]+ s/.test(t); })()",
             WAIT,
         )
         .await
