@@ -1054,6 +1054,48 @@ pub mod rental {
 pub mod control {
     use serde::{Deserialize, Serialize};
 
+    /// `POST /load` of the control API (and `POST /api/load` of the dashboard): a short run of
+    /// the built-in generator against a route through the balancer.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(deny_unknown_fields)]
+    pub struct LoadRequest {
+        /// A path through the balancer, like `/data`.
+        pub route: String,
+        /// How long, 1 to 120 s (10 by default).
+        #[serde(default = "ten")]
+        pub seconds: u64,
+        /// Connections, 1 to 256 (16 by default).
+        #[serde(default = "sixteen")]
+        pub connections: usize,
+    }
+
+    fn ten() -> u64 {
+        10
+    }
+
+    fn sixteen() -> usize {
+        16
+    }
+
+    impl LoadRequest {
+        /// The error code and sentence of a request that cannot run, if it cannot.
+        pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+            if !self.route.starts_with('/') || self.route.starts_with("//") {
+                return Some((
+                    "invalid_route",
+                    "the route is a path through the balancer, like /data",
+                ));
+            }
+            if !(1..=120).contains(&self.seconds) || !(1..=256).contains(&self.connections) {
+                return Some((
+                    "invalid_load",
+                    "seconds is 1 to 120 and connections 1 to 256",
+                ));
+            }
+            None
+        }
+    }
+
     /// An instance as its pools should see it (`GET /members/{role}`).
     #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
     pub struct Member {

@@ -4,6 +4,7 @@
 //! goes to the supervisor's control API, the one `scalelab scale` uses, with the same credential;
 //! its answer comes back as it is. Without a supervisor (an orchestrator) there are no controls.
 
+use api::wire::control::LoadRequest;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -159,51 +160,18 @@ pub(crate) async fn flush(State(state): State<AppState>, headers: HeaderMap) -> 
     forward(&state, &headers, "/cache/flush", json!({})).await
 }
 
-/// A short load from the built-in generator.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Load {
-    /// A path through the balancer, like `/data` or `/process`.
-    route: String,
-    #[serde(default = "default_seconds")]
-    seconds: u64,
-    #[serde(default = "default_connections")]
-    connections: usize,
-}
-
-fn default_seconds() -> u64 {
-    10
-}
-
-fn default_connections() -> usize {
-    16
-}
-
 /// `POST /api/load` `{"route": "/data", "seconds": 10, "connections": 16}`.
 pub(crate) async fn load(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<Load>, JsonRejection>,
+    body: Result<Json<LoadRequest>, JsonRejection>,
 ) -> Response {
     let Json(load) = match body {
         Ok(b) => b,
         Err(e) => return invalid(e),
     };
-    if !load.route.starts_with('/') || load.route.starts_with("//") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_route",
-            "the route is a path through the balancer, like /data",
-        );
+    if let Some((code, why)) = load.problem() {
+        return error(StatusCode::BAD_REQUEST, code, why);
     }
-    if !(1..=120).contains(&load.seconds) || !(1..=256).contains(&load.connections) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_load",
-            "seconds is 1 to 120 and connections 1 to 256",
-        );
-    }
-    let body =
-        json!({"route": load.route, "seconds": load.seconds, "connections": load.connections});
-    forward(&state, &headers, "/load", body).await
+    forward(&state, &headers, "/load", json!(load)).await
 }

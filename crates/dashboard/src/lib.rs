@@ -14,6 +14,8 @@ mod hub;
 mod model;
 mod prom;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;

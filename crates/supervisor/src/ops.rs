@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use api::wire::control::LoadRequest;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::control::error;
@@ -83,28 +83,6 @@ pub(crate) async fn flush(State(ops): State<Ops>) -> Response {
     Json(json!({"flushed": flushed})).into_response()
 }
 
-/// The body of `POST /load`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LoadRequest {
-    /// A path through the balancer, like `/data`.
-    route: String,
-    /// How long, 1 to 120 s.
-    #[serde(default = "ten")]
-    seconds: u64,
-    /// Connections, 1 to 256.
-    #[serde(default = "sixteen")]
-    connections: usize,
-}
-
-fn ten() -> u64 {
-    10
-}
-
-fn sixteen() -> usize {
-    16
-}
-
 /// `POST /load`: starts the run and answers at once (`202`); the summary is a `load` event. With
 /// an HTTP Basic credential the generator logs in with it first and sends the token.
 pub(crate) async fn load(
@@ -119,19 +97,8 @@ pub(crate) async fn load(
             "the body is {\"route\": \"/data\", \"seconds\": 10, \"connections\": 16}",
         );
     };
-    if !req.route.starts_with('/') || req.route.starts_with("//") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_route",
-            "the route is a path through the balancer, like /data",
-        );
-    }
-    if !(1..=120).contains(&req.seconds) || !(1..=256).contains(&req.connections) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_load",
-            "seconds is 1 to 120 and connections 1 to 256",
-        );
+    if let Some((code, why)) = req.problem() {
+        return error(StatusCode::BAD_REQUEST, code, why);
     }
     let Some(entry) = active(&ops.fleet, "lb")
         .into_iter()
