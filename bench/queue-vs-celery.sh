@@ -73,6 +73,8 @@ argon2_memory_kib = 1024
 argon2_iterations = 1
 [worker]
 concurrency = $SLOTS
+# Short no-op tasks: a slot claims 16 at once (the default, 1, spreads long tasks over idle slots).
+prefetch = ${PREFETCH:-16}
 $queue
 EOF
   "$BIN" up --free-ports --config "$dir/topology.toml" --data-dir "$dir/data" > "$dir/up.log" 2>&1 &

@@ -79,7 +79,7 @@ impl Default for Config {
             lease_ms: 15_000,
             heartbeat_ms: 3_000,
             poll_ms: 200,
-            prefetch: 16,
+            prefetch: 1,
             shutdown_grace_ms: 5_000,
             stats_interval_ms: 2_000,
             longtask_ms: 3_000,

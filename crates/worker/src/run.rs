@@ -16,10 +16,6 @@ use crate::handlers::Context;
 /// Runs every slot and the gauge refresher until `stop` turns true and the slots are done.
 pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
     let mut slots = tokio::task::JoinSet::new();
-    // How many tasks it can run at once, beside `scalelab_worker_in_flight` (the dashboard's busy
-    // slots).
-    metrics::gauge!("scalelab_worker_slots", "id" => state.inner.instance.id.to_string())
-        .set(state.inner.config.concurrency as f64);
     for n in 1..=state.inner.config.concurrency {
         slots.spawn(slot(state.clone(), n, stop.clone()));
     }
@@ -318,6 +314,11 @@ async fn refresh_gauges(state: AppState, mut stop: watch::Receiver<bool>) {
                     metrics::gauge!("scalelab_queue_depth", "priority" => priority.clone(), "id" => id.clone())
                         .set(*n as f64);
                 }
+                // How many tasks it can run at once, beside `scalelab_worker_in_flight` (the
+                // dashboard's busy slots); set with each refresh, since a value set before the
+                // metrics recorder is installed would be lost.
+                metrics::gauge!("scalelab_worker_slots", "id" => id.clone())
+                    .set(state.inner.config.concurrency as f64);
                 metrics::gauge!("scalelab_queue_oldest_wait_seconds", "id" => id.clone())
                     .set(stats.oldest_queued_ms.unwrap_or(0) as f64 / 1000.0);
                 for (status, n) in &stats.by_status {
