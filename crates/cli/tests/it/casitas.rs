@@ -405,15 +405,19 @@ async fn walk_the_preset(sys: &Running) {
             .is_none_or(|v| v.to_str().unwrap_or("").starts_with("lb"))
     );
     let greedy = client_from([127, 0, 0, 9]);
+    // Waves of 50 at once: faster than the refill (50/s) even on a busy machine, where one
+    // request after another may not be.
     let mut refused = None;
-    for _ in 0..400 {
-        let r = greedy
-            .get(format!("{lb}/units/available"))
-            .send()
-            .await
-            .expect("request");
-        if r.status().as_u16() == 429 {
-            refused = Some(r);
+    for _ in 0..8 {
+        let wave = futures::future::join_all(
+            (0..50).map(|_| greedy.get(format!("{lb}/units/available")).send()),
+        )
+        .await;
+        refused = wave
+            .into_iter()
+            .map(|r| r.expect("request"))
+            .find(|r| r.status().as_u16() == 429);
+        if refused.is_some() {
             break;
         }
     }
