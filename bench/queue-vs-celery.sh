@@ -13,7 +13,9 @@
 #
 # Needs: PostgreSQL, RabbitMQ and Redis on 127.0.0.1 (root@postgres, guest@rabbitmq), and
 # `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=20000] [C=8] [SLOTS=4]
-# The last table is the burn-down: the drain rate of each system beside Celery's with acks_late
+# After each scalelab backend's burn-down, the steady state: RATES (500 1000 2000) submissions per
+# second for STEADY_SECS (10) each, open model, and the submission-to-start wait's p50/p99.
+# The burn-down table: the drain rate of each system beside Celery's with acks_late
 # (`reliable`, the guarantee scalelab gives), as a ratio. After each PostgreSQL-backed run the
 # size of the `tasks` table and its dead rows are printed (what retention and vacuum must keep
 # in check).
@@ -52,6 +54,7 @@ export RUST_LOG=${RUST_LOG:-warn}
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 fmt() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 ROWS=()
+STEADY=()
 declare -A DRAIN=()
 row() { ROWS+=("$(printf '%-28s %12s %12s %14s %14s' "$@")"); }
 
@@ -103,6 +106,28 @@ EOF
       | sed "s/^/$name: /" >&2 ;;
   esac
   row "scalelab $name" "$(fmt "$drain" rate)" "$(fmt "$submit" rate)" "$(fmt "$submit" p50_ms)" "$(fmt "$submit" p99_ms)"
+  # Steady state (open model): a fixed submission rate through the gateway for STEADY_SECS; the
+  # wait from submission to start, from the workers' histogram, over the tasks of that run.
+  local workers before after waits sub r
+  workers=$(python3 -c "import json; print(' '.join(i['url'] for i in json.load(open('$dir/data/instances.json')) if i['role']=='worker'))")
+  for r in ${RATES:-500 1000 2000}; do
+    # shellcheck disable=SC2086
+    before=$($HELPER wait-buckets $workers)
+    "$BIN" bench "$gw/tasks" -m POST --body '{"type":"add","payload":{"a":1,"b":2}}' --token "$token" \
+      -c 64 --rate "$r" -d "${STEADY_SECS:-10}s" --json "$dir/steady-$r.json" > "$dir/steady-$r.txt" 2>&1
+    sub=$($HELPER summary "$dir/steady-$r.json")
+    # Until the queue is empty again (or 30 s): what was not started yet counts in the histogram.
+    for _ in $(seq 1 300); do
+      [ "$(curl -s "$gw/tasks/stats" -H "Authorization: Bearer $token" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(d["depth_by_priority"].values()) + d["by_status"]["running"])')" = "0" ] && break
+      sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    after=$($HELPER wait-buckets $workers)
+    waits=$($HELPER wait-quantiles "$before" "$after")
+    STEADY+=("$(printf '%-22s %8s %12s %12s %14s %14s' "scalelab $name" "$r" "$(fmt "$sub" rate)" "$(field "$waits" tasks | cut -d. -f1)" \
+      "$(python3 -c "import json,sys; v=json.loads(sys.argv[1])['p50_ms']; print('-' if v is None else '%.2f' % v)" "$waits")" \
+      "$(python3 -c "import json,sys; v=json.loads(sys.argv[1])['p99_ms']; print('-' if v is None else '%.2f' % v)" "$waits")")")
+  done
   kill -TERM "$UP"; wait "$UP" || true; UP=
 }
 
@@ -171,4 +196,9 @@ base=${DRAIN["celery redis (reliable)"]}
 for sys in "scalelab sqlite" "scalelab postgresql" "scalelab rabbitmq" "celery redis (reliable)" "celery redis (default)"; do
   printf '%-28s %12s %18s\n' "$sys" "${DRAIN[$sys]}" "$(python3 -c "print('%.2f' % (${DRAIN[$sys]} / $base))")"
 done
+echo
+echo "steady state: a fixed submission rate through the gateway for ${STEADY_SECS:-10} s (open model, 64 connections);"
+echo "wait = submission to start, from the workers' scalelab_task_wait_seconds (as fine as its buckets)"
+printf '%-22s %8s %12s %12s %14s %14s\n' "system" "rate/s" "submitted/s" "tasks run" "wait p50 ms" "wait p99 ms"
+printf '%s\n' "${STEADY[@]}"
 echo "load after: $(uptime | sed 's/.*load average: //')"

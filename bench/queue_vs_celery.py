@@ -165,6 +165,42 @@ def summary(path):
     }))
 
 
+def wait_buckets(urls):
+    """The workers' `scalelab_task_wait_seconds` histogram (submission to start), summed over
+    workers and task types: {le: count}."""
+    import re
+    out = {}
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics") as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            m = re.match(r'scalelab_task_wait_seconds_bucket\{.*le="([^"]+)".*\} ([0-9.e+-]+)', line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    print(json.dumps(out))
+
+
+def wait_quantiles(before, after):
+    """p50 and p99 (ms) of the waits observed between two `wait_buckets` readings, interpolated
+    inside a bucket as Prometheus's histogram_quantile does (as fine as the buckets)."""
+    b, a = json.loads(before), json.loads(after)
+    les = sorted(a, key=lambda le: float("inf") if le == "+Inf" else float(le))
+    cum = [(float("inf") if le == "+Inf" else float(le), a[le] - b.get(le, 0)) for le in les]
+    total = cum[-1][1] if cum else 0
+    def q(x):
+        rank, prev = x * total, (0.0, 0.0)
+        for le, n in cum:
+            if n >= rank:
+                if le == float("inf"):
+                    return prev[0] * 1000
+                inside = n - prev[1]
+                share = (rank - prev[1]) / inside if inside else 1
+                return (prev[0] + (le - prev[0]) * share) * 1000
+            prev = (le, n)
+        return prev[0] * 1000
+    print(json.dumps({"tasks": total, "p50_ms": q(0.5) if total else None, "p99_ms": q(0.99) if total else None}))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "celery-submit":
@@ -177,5 +213,9 @@ if __name__ == "__main__":
         rabbit_cleanup(args[0])
     elif cmd == "summary":
         summary(args[0])
+    elif cmd == "wait-buckets":
+        wait_buckets(args)
+    elif cmd == "wait-quantiles":
+        wait_quantiles(args[0], args[1])
     else:
         sys.exit(f"unknown command {cmd}")
