@@ -78,6 +78,7 @@ argon2_iterations = 1
 concurrency = $SLOTS
 # Short no-op tasks: a slot claims 16 at once (the default, 1, spreads long tasks over idle slots).
 prefetch = ${PREFETCH:-16}
+poll_ms = ${POLL_MS:-200}
 $queue
 EOF
   "$BIN" up --free-ports --config "$dir/topology.toml" --data-dir "$dir/data" > "$dir/up.log" 2>&1 &
