@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) fence: crate::fence::WriteFence,
     /// The task queue store (`tasks.rs`), shared with the workers; `None` when not configured.
     pub(crate) tasks: Option<Arc<dyn queue::Queue>>,
+    /// `/data` reads by cache outcome, and their latency.
+    pub(crate) cache_outcomes: crate::features::data::CacheOutcomes,
     /// The JWKS loader and the pools' health checks, stopped with the state.
     _tasks: Vec<AbortOnDrop>,
     _health: Vec<balance::health::HealthTask>,
@@ -236,8 +238,10 @@ impl AppState {
         .flatten()
         .collect();
 
+        let cache_outcomes = crate::features::data::CacheOutcomes::new(&instance.id);
         Ok(AppState {
             inner: Arc::new(Inner {
+                cache_outcomes,
                 config,
                 instance,
                 policies,

@@ -115,15 +115,39 @@ fn with_miss_header(result: Result<Response, Error>) -> Response {
     }
 }
 
-/// Counts the read as a hit or a miss, and how long the cache-aside path took (the dashboard's
-/// "hit vs miss latency": the lookup alone, against the lookup plus the db read and the refill).
+/// The cache-aside reads' metrics, made once per gateway (a `metrics!` macro per request formats,
+/// hashes and looks up its labels; a handle is an atomic): reads by outcome, and how long the
+/// cache-aside path took (the dashboard's "hit vs miss latency": the lookup alone, against the
+/// lookup plus the db read and the refill).
+#[derive(Debug)]
+pub(crate) struct CacheOutcomes {
+    hit: (metrics::Counter, metrics::Histogram),
+    miss: (metrics::Counter, metrics::Histogram),
+}
+
+impl CacheOutcomes {
+    pub(crate) fn new(id: &str) -> Self {
+        // Handles made before the recorder exists would record nowhere.
+        common::metrics::handle();
+        let pair = |outcome: &'static str| {
+            (
+                metrics::counter!("scalelab_gateway_cache_total", "outcome" => outcome, "id" => id.to_string()),
+                metrics::histogram!("scalelab_gateway_data_seconds", "outcome" => outcome, "id" => id.to_string()),
+            )
+        };
+        Self {
+            hit: pair("hit"),
+            miss: pair("miss"),
+        }
+    }
+}
+
+/// Counts the read as a hit or a miss, with the time since `started`.
 fn count(state: &AppState, hit: bool, started: std::time::Instant) {
-    let outcome = if hit { "hit" } else { "miss" };
-    let id = state.inner.instance.id.to_string();
-    metrics::histogram!("scalelab_gateway_data_seconds", "outcome" => outcome, "id" => id.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("scalelab_gateway_cache_total", "outcome" => outcome, "id" => id)
-        .increment(1);
+    let o = &state.inner.cache_outcomes;
+    let (reads, seconds) = if hit { &o.hit } else { &o.miss };
+    reads.increment(1);
+    seconds.record(started.elapsed().as_secs_f64());
 }
 
 /// Cache, then (on a miss, a cache outage or `refresh`) one shared db read that refills the cache.

@@ -10,7 +10,7 @@
 //! - `rental`: the Casitas preset's units, finances and legal routes, cached, and its reports.
 
 mod accounts;
-mod data;
+pub(crate) mod data;
 mod ops;
 mod process;
 mod rental;
