@@ -46,7 +46,6 @@ pub(crate) struct Hub {
 
 struct Kept {
     latest: Option<Arc<str>>,
-    latest_frame: Option<Frame>,
     points: VecDeque<Point>,
     events: VecDeque<Event>,
     /// The last instance list: what the controls may name.
@@ -71,7 +70,6 @@ impl Hub {
         Arc::new(Self {
             inner: Mutex::new(Kept {
                 latest: None,
-                latest_frame: None,
                 points: VecDeque::new(),
                 events: VecDeque::new(),
                 targets: Vec::new(),
@@ -133,7 +131,7 @@ impl Hub {
         .into();
         {
             let mut k = self.kept();
-            k.points.push_back(frame.point.clone());
+            k.points.push_back(frame.point);
             while k.points.len() > self.capacity {
                 k.points.pop_front();
             }
@@ -144,7 +142,6 @@ impl Hub {
                 k.events.pop_front();
             }
             k.latest = Some(json.clone());
-            k.latest_frame = Some(frame);
             k.targets = targets;
         }
         // Nobody listening is fine.

@@ -29,12 +29,9 @@ const INDEX: &str = include_str!("page/index.html");
 const APP: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
+/// The one JSON error shape, as every role answers it.
 pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": code, "message": message.into()})),
-    )
-        .into_response()
+    common::ApiError::new(status, code, message).into_response()
 }
 
 pub(crate) fn routes(state: AppState) -> Router {
