@@ -329,20 +329,27 @@ struct Claim {
 impl Claim {
     /// Marks dead the lapsed last attempts, then claims; the tasks in claim order.
     async fn run(&self) -> Result<Vec<Task>, Error> {
-        let now = now_ms();
-        let mut args: Vec<Arg<'_>> = vec![
-            self.worker_id.as_str().into(),
-            (now + ms(self.lease)).into(),
-            now.into(),
-            self.limit.into(),
-        ];
-        args.extend(self.ids.iter().map(Arg::from));
+        // The claim's time (`started_at`, the lease) is read once the claim can proceed: a claimer
+        // that waited for SQLite's write lock must not stamp its tasks earlier than the claims
+        // committed while it waited.
+        let args = |now: i64| {
+            let mut args: Vec<Arg<'_>> = vec![
+                self.worker_id.as_str().into(),
+                (now + ms(self.lease)).into(),
+                now.into(),
+                self.limit.into(),
+            ];
+            args.extend(self.ids.iter().map(Arg::from));
+            args
+        };
         let rows: Vec<sql::Row> = match &self.pool {
             // Per engine: IMMEDIATE takes SQLite's write lock before the candidates are read, so
             // no other process can claim between the read and the update. The transaction lives
             // in this function: an error drops it, which rolls it back at once on SQLite.
             Pool::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let now = now_ms();
+                let args = args(now);
                 sql::query(st::REAP, &[now.into()])
                     .execute(&mut *tx)
                     .await?;
@@ -353,6 +360,8 @@ impl Claim {
             // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself; each
             // statement is its own transaction.
             Pool::Postgres(pool) => {
+                let now = now_ms();
+                let args = args(now);
                 sql::query(st::REAP, &[now.into()]).execute(pool).await?;
                 sql::query(&self.sql, &args)
                     .fetch_all(pool)
