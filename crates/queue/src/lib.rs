@@ -109,11 +109,19 @@ pub trait Queue: Send + Sync + fmt::Debug {
     }
 
     /// Waits until a submission may have made work claimable, or `timeout` passes, whichever
-    /// comes first (a hint, never a promise: a caller claims after it either way). The default
-    /// just waits `timeout` (polling).
+    /// comes first (a hint, never a promise: a caller claims after it either way). One
+    /// submission wakes one waiting claimer, not all of them, and a submission made while no
+    /// claimer waits (between a claimer's empty claim and its wait) ends the next wait at once.
+    /// The default just waits `timeout` (polling).
     async fn wait_for_work(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
     }
+
+    /// Tells one other waiting claimer that there may be more work: a claimer whose claim came
+    /// back full calls it, so that a burst of submissions spreads over idle claimers one by one
+    /// (each woken claimer that finds work wakes the next) instead of every submission waking
+    /// them all. The default does nothing (its claimers poll).
+    fn more_work(&self) {}
 
     /// Renews the lease of a task `worker_id` holds. [`Error::LeaseLost`] when it no longer does.
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error>;

@@ -94,6 +94,11 @@ pub struct SqlQueue {
     claims: Claims,
     /// Woken at every submission through this queue and, on PostgreSQL, at every `NOTIFY` of
     /// another process's submission: idle claimers wait on it instead of sleeping a full poll.
+    /// One submission wakes one claimer (`notify_one`), and a wake-up that finds nobody waiting
+    /// is kept for the next (its permit), so that a submission landing between a claimer's empty
+    /// claim and its wait is not lost. Waking every idle claimer instead made each submission
+    /// cost one claim per idle slot of every worker, which is what kept PostgreSQL at ~450
+    /// submissions/s (docs/PERFORMANCE.md).
     wake: Arc<tokio::sync::Notify>,
     /// The PostgreSQL `LISTEN` task, once started (by the first wait for work); stopped with
     /// the queue.
@@ -167,7 +172,8 @@ impl SqlQueue {
                 loop {
                     let e = relay_notifications(&pool, &wake).await;
                     tracing::debug!(error = %e, "LISTEN failed; polling until it is back");
-                    // Whatever was submitted while nobody listened is found by the next poll.
+                    // Whatever was submitted while nobody listened is found by the next poll;
+                    // every waiter polls now.
                     wake.notify_waiters();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -248,6 +254,7 @@ impl SqlQueue {
     }
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
+    /// It does not wake claimers: the caller announces the task once it can be claimed.
     pub(crate) async fn insert(&self, task: NewTask) -> Result<(Task, bool), Error> {
         let max_attempts = attempts_of(&task, self.config.max_attempts)?;
         let id = new_id();
@@ -269,10 +276,7 @@ impl SqlQueue {
             )
             .await?;
         match inserted {
-            Some(row) => {
-                self.announce().await;
-                Ok((self::task(&row)?, true))
-            }
+            Some(row) => Ok((self::task(&row)?, true)),
             // The key was used before: the first submission's task, whatever its status.
             None => {
                 let row = self
@@ -290,8 +294,8 @@ impl SqlQueue {
     /// Tells idle claimers that a task was submitted: those of this process at once, those of
     /// other processes through PostgreSQL's `NOTIFY` (SQLite has no such thing: other processes
     /// find the task at their next poll). A hint only: a lost one costs one poll.
-    async fn announce(&self) {
-        self.wake.notify_waiters();
+    pub(crate) async fn announce(&self) {
+        self.wake.notify_one();
         if self.engine() == Engine::Postgres
             && let Err(e) = self
                 .db
@@ -413,7 +417,11 @@ impl Queue for SqlQueue {
     }
 
     async fn submit(&self, task: NewTask) -> Result<Task, Error> {
-        Ok(self.insert(task).await?.0)
+        let (task, new) = self.insert(task).await?;
+        if new {
+            self.announce().await;
+        }
+        Ok(task)
     }
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
@@ -448,12 +456,17 @@ impl Queue for SqlQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        // Registered before anything else, so that a wake-up from here on is not missed.
+        // A wake-up that came since this claimer's last claim is kept as the `Notify`'s permit,
+        // and this returns at once.
         let woken = self.wake.notified();
         if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
             self.listen(pool);
         }
         let _ = tokio::time::timeout(timeout, woken).await;
+    }
+
+    fn more_work(&self) {
+        self.wake.notify_one();
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
@@ -659,7 +672,8 @@ async fn relay_notifications(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) ->
         if let Err(e) = listener.recv().await {
             return e;
         }
-        wake.notify_waiters();
+        // One submission, one claimer: a claimer that finds more passes it on (`more_work`).
+        wake.notify_one();
     }
 }
 

@@ -119,6 +119,7 @@ macro_rules! conformance {
                 batch_claims_take_tasks_in_claim_order_each_under_its_own_lease,
                 a_claimer_killed_holding_a_full_batch_loses_nothing,
                 a_submission_wakes_a_waiting_claimer,
+                a_submission_between_an_empty_claim_and_the_wait_is_not_missed,
                 pruning_deletes_only_old_succeeded_and_cancelled_tasks,
             );
         }
@@ -870,6 +871,22 @@ async fn a_submission_wakes_a_waiting_claimer(q: Arc<dyn Queue>) {
     submit_until_woken(&*q, waiting).await;
 }
 
+/// A submission that lands after a claimer's claim came back empty but before it waits ends
+/// that wait at once: the wake-up is kept for it, not lost (a lost one made the claimer sleep
+/// out its poll with a task waiting).
+async fn a_submission_between_an_empty_claim_and_the_wait_is_not_missed(q: Arc<dyn Queue>) {
+    assert!(q.claim("w", LEASE).await.unwrap().is_none());
+    q.submit(task("sleep", Priority::Normal, 1)).await.unwrap();
+    // A guard against a hang, far longer than any wake-up; the wait's own timeout is longer still.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        q.wait_for_work(Duration::from_secs(600)),
+    )
+    .await
+    .expect("the submission made before the wait was missed");
+    assert!(q.claim("w", LEASE).await.unwrap().is_some());
+}
+
 /// PostgreSQL only: a claimer waiting in one process is woken by a submission made by another
 /// (two queues on one database, as a gateway and a worker are): `LISTEN`/`NOTIFY`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -883,8 +900,27 @@ async fn postgres_a_submission_elsewhere_wakes_a_waiting_claimer() {
     };
     let worker = queue::open(&config).await.expect("worker's queue");
     let gateway = queue::open(&config).await.expect("gateway's queue");
-    let waiting = tokio::spawn(async move { worker.wait_for_work(Duration::from_secs(600)).await });
+    let waiter = worker.clone();
+    let waiting = tokio::spawn(async move { waiter.wait_for_work(Duration::from_secs(600)).await });
     submit_until_woken(&*gateway, waiting).await;
+    // Now that the worker listens: a submission made between its empty claim and its wait,
+    // from the other process, still ends the wait (the notification is kept, not lost).
+    while !worker
+        .claim_batch("w", LEASE, 100)
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    gateway
+        .submit(task("sleep", Priority::Normal, 1))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.wait_for_work(Duration::from_secs(600)),
+    )
+    .await
+    .expect("a notification that came before the wait was missed");
 }
 
 /// RabbitMQ only: a task that dies is dead-lettered into `<name>.dead` through the work queue's

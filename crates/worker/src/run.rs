@@ -64,7 +64,14 @@ async fn slot(state: AppState, n: usize, mut stop: watch::Receiver<bool>) {
                 .claim_batch(&worker_id, lease, inner.config.prefetch)
                 .await
             {
-                Ok(tasks) if !tasks.is_empty() => held.waiting.extend(tasks),
+                Ok(tasks) if !tasks.is_empty() => {
+                    // A full claim may have left more behind: wake another idle slot (of this
+                    // process) to claim it, since one submission wakes only one slot.
+                    if tasks.len() >= inner.config.prefetch {
+                        inner.queue.more_work();
+                    }
+                    held.waiting.extend(tasks)
+                }
                 Ok(_) => {
                     tokio::select! {
                         _ = inner.queue.wait_for_work(poll) => {}
