@@ -13,6 +13,7 @@
 #
 # Needs: PostgreSQL, RabbitMQ and Redis on 127.0.0.1 (root@postgres, guest@rabbitmq), and
 # `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=20000] [C=8] [SLOTS=4]
+# SYSTEMS (default "sqlite postgresql rabbitmq celery") picks the systems run; the ratios need celery.
 # After each scalelab backend's burn-down, the steady state: RATES (500 1000 2000) submissions per
 # second for STEADY_SECS (10) each, open model, and the submission-to-start wait's p50/p99.
 # The burn-down table: the drain rate of each system beside Celery's with acks_late
@@ -173,19 +174,26 @@ export CELERY_REDIS_DB=$REDIS_DB
 echo "machine: $(nproc) cores, $(uname -r); load before: $(uptime | sed 's/.*load average: //')"
 echo "$N no-op tasks (add 1 + 2), 2 workers x $SLOTS slots, $C concurrent submitters; Redis db $REDIS_DB"
 
-scalelab_run sqlite ""
-DBS+=("${TAG}_pg")
-createdb -h 127.0.0.1 -U root "${TAG}_pg"
-scalelab_run postgresql "[queue]
+wanted() { [[ " ${SYSTEMS:-sqlite postgresql rabbitmq celery} " == *" $1 "* ]]; }
+if wanted sqlite; then scalelab_run sqlite ""; fi
+if wanted postgresql; then
+  DBS+=("${TAG}_pg")
+  createdb -h 127.0.0.1 -U root "${TAG}_pg"
+  scalelab_run postgresql "[queue]
 url = \"$PG/${TAG}_pg\""
-DBS+=("${TAG}_rmq")
-createdb -h 127.0.0.1 -U root "${TAG}_rmq"
-scalelab_run rabbitmq "[queue]
+fi
+if wanted rabbitmq; then
+  DBS+=("${TAG}_rmq")
+  createdb -h 127.0.0.1 -U root "${TAG}_rmq"
+  scalelab_run rabbitmq "[queue]
 url = \"$PG/${TAG}_rmq\"
 amqp_url = \"$AMQP\"
 amqp_queue = \"scalelab-bench-$TAG\""
-celery_run reliable
-celery_run default
+fi
+if wanted celery; then
+  celery_run reliable
+  celery_run default
+fi
 
 echo
 printf '%-28s %12s %12s %14s %14s\n' "system" "drain task/s" "submit/s" "submit p50 ms" "submit p99 ms"
@@ -193,9 +201,12 @@ printf '%s\n' "${ROWS[@]}"
 echo
 echo "burn-down: $N no-op tasks queued while the workers are paused, then released"
 printf '%-28s %12s %18s\n' "system" "drain task/s" "x celery acks_late"
-base=${DRAIN["celery redis (reliable)"]}
+base=${DRAIN["celery redis (reliable)"]:-}
 for sys in "scalelab sqlite" "scalelab postgresql" "scalelab rabbitmq" "celery redis (reliable)" "celery redis (default)"; do
-  printf '%-28s %12s %18s\n' "$sys" "${DRAIN[$sys]}" "$(python3 -c "print('%.2f' % (${DRAIN[$sys]} / $base))")"
+  [ -n "${DRAIN[$sys]:-}" ] || continue
+  ratio=-
+  [ -n "$base" ] && ratio=$(python3 -c "print('%.2f' % (${DRAIN[$sys]} / $base))")
+  printf '%-28s %12s %18s\n' "$sys" "${DRAIN[$sys]}" "$ratio"
 done
 echo
 echo "steady state: a fixed submission rate through the gateway for ${STEADY_SECS:-10} s (open model, 64 connections);"

@@ -147,7 +147,20 @@ impl RabbitQueue {
     /// Publishes a task id to `exchange` (`""`: straight to the work queue) and waits for the
     /// broker's confirm.
     async fn publish(&self, exchange: &str, id: &str, priority: Priority) -> Result<(), Error> {
-        let confirm = self
+        self.publish_then(exchange, id, priority, async {}).await
+    }
+
+    /// [`publish`](Self::publish), running `meanwhile` once the message is sent and while the
+    /// broker's confirm is awaited (the broker confirms a persistent message once it is on
+    /// disk, several ms after it can already be delivered).
+    async fn publish_then(
+        &self,
+        exchange: &str,
+        id: &str,
+        priority: Priority,
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let sent = self
             .channel
             .basic_publish(
                 exchange.into(),
@@ -159,10 +172,9 @@ impl RabbitQueue {
                     .with_priority(broker_priority(priority)),
             )
             .await
-            .map_err(amqp)?
-            .await
             .map_err(amqp)?;
-        match confirm {
+        let (confirm, ()) = tokio::join!(sent, meanwhile);
+        match confirm.map_err(amqp)? {
             Confirmation::Ack(_) => Ok(()),
             Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Unavailable(
                 "RabbitMQ did not confirm the message".into(),
@@ -222,18 +234,27 @@ impl crate::Queue for RabbitQueue {
 
     async fn submit(&self, task: NewTask) -> Result<Task, Error> {
         let (task, new) = self.store.insert(task).await?;
-        if new && let Err(e) = self.publish("", &task.id, task.priority).await {
+        if !new {
+            return Ok(task);
+        }
+        // Announced once the broker has the message, not when the store does (a claimer woken
+        // between the two finds no message and sleeps out its poll), and without waiting for
+        // the broker's confirm, which comes only after its disk write. A claimer that gets the
+        // message of a submission undone below finds no queued task for it and skips it; one
+        // that claimed it first (the broker delivered, then refused it: an internal broker
+        // error, and possible before this order too, since a message can be delivered before it
+        // is confirmed) runs it although the submission answered an error, and a retry with the
+        // same idempotency key finds that task.
+        let announce = self.store.announce();
+        if let Err(e) = self
+            .publish_then("", &task.id, task.priority, announce)
+            .await
+        {
             // Undo the store so that nothing is half-written.
             if let Err(undo) = self.store.delete(&task.id).await {
                 tracing::error!(error = %undo, task = %task.id, "could not undo a submission the broker refused");
             }
             return Err(e);
-        }
-        // Announced once the broker holds the message, not when the store does: a claimer
-        // woken between the two found no message and slept out its poll (the 100-170 ms wait
-        // RabbitMQ showed at any rate, docs/PERFORMANCE.md).
-        if new {
-            self.store.announce().await;
         }
         Ok(task)
     }

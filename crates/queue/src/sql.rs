@@ -92,6 +92,8 @@ pub struct SqlQueue {
     config: Config,
     /// The claim statements, built once with the engine's locking clause.
     claims: Claims,
+    /// The submission's statement: on PostgreSQL it also notifies the waiting claimers.
+    insert: String,
     /// Woken at every submission through this queue and, on PostgreSQL, at every `NOTIFY` of
     /// another process's submission: idle claimers wait on it instead of sleeping a full poll.
     /// One submission wakes one claimer (`notify_one`), and a wake-up that finds nobody waiting
@@ -149,8 +151,19 @@ impl SqlQueue {
             Engine::Sqlite => "",
             Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         };
-        let claim = |candidate: &str| st::claim(&format!("{candidate}{lock}"));
+        let claim = |candidate: &str| {
+            let claim = st::claim(&format!("{candidate}{lock}"));
+            match db.engine() {
+                // SQLite reaps in the claim's transaction (`Claim::run`).
+                Engine::Sqlite => claim,
+                Engine::Postgres => st::reap_then(&claim),
+            }
+        };
         Self {
+            insert: match db.engine() {
+                Engine::Sqlite => st::returning(st::INSERT),
+                Engine::Postgres => st::insert_notifying(CHANNEL),
+            },
             claims: Claims {
                 any: claim(st::CANDIDATE),
                 due: claim(st::CANDIDATE_DUE),
@@ -254,15 +267,26 @@ impl SqlQueue {
     }
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
-    /// It does not wake claimers: the caller announces the task once it can be claimed.
+    /// On PostgreSQL the same statement notifies the claimers of other processes; those of this
+    /// process are woken by [`submit`](crate::Queue::submit).
+    async fn insert_notifying(&self, task: NewTask) -> Result<(Task, bool), Error> {
+        self.insert_with(&self.insert, task).await
+    }
+
+    /// Stores a submission like [`insert_notifying`](Self::insert_notifying), but wakes no
+    /// claimer: the RabbitMQ backend announces the task once the broker has its message.
     pub(crate) async fn insert(&self, task: NewTask) -> Result<(Task, bool), Error> {
+        self.insert_with(&st::returning(st::INSERT), task).await
+    }
+
+    async fn insert_with(&self, sql: &str, task: NewTask) -> Result<(Task, bool), Error> {
         let max_attempts = attempts_of(&task, self.config.max_attempts)?;
         let id = new_id();
         let payload = task.payload.to_string();
         let inserted = self
             .db
             .fetch_optional(
-                &st::returning(st::INSERT),
+                sql,
                 &[
                     (&id).into(),
                     (&task.kind).into(),
@@ -331,7 +355,8 @@ struct Claim {
 }
 
 impl Claim {
-    /// Marks dead the lapsed last attempts, then claims; the tasks in claim order.
+    /// Marks dead the lapsed last attempts, then claims (one statement on PostgreSQL); the
+    /// tasks in claim order.
     async fn run(&self) -> Result<Vec<Task>, Error> {
         // The claim's time (`started_at`, the lease) is read once the claim can proceed: a claimer
         // that waited for SQLite's write lock must not stamp its tasks earlier than the claims
@@ -361,12 +386,10 @@ impl Claim {
                 tx.commit().await?;
                 rows.into_iter().map(sql::Row::Sqlite).collect()
             }
-            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself; each
-            // statement is its own transaction.
+            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself and
+            // reaps in the same statement (`st::reap_then`): one transaction.
             Pool::Postgres(pool) => {
-                let now = now_ms();
-                let args = args(now);
-                sql::query(st::REAP, &[now.into()]).execute(pool).await?;
+                let args = args(now_ms());
                 sql::query(&self.sql, &args)
                     .fetch_all(pool)
                     .await?
@@ -417,9 +440,10 @@ impl Queue for SqlQueue {
     }
 
     async fn submit(&self, task: NewTask) -> Result<Task, Error> {
-        let (task, new) = self.insert(task).await?;
+        let (task, new) = self.insert_notifying(task).await?;
         if new {
-            self.announce().await;
+            // Other processes' claimers were notified by the insert itself (PostgreSQL).
+            self.wake.notify_one();
         }
         Ok(task)
     }
