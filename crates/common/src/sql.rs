@@ -97,6 +97,9 @@ pub struct Options {
     /// A PostgreSQL read replica (hot standby): no DDL is run, the schema arrives from the
     /// primary by replication. A SQLite "replica" is a file of its own and gets its schema.
     pub replica: bool,
+    /// PostgreSQL run-time parameters set on every connection of the pool when it opens
+    /// (`options=-c name=value`), for a store whose statements need a planner setting.
+    pub pg_settings: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -105,6 +108,7 @@ impl Default for Options {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
             replica: false,
+            pg_settings: &[],
         }
     }
 }
@@ -127,7 +131,8 @@ impl Db {
         let url = url.trim();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let connect = PgConnectOptions::from_str(url)
-                .map_err(|e| configuration(format!("bad PostgreSQL URL: {e}")))?;
+                .map_err(|e| configuration(format!("bad PostgreSQL URL: {e}")))?
+                .options(options.pg_settings.iter().copied());
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)

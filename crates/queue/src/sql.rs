@@ -81,6 +81,9 @@ CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
     WHERE status IN ('succeeded', 'cancelled');
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
+-- Vacuumed once 1% of the rows (at least 1,000) are dead, not the default 20%: a claim walks the
+-- dead entries of tasks_claim until then, and a queue's table is mostly finished tasks.
+ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
 ",
 };
 
@@ -92,24 +95,29 @@ pub struct SqlQueue {
     config: Config,
     /// The claim statements, built once with the engine's locking clause.
     claims: Claims,
-    /// The submission's statement: on PostgreSQL it also notifies the waiting claimers.
-    insert: String,
     /// Woken at every submission through this queue and, on PostgreSQL, at every `NOTIFY` of
     /// another process's submission: idle claimers wait on it instead of sleeping a full poll.
     /// One submission wakes one claimer (`notify_one`), and a wake-up that finds nobody waiting
     /// is kept for the next (its permit), so that a submission landing between a claimer's empty
     /// claim and its wait is not lost. Waking every idle claimer instead made each submission
-    /// cost one claim per idle slot of every worker, which is what kept PostgreSQL at ~450
-    /// submissions/s (docs/PERFORMANCE.md).
+    /// cost one claim per idle slot of every worker.
     wake: Arc<tokio::sync::Notify>,
     /// The PostgreSQL `LISTEN` task, once started (by the first wait for work); stopped with
     /// the queue.
     listening: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// PostgreSQL: signalled at every submission; the notifier task (`notifying`) sends one
+    /// `NOTIFY` for all the submissions signalled since its last one.
+    submitted: Arc<tokio::sync::Notify>,
+    /// The notifier task, once started (by the first submission); stopped with the queue.
+    notifying: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Drop for SqlQueue {
     fn drop(&mut self) {
-        if let Some(task) = self.listening.get() {
+        for task in [self.listening.get(), self.notifying.get()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -160,10 +168,6 @@ impl SqlQueue {
             }
         };
         Self {
-            insert: match db.engine() {
-                Engine::Sqlite => st::returning(st::INSERT),
-                Engine::Postgres => st::insert_notifying(CHANNEL),
-            },
             claims: Claims {
                 any: claim(st::CANDIDATE),
                 due: claim(st::CANDIDATE_DUE),
@@ -173,6 +177,8 @@ impl SqlQueue {
             config: config.clone(),
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::OnceLock::new(),
+            submitted: Arc::new(tokio::sync::Notify::new()),
+            notifying: std::sync::OnceLock::new(),
         }
     }
 
@@ -267,26 +273,16 @@ impl SqlQueue {
     }
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
-    /// On PostgreSQL the same statement notifies the claimers of other processes; those of this
-    /// process are woken by [`submit`](crate::Queue::submit).
-    async fn insert_notifying(&self, task: NewTask) -> Result<(Task, bool), Error> {
-        self.insert_with(&self.insert, task).await
-    }
-
-    /// Stores a submission like [`insert_notifying`](Self::insert_notifying), but wakes no
-    /// claimer: the RabbitMQ backend announces the task once the broker has its message.
+    /// It wakes no claimer: the caller announces the task once it can be claimed (the RabbitMQ
+    /// backend once the broker has its message).
     pub(crate) async fn insert(&self, task: NewTask) -> Result<(Task, bool), Error> {
-        self.insert_with(&st::returning(st::INSERT), task).await
-    }
-
-    async fn insert_with(&self, sql: &str, task: NewTask) -> Result<(Task, bool), Error> {
         let max_attempts = attempts_of(&task, self.config.max_attempts)?;
         let id = new_id();
         let payload = task.payload.to_string();
         let inserted = self
             .db
             .fetch_optional(
-                sql,
+                &st::returning(st::INSERT),
                 &[
                     (&id).into(),
                     (&task.kind).into(),
@@ -318,15 +314,33 @@ impl SqlQueue {
     /// Tells idle claimers that a task was submitted: those of this process at once, those of
     /// other processes through PostgreSQL's `NOTIFY` (SQLite has no such thing: other processes
     /// find the task at their next poll). A hint only: a lost one costs one poll.
+    ///
+    /// The `NOTIFY` is sent by a task of its own, one for every submission made before it
+    /// starts, however many: PostgreSQL serialises the commits of notifying transactions (one
+    /// lock on its notification queue, held through the commit's log flush), so one `NOTIFY`
+    /// per submission, let alone one inside the submission's own transaction (measured: every
+    /// insert queued on that lock, ~300 submissions/s), would cap the submission rate.
     pub(crate) async fn announce(&self) {
         self.wake.notify_one();
-        if self.engine() == Engine::Postgres
-            && let Err(e) = self
-                .db
-                .execute("SELECT pg_notify($1, '')", &[CHANNEL.into()])
-                .await
-        {
-            tracing::debug!(error = %e, "NOTIFY failed; the workers will poll");
+        if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
+            self.notifying.get_or_init(|| {
+                let (pool, submitted) = (pool.clone(), self.submitted.clone());
+                tokio::spawn(async move {
+                    loop {
+                        // A submission signalled while the last NOTIFY was being sent left a
+                        // permit: it gets a NOTIFY that starts after its commit.
+                        submitted.notified().await;
+                        if let Err(e) = sql::query("SELECT pg_notify($1, '')", &[CHANNEL.into()])
+                            .execute(&pool)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "NOTIFY failed; the workers will poll");
+                        }
+                    }
+                })
+                .abort_handle()
+            });
+            self.submitted.notify_one();
         }
     }
 
@@ -429,6 +443,14 @@ fn options() -> sql::Options {
     sql::Options {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(3),
+        // The claim must walk `tasks_claim` in order (an index scan), never collect it into a
+        // bitmap: every claim and completion leaves a dead entry in that index until vacuum,
+        // and only an index scan marks the dead ones it passes (`LP_DEAD`) so that the next
+        // claims skip them without reading the table. With the bitmap scan the planner picks
+        // for a small or unanalysed table, each claim read every dead entry's heap page again:
+        // 21 ms per claim after 20,000 tasks (0.6 ms by index scan; docs/PERFORMANCE.md), and a
+        // burn-down slowed as it went. The queue's other statements lose nothing by it.
+        pg_settings: &[("enable_bitmapscan", "off")],
         ..sql::Options::default()
     }
 }
@@ -440,10 +462,9 @@ impl Queue for SqlQueue {
     }
 
     async fn submit(&self, task: NewTask) -> Result<Task, Error> {
-        let (task, new) = self.insert_notifying(task).await?;
+        let (task, new) = self.insert(task).await?;
         if new {
-            // Other processes' claimers were notified by the insert itself (PostgreSQL).
-            self.wake.notify_one();
+            self.announce().await;
         }
         Ok(task)
     }
@@ -892,5 +913,43 @@ mod tests {
             );
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
         }
+    }
+
+    /// PostgreSQL: after a drain has left dead entries in `tasks_claim`, a claim still walks
+    /// that index in order (an index scan, which marks the dead entries it passes so the next
+    /// claim skips them), never a bitmap scan that reads every dead entry's row again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_claim_walks_the_claim_index_after_a_drain() {
+        let Some(db) = common::testing::fresh_postgres("queue_plan").await else {
+            return;
+        };
+        let q = SqlQueue::open(&db.url, &Config::default())
+            .await
+            .expect("open");
+        // 20,000 tasks submitted, claimed and finished, set-wise (as a drain leaves them: each
+        // row's queued and running versions dead in `tasks_claim`).
+        let Pool::Postgres(pool) = q.db.pool().await.expect("pool") else {
+            panic!("a PostgreSQL queue")
+        };
+        for sql in [
+            "INSERT INTO tasks (id, kind, payload, status, priority, attempts, max_attempts, owner, \
+             created_at, not_before) SELECT 't' || n, 'add', '{}', 'queued', 1, 0, 3, 'o', n, n \
+             FROM generate_series(1, 20000) AS n",
+            "UPDATE tasks SET status = 'running', worker_id = 'w', lease_until = 0, attempts = 1",
+            "UPDATE tasks SET status = 'succeeded', finished_at = 1, lease_until = NULL",
+        ] {
+            sqlx::query(sql).execute(pool).await.expect(sql);
+        }
+        let explain = format!(
+            "EXPLAIN {}",
+            st::CANDIDATE.replace("$3", "0").replace("$4", "16")
+        );
+        let plan: Vec<String> = sqlx::query_scalar(&explain)
+            .fetch_all(pool)
+            .await
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
+        assert!(!plan.contains("Bitmap"), "{plan}");
     }
 }

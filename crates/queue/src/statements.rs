@@ -36,17 +36,6 @@ pub(crate) fn reap_then(claim: &str) -> String {
     format!("WITH reaped AS ({}) {claim}", REAP.replace("$1", "$3"))
 }
 
-/// PostgreSQL: [`INSERT`] returning the task, with the `NOTIFY` on `channel` in the same
-/// statement (delivered when it commits, and only when a row was inserted): one round trip per
-/// submission instead of two.
-pub(crate) fn insert_notifying(channel: &str) -> String {
-    format!(
-        "WITH t AS ({INSERT} RETURNING {COLUMNS}), \
-         n AS (SELECT pg_notify('{channel}', '') FROM t) \
-         SELECT t.* FROM t, n"
-    )
-}
-
 /// What a claim may take: waiting tasks whose backoff is over, and running tasks whose lease
 /// lapsed with attempts left. Most urgent first, then oldest.
 ///
