@@ -162,6 +162,7 @@ impl SqlStore {
                 Duration::from_secs(2)
             },
             replica,
+            ..sql::Options::default()
         };
         Ok(SqlStore {
             db: Db::open(url, SCHEMA, options).await?,
