@@ -408,7 +408,9 @@ impl Pool {
     /// refused, what the last attempt got is passed on. Every answer feeds outlier ejection.
     pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
         let replay = Replay::of(&req);
-        self.budget.deposit(clock::now_ms());
+        if self.config.retry_budget.enabled {
+            self.budget.deposit(clock::now_ms());
+        }
         let mut req = Some(req);
         // The membership as this request found it; a change meanwhile applies to the next one.
         let backends = self.backends.load();
