@@ -58,6 +58,15 @@ pub enum ClientError {
         /// What happened (for logs only).
         detail: String,
     },
+    /// The caller's circuit breaker for this peer is open (the peer failed too often lately):
+    /// the call was not made. The caller answers `503 circuit_open` with `Retry-After`.
+    #[error("the circuit breaker for {service} is open")]
+    CircuitOpen {
+        /// The peer's role.
+        service: &'static str,
+        /// Milliseconds until the breaker lets calls through again.
+        retry_after_ms: u64,
+    },
     /// The peer answered with an error status and body.
     #[error("{service} answered {status}: {}", body.message)]
     Status {

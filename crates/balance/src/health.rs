@@ -47,9 +47,24 @@ impl Drop for HealthTask {
     }
 }
 
-/// Starts probing every backend of `pool` on its configured interval.
+/// Starts probing every backend of `pool` on its configured interval, and the outlier sweep
+/// (`outlier.rs`) on its own.
 pub fn spawn(pool: Arc<Pool>) -> HealthTask {
-    HealthTask(tokio::spawn(async move {
+    let sweeper = pool.clone();
+    let sweep = async move {
+        let cfg = sweeper.config().outlier.clone();
+        if !cfg.enabled {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.max(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let backends = sweeper.backends();
+            sweeper.outliers().sweep(&backends, crate::clock::now_ms());
+        }
+    };
+    let checks = async move {
         let cfg = pool.config().health.clone();
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.max(10)));
@@ -67,6 +82,9 @@ pub fn spawn(pool: Arc<Pool>) -> HealthTask {
             });
             futures_join_all(probes).await;
         }
+    };
+    HealthTask(tokio::spawn(async move {
+        tokio::join!(checks, sweep);
     }))
 }
 

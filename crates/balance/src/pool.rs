@@ -1,9 +1,9 @@
-//! A pool of backends: selection, passive health, retry.
+//! A pool of backends: selection, passive health, outlier ejection, retry within a budget.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -15,15 +15,18 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::backend::{Backend, InFlight};
+use crate::budget::{RetryBudget, RetryBudgetConfig};
+use crate::clock;
 use crate::conn::SendError;
 use crate::health::{self, HealthConfig, HealthTask};
+use crate::outlier::{OutlierConfig, Outliers};
 use crate::selection::{Selection, Strategy};
 
 /// How a pool picks, reaches and checks its backends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
-    /// `round_robin` (default), `least_connections` or `power_of_two_choices`.
+    /// `round_robin` (default), `least_connections`, `power_of_two_choices` or `peak_ewma`.
     pub strategy: Strategy,
     /// Longest wait for a TCP connection to a backend, milliseconds (then the next backend).
     pub connect_timeout_ms: u64,
@@ -31,7 +34,8 @@ pub struct PoolConfig {
     pub response_timeout_ms: u64,
     /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: usize,
-    /// Most backends tried for one request.
+    /// Most backends tried for one request (retries that may cost a backend work are also
+    /// bounded by `retry_budget`).
     pub max_attempts: u32,
     /// Active health checks.
     pub health: HealthConfig,
@@ -48,6 +52,17 @@ pub struct PoolConfig {
     /// invisible to clients, at the price of running a slow request twice. Off: the timeout is a
     /// `504`.
     pub retry_timeouts: bool,
+    /// Whether an idempotent request without a body answered with a 5xx is sent once more to the
+    /// next backend (nginx's `proxy_next_upstream http_500 http_502 http_503`, Envoy's
+    /// `retry_on: 5xx`), within `retry_budget`. Off: the answer is passed on.
+    pub retry_server_errors: bool,
+    /// How many retries the pool may add to its load: a share of its requests plus a floor
+    /// (Finagle's retry budget). Retries of requests that never left are not counted: they cost
+    /// no backend any work.
+    pub retry_budget: RetryBudgetConfig,
+    /// Outlier ejection: backends answering 5xx in a row, or far slower than their peers, leave
+    /// the pool for a while (Envoy's outlier detection).
+    pub outlier: OutlierConfig,
 }
 
 impl Default for PoolConfig {
@@ -62,6 +77,9 @@ impl Default for PoolConfig {
             resolve: false,
             refresh_ms: 1000,
             retry_timeouts: false,
+            retry_server_errors: false,
+            retry_budget: RetryBudgetConfig::default(),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -89,6 +107,18 @@ impl PoolConfig {
         if !h.path.starts_with('/') {
             problems.push(format!("health.path: {:?} must start with /", h.path));
         }
+        problems.extend(
+            self.retry_budget
+                .validate()
+                .into_iter()
+                .map(|p| format!("retry_budget.{p}")),
+        );
+        problems.extend(
+            self.outlier
+                .validate()
+                .into_iter()
+                .map(|p| format!("outlier.{p}")),
+        );
         problems
     }
 }
@@ -183,6 +213,10 @@ pub struct Pool {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     selection: Arc<dyn Selection>,
     config: PoolConfig,
+    /// Retries allowed beside the requests (shared by all requests of the pool).
+    budget: RetryBudget,
+    /// Decides ejections; the counts are the backends'.
+    outliers: Outliers,
 }
 
 /// One backend as a membership source lists it.
@@ -252,8 +286,20 @@ impl Pool {
                     .collect(),
             ),
             selection,
+            budget: RetryBudget::new(config.retry_budget.clone()),
+            outliers: Outliers::new(name, config.outlier.clone()),
             config,
         })
+    }
+
+    /// Its retry budget (granted and refused counts).
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Its outlier detector.
+    pub fn outliers(&self) -> &Outliers {
+        &self.outliers
     }
 
     /// Its backends now, in membership order (a snapshot: later changes do not show in it).
@@ -343,7 +389,8 @@ impl Pool {
         Some(spawn(self.clone(), source, every))
     }
 
-    /// Starts the active health checks; they stop when the returned task is dropped.
+    /// Starts the active health checks and the outlier sweep; they stop when the returned task
+    /// is dropped.
     pub fn spawn_health_checks(self: &Arc<Self>) -> HealthTask {
         health::spawn(self.clone())
     }
@@ -355,9 +402,15 @@ impl Pool {
     /// this is always safe). A connection that breaks after the request left is retried only for
     /// an idempotent method with an empty body, which can be replayed exactly. A response that
     /// does not start within the response timeout ends in [`PoolError::Timeout`], not a retry, so
-    /// that a slow backend does not get the same work twice.
+    /// that a slow backend does not get the same work twice (unless `retry_timeouts`). With
+    /// `retry_server_errors`, an idempotent bodiless request answered 5xx goes to the next
+    /// backend. Every retry that may cost a backend work must fit the retry budget; when one is
+    /// refused, what the last attempt got is passed on. Every answer feeds outlier ejection.
     pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
         let replay = Replay::of(&req);
+        if self.config.retry_budget.enabled {
+            self.budget.deposit(clock::now_ms());
+        }
         let mut req = Some(req);
         // The membership as this request found it; a change meanwhile applies to the next one.
         let backends = self.backends.load();
@@ -367,7 +420,8 @@ impl Pool {
         let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
         let response_timeout = Duration::from_millis(self.config.response_timeout_ms);
 
-        for attempt in 1..=self.config.max_attempts.max(1) {
+        let max_attempts = self.config.max_attempts.max(1);
+        for attempt in 1..=max_attempts {
             let candidates: SmallVec<[usize; 16]> = (0..backends.len())
                 .filter(|i| !tried.contains(i) && backends[*i].is_selectable())
                 .collect();
@@ -381,7 +435,7 @@ impl Pool {
                 break;
             };
             let guard = backend.start();
-            let started = Instant::now();
+            let started = clock::now_ns();
             let outcome = tokio::time::timeout(
                 response_timeout,
                 backend.conns.send(request, connect_timeout),
@@ -389,7 +443,31 @@ impl Pool {
             .await;
             match outcome {
                 Ok(Ok((resp, conn))) => {
-                    backend.record_latency(started.elapsed());
+                    let now = clock::now_ns();
+                    let failed = resp.status().is_server_error();
+                    let streak = backend.record_answer(
+                        Duration::from_nanos(now.saturating_sub(started)),
+                        failed,
+                        now,
+                    );
+                    if failed {
+                        self.outliers
+                            .on_failure(&backends, i, streak, now / 1_000_000);
+                        if self.config.retry_server_errors
+                            && replay.is_some()
+                            && attempt < max_attempts
+                            && self.has_untried(&backends, &tried)
+                            && self.may_retry(now / 1_000_000)
+                        {
+                            tracing::debug!(pool = %self.name, backend = %backend.url, status = %resp.status(), "server error; replaying the idempotent request on the next backend");
+                            metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
+                                .increment(1);
+                            // The answer is dropped unread: its connection closes.
+                            drop(resp);
+                            drop(guard);
+                            continue;
+                        }
+                    }
                     let response = resp.map(|inner| {
                         let mut body = Guarded {
                             inner,
@@ -415,6 +493,7 @@ impl Pool {
                 })) => {
                     // Refused, timed out, or closed before the request was written: all say
                     // the backend is gone or going, so it leaves selection until checks pass.
+                    // The retry is not counted against the budget: no backend did any work.
                     backend.record_error();
                     backend.mark_down();
                     tracing::debug!(?kind, "send failed before the request left");
@@ -434,7 +513,7 @@ impl Pool {
                         backend: backend.url.clone(),
                         detail,
                     };
-                    if replay.is_none() {
+                    if replay.is_none() || !self.may_retry(clock::now_ms()) {
                         return Err(err);
                     }
                     tracing::warn!(pool = %self.name, backend = %backend.url, "connection broke; replaying the idempotent request on the next backend");
@@ -449,7 +528,10 @@ impl Pool {
                         backend: backend.url.clone(),
                         timeout_ms: self.config.response_timeout_ms,
                     };
-                    if !self.config.retry_timeouts || replay.is_none() {
+                    if !self.config.retry_timeouts
+                        || replay.is_none()
+                        || !self.may_retry(clock::now_ms())
+                    {
                         return Err(err);
                     }
                     tracing::warn!(pool = %self.name, backend = %backend.url, "no answer in time; replaying the idempotent request on the next backend");
@@ -462,6 +544,22 @@ impl Pool {
         Err(last.unwrap_or_else(|| PoolError::NoHealthyBackend {
             pool: self.name.clone(),
         }))
+    }
+
+    /// Whether a backend not yet tried for this request may take it.
+    fn has_untried(&self, backends: &[Arc<Backend>], tried: &[usize]) -> bool {
+        (0..backends.len()).any(|j| !tried.contains(&j) && backends[j].is_selectable())
+    }
+
+    /// Whether the retry budget allows one more retry now (counted if so).
+    fn may_retry(&self, now_ms: u64) -> bool {
+        if self.budget.try_withdraw(now_ms) {
+            return true;
+        }
+        tracing::debug!(pool = %self.name, "retry refused: the retry budget is spent");
+        metrics::counter!("scalelab_pool_retries_refused_total", "pool" => self.name.clone())
+            .increment(1);
+        false
     }
 }
 

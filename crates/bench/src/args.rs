@@ -107,6 +107,10 @@ pub enum ScenarioName {
     Async,
     /// Elasticity: a load ramp ×5 and back, gateways and services autoscaling (and not, beside it).
     Elastic,
+    /// Resilience: latency-aware selection (round robin, least connections, P2C, Peak-EWMA over a
+    /// slow and a fast backend), the retry budget, and one service made slow and failing with
+    /// the fuses (breaker, outlier ejection, retry budget) on and off.
+    Resilience,
     /// Every scenario, one report, ending in the tactic scorecard.
     All,
 }

@@ -20,7 +20,7 @@ pub(crate) struct Event {
     /// Milliseconds since the Unix epoch.
     pub(crate) at_ms: u64,
     /// The supervisor's kinds (`started`, `active`, `draining`, `stopped`, `killed`, `scale`,
-    /// `autoscale`, ...) and the dashboard's own: `down`, `up`.
+    /// `autoscale`, ...) and the dashboard's own: `down`, `up`, `ejected`, `back`, `breaker`.
     pub(crate) kind: String,
     /// The instance it concerns, if one.
     #[serde(default)]
@@ -221,6 +221,8 @@ pub(crate) async fn run(
     // Restart counts seen, and when each instance was last seen restarting.
     let mut restarts: BTreeMap<String, u64> = BTreeMap::new();
     let mut restarted_at: BTreeMap<String, Instant> = BTreeMap::new();
+    // The fuses as last seen: ejected instances, and each gateway's breakers that are not closed.
+    let mut fuses: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
     let mut targets: Vec<Target> = Vec::new();
     // The supervisor's events are read from when the dashboard started: older ones are history
     // the supervisor's own `GET /events` keeps.
@@ -303,6 +305,40 @@ pub(crate) async fn run(
                 .get(&i.id)
                 .is_some_and(|at| at.elapsed() < RESTART_SHOWN);
         }
+        for i in &frame.instances {
+            let now = (i.ejected, i.breakers.clone());
+            let Some(was) = fuses.insert(i.id.clone(), now.clone()) else {
+                continue;
+            };
+            if was.0 != now.0 {
+                events.push(Event {
+                    at_ms,
+                    kind: if now.0 { "ejected" } else { "back" }.into(),
+                    id: Some(i.id.clone()),
+                    message: if now.0 {
+                        format!(
+                            "{} was ejected from its pool: failing or slow answers",
+                            i.id
+                        )
+                    } else {
+                        format!("{} is back in its pool after its ejection", i.id)
+                    },
+                });
+            }
+            if was.1 != now.1 {
+                events.push(Event {
+                    at_ms,
+                    kind: "breaker".into(),
+                    id: Some(i.id.clone()),
+                    message: if now.1.is_empty() {
+                        format!("{}: every circuit breaker is closed again", i.id)
+                    } else {
+                        format!("{}: circuit breaker open for {}", i.id, now.1.join(", "))
+                    },
+                });
+            }
+        }
+        fuses.retain(|id, _| targets.iter().any(|t| &t.id == id));
         health.retain(|id, _| targets.iter().any(|t| &t.id == id));
         restarts.retain(|id, _| targets.iter().any(|t| &t.id == id));
         restarted_at.retain(|_, at| at.elapsed() < RESTART_SHOWN);

@@ -44,6 +44,11 @@ pub(crate) struct Counters {
     /// cache service: from `GET /cache/stats`.
     entries: Option<f64>,
     evictions: Option<f64>,
+    /// gateway: each peer's circuit breaker (`scalelab_breaker_state`: 0 closed, 1 half-open,
+    /// 2 open).
+    breakers: BTreeMap<String, f64>,
+    /// lb and gateway: which backends (by URL) their pools have ejected as outliers now.
+    ejected: BTreeMap<String, f64>,
 }
 
 /// Reads a role's page into counters.
@@ -100,6 +105,22 @@ pub(crate) fn counters(role: &str, samples: &[Sample], cache: Option<&CacheStats
         }
     }
     c.task_wait = prom::buckets(samples, "scalelab_task_wait_seconds", |_| true);
+    for s in samples {
+        match s.name.as_str() {
+            "scalelab_breaker_state" => {
+                if let Some(peer) = s.label("peer") {
+                    c.breakers.insert(peer.to_string(), s.value);
+                }
+            }
+            "scalelab_pool_backend_ejected" => {
+                if let Some(url) = s.label("backend") {
+                    let e = c.ejected.entry(url.to_string()).or_default();
+                    *e = e.max(s.value);
+                }
+            }
+            _ => {}
+        }
+    }
     if let Some(stats) = cache {
         c.entries = Some(stats.entries as f64);
         c.evictions = Some(stats.evictions as f64);
@@ -164,6 +185,12 @@ pub(crate) struct InstanceView {
     /// Workers: tasks running now and slots.
     pub(crate) busy: Option<f64>,
     pub(crate) slots: Option<f64>,
+    /// Ejected as an outlier by a pool in front of it (the balancer's, a gateway's): it answers
+    /// its health checks but fails or is slow, and gets no traffic for a while.
+    pub(crate) ejected: bool,
+    /// Gateways: the peers whose circuit breaker is not closed, as `peer` (open) or
+    /// `peer (half-open)`.
+    pub(crate) breakers: Vec<String>,
 }
 
 /// One role, all instances together.
@@ -314,6 +341,14 @@ pub(crate) fn frame(
     let mut backend_rates: BTreeMap<String, f64> = BTreeMap::new();
     let mut worker_rates: Vec<(String, f64)> = Vec::new();
     let mut interval: f64 = 0.0;
+    // Every backend some pool has ejected now, whoever scraped it.
+    let ejected: Vec<&str> = readings
+        .iter()
+        .filter_map(|r| r.counters.as_ref())
+        .flat_map(|c| c.ejected.iter())
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(url, _)| url.trim_end_matches('/'))
+        .collect();
     for r in readings {
         let now = r.counters.as_ref();
         let before = previous.get(&r.target.id);
@@ -413,6 +448,20 @@ pub(crate) fn frame(
             share: 0.0,
             busy: (r.target.role == "worker").then(|| now.map_or(0.0, |c| c.busy)),
             slots: now.and_then(|c| c.slots),
+            ejected: ejected.contains(&r.target.url.trim_end_matches('/')),
+            breakers: now.map_or_else(Vec::new, |c| {
+                c.breakers
+                    .iter()
+                    .filter(|(_, v)| **v >= 1.0)
+                    .map(|(peer, v)| {
+                        if *v >= 2.0 {
+                            peer.clone()
+                        } else {
+                            format!("{peer} (half-open)")
+                        }
+                    })
+                    .collect()
+            }),
         });
     }
     // Shares within each role.
@@ -668,6 +717,34 @@ mod tests {
         assert_eq!(f.queue.busy, 6.0);
         assert_eq!(f.queue.slots, Some(8.0));
         assert_eq!(f.instances[1].busy, Some(3.0));
+    }
+
+    #[test]
+    fn an_ejected_backend_and_an_open_breaker_are_shown_on_their_instances() {
+        // The balancer's pool ejected gateway-2; gateway-1's pool ejected service-2 and its
+        // breaker for `db` is open, the one for `users` half-open.
+        let lb = target("lb", "lb-1", "http://127.0.0.1:8000");
+        let g1 = target("gateway", "gateway-1", "http://127.0.0.1:5000");
+        let g2 = target("gateway", "gateway-2", "http://127.0.0.1:5003");
+        let s2 = target("service", "service-2", "http://127.0.0.1:5006");
+        let lb_page = "scalelab_pool_backend_ejected{pool=\"gateway\",backend=\"http://127.0.0.1:5003\"} 1\n\
+                       scalelab_pool_backend_ejected{pool=\"gateway\",backend=\"http://127.0.0.1:5000\"} 0\n";
+        let g1_page = "scalelab_pool_backend_ejected{pool=\"service\",backend=\"http://127.0.0.1:5006\"} 1\n\
+                       scalelab_breaker_state{id=\"gateway-1\",peer=\"db\"} 2\n\
+                       scalelab_breaker_state{id=\"gateway-1\",peer=\"users\"} 1\n\
+                       scalelab_breaker_state{id=\"gateway-1\",peer=\"service\"} 0\n";
+        let readings = [
+            reading(lb, lb_page, 1.0),
+            reading(g1, g1_page, 1.0),
+            reading(g2, "", 1.0),
+            reading(s2, "", 1.0),
+        ];
+        let f = frame(1, 0, &readings, &BTreeMap::new());
+        let by_id = |id: &str| f.instances.iter().find(|i| i.id == id).unwrap();
+        assert!(!by_id("lb-1").ejected && !by_id("gateway-1").ejected);
+        assert!(by_id("gateway-2").ejected && by_id("service-2").ejected);
+        assert_eq!(by_id("gateway-1").breakers, vec!["db", "users (half-open)"]);
+        assert!(by_id("gateway-2").breakers.is_empty());
     }
 
     #[test]

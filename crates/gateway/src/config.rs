@@ -66,8 +66,12 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Largest request body accepted, in bytes (`413 payload_too_large` beyond).
     pub max_body_bytes: usize,
-    /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks.
+    /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks,
+    /// outlier ejection and retry budget (the `auth` pool takes its outlier and budget settings).
     pub services: balance::PoolConfig,
+    /// The circuit breakers, one per peer (`service`, `auth`, `db`, `users` and the Casitas
+    /// domains): while one is open, calls to that peer fail at once with `503 circuit_open`.
+    pub breaker: balance::BreakerConfig,
     /// Token checks.
     pub auth: AuthConfig,
     /// Rate limits.
@@ -101,6 +105,7 @@ impl Default for Config {
             upstream_timeout_ms: 3000,
             max_body_bytes: 64 * 1024,
             services: balance::PoolConfig::default(),
+            breaker: balance::BreakerConfig::default(),
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
             queue: None,
@@ -299,6 +304,12 @@ impl Config {
                 .validate()
                 .into_iter()
                 .map(|p| format!("services.{p}")),
+        );
+        problems.extend(
+            self.breaker
+                .validate()
+                .into_iter()
+                .map(|p| format!("breaker.{p}")),
         );
         problems.extend(crate::policy::check_overrides(self));
         problems

@@ -105,6 +105,15 @@ pub enum Error {
         /// What happened (logged, never shown).
         detail: String,
     },
+    /// The circuit breaker for an upstream is open: it failed too often lately, so the call was
+    /// not made (`503 circuit_open` with `Retry-After`).
+    #[error("calls to the {service} service are suspended after repeated failures; retry in {} s", retry_after_secs(.retry_after_ms))]
+    CircuitOpen {
+        /// The upstream's role.
+        service: &'static str,
+        /// Milliseconds until the breaker lets calls through again.
+        retry_after_ms: u64,
+    },
     /// A balanced pool (`service`, `auth`) could not place the request: its status and code
     /// (`503 no_healthy_backend`, `502 backend_unreachable`, `504 backend_timeout`).
     #[error("{service} pool: {detail}")]
@@ -163,6 +172,11 @@ fn bearer_error(description: &str) -> HeaderValue {
         "Bearer error=\"invalid_token\", error_description=\"{clean}\""
     ))
     .unwrap_or(HeaderValue::from_static("Bearer error=\"invalid_token\""))
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(ms: &u64) -> u64 {
+    ms.div_ceil(1000).max(1)
 }
 
 fn code(service: &str, what: &str) -> String {
@@ -259,6 +273,10 @@ impl Error {
                 tracing::warn!(error = %self, "pool failed");
                 ApiError::new(*status, code, message.clone())
             }
+            Error::CircuitOpen { retry_after_ms, .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", message)
+                    .with_header(header::RETRY_AFTER, retry_after_secs(retry_after_ms).into())
+            }
             Error::NotReady(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
             }
@@ -302,6 +320,13 @@ pub(crate) fn from_client(e: api::client::ClientError) -> Error {
             body,
         } => from_status(service, status, body),
         ClientError::Decode { service, detail } => Error::UpstreamFailed { service, detail },
+        ClientError::CircuitOpen {
+            service,
+            retry_after_ms,
+        } => Error::CircuitOpen {
+            service,
+            retry_after_ms,
+        },
     }
 }
 

@@ -42,6 +42,10 @@
 //! count per route and client for all gateways sharing `redis_prefix`. If Redis cannot be reached,
 //! the Redis limiter falls back to per-instance limits (and logs it) rather than failing requests.
 //!
+//! Every peer (service, auth, db, users, the Casitas domains) is called through its own circuit
+//! breaker (`[gateway.breaker]`, `balance::Breaker`): while it is open, what needs that peer
+//! answers `503 circuit_open` with `Retry-After` at once, without calling it (docs/resilience.md).
+//!
 //! Invariants:
 //! - the gateway never talks to a database: the `db` service is its source of truth;
 //! - concurrent cache misses for one key in one gateway make one `db` read;

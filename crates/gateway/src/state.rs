@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::client::{AuthClient, DbClient, JsonClient, RentalClient, ServiceClient, UsersClient};
-use balance::{Pool, PoolConfig, PoolTransport, Strategy};
+use api::client::{
+    AuthClient, DbClient, Direct, JsonClient, RentalClient, ServiceClient, UsersClient,
+};
+use balance::{Breaker, Fused, Pool, PoolConfig, PoolTransport, Strategy};
 use serde_json::Value;
 
 use crate::Error;
@@ -64,6 +66,9 @@ pub(crate) struct Inner {
     pub(crate) auth_pool: Arc<Pool>,
     /// The service instances behind `/process`, through the configured pool.
     pub(crate) services: ServiceClient,
+    /// One circuit breaker per peer, in front of its client (also kept here for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) breakers: Vec<Arc<Breaker>>,
     /// The db service (the source of truth behind the cache).
     pub(crate) db: DbClient,
     /// The users service (profiles); `None` when the topology has none.
@@ -100,6 +105,8 @@ impl AppState {
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
+        // The recorder before the breakers, so that their first state is recorded.
+        common::metrics::handle();
         let policies = Policies::resolve(&config);
         let upstream_timeout = Duration::from_millis(config.upstream_timeout_ms);
 
@@ -110,26 +117,47 @@ impl AppState {
             // Found the same way as the services (DNS names re-resolved on an orchestrator).
             resolve: config.services.resolve,
             refresh_ms: config.services.refresh_ms,
+            // The same fuses as the services' pool.
+            outlier: config.services.outlier.clone(),
+            retry_budget: config.services.retry_budget.clone(),
             ..PoolConfig::default()
         };
         // Sent to every internal role (they require it when bound beyond loopback).
         let token: Option<Arc<str>> = config.service_token.as_deref().map(Arc::from);
+        // One breaker per peer, each in front of that peer's transport: a sick db opens the db's
+        // breaker only, and `/process` keeps working.
+        let mut breakers: Vec<Arc<Breaker>> = Vec::new();
+        let mut breaker = |peer: &str| {
+            let b = Arc::new(Breaker::new(peer, &instance.id, config.breaker.clone()));
+            breakers.push(b.clone());
+            b
+        };
         let auth_pool = Pool::new("auth", &config.auth_urls, auth_pool_config);
         let auth = AuthClient(
-            JsonClient::over(PoolTransport::new(
-                "auth",
-                auth_pool.clone(),
-                upstream_timeout,
+            JsonClient::over(Fused::new(
+                PoolTransport::new("auth", auth_pool.clone(), upstream_timeout),
+                breaker("auth"),
             ))
             .with_service_token(token.clone()),
         );
         let service_pool = Pool::new("service", &config.service_urls, config.services.clone());
-        let services = ServiceClient(JsonClient::over(PoolTransport::new(
-            "service",
-            service_pool.clone(),
-            // The pool bounds the wait for headers; this also bounds reading the body.
-            Duration::from_millis(config.services.response_timeout_ms.saturating_add(1000)),
+        let services = ServiceClient(JsonClient::over(Fused::new(
+            PoolTransport::new(
+                "service",
+                service_pool.clone(),
+                // The pool bounds the wait for headers; this also bounds reading the body.
+                Duration::from_millis(config.services.response_timeout_ms.saturating_add(1000)),
+            ),
+            breaker("service"),
         )));
+        // A peer at one URL: reqwest behind its breaker.
+        let mut direct = |service: &'static str, url: &str| {
+            JsonClient::over(Fused::new(
+                Direct::new(service, url, upstream_timeout),
+                breaker(service),
+            ))
+            .with_service_token(token.clone())
+        };
 
         let redis = match config.redis_url.as_deref() {
             Some(url) if !url.is_empty() => Some(RedisConn::new(url, upstream_timeout)?),
@@ -155,25 +183,11 @@ impl AppState {
                 Arc::new(RedisLimiter::new(need_redis()?, &config.redis_prefix))
             }
         };
-        let db = DbClient(
-            JsonClient::new("db", config.db_url.clone(), upstream_timeout)
-                .with_service_token(token.clone()),
-        );
-
-        let users = (!config.users_url.is_empty()).then(|| {
-            UsersClient(
-                JsonClient::new("users", config.users_url.clone(), upstream_timeout)
-                    .with_service_token(token.clone()),
-            )
-        });
-
-        let domain = |service: &'static str, url: &str| {
-            (!url.is_empty()).then(|| {
-                RentalClient(
-                    JsonClient::new(service, url, upstream_timeout)
-                        .with_service_token(token.clone()),
-                )
-            })
+        let db = DbClient(direct("db", &config.db_url));
+        let users =
+            (!config.users_url.is_empty()).then(|| UsersClient(direct("users", &config.users_url)));
+        let mut domain = |service: &'static str, url: &str| {
+            (!url.is_empty()).then(|| RentalClient(direct(service, url)))
         };
         let rental = Rental {
             units: domain("units", &config.units_url),
@@ -249,6 +263,7 @@ impl AppState {
                 auth,
                 auth_pool,
                 services,
+                breakers,
                 db,
                 users,
                 rental,

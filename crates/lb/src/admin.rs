@@ -22,7 +22,8 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// `GET /_lb/stats`: each backend's health, in-flight count, requests, errors and latency.
+/// `GET /_lb/stats`: each backend's state (`active`, `down`, `ejected`, `draining`), in-flight
+/// count, requests, errors, ejections and latency; the retry budget's granted and refused retries.
 pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
     let backends: Vec<_> = state.pool.backends().iter().map(|b| b.stats()).collect();
     let requests: u64 = backends.iter().map(|b| b.requests).sum();
@@ -32,6 +33,10 @@ pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
         "strategy": state.pool.strategy(),
         "requests": requests,
         "errors": errors,
+        "retries": {
+            "granted": state.pool.budget().granted(),
+            "refused": state.pool.budget().refused(),
+        },
         "backends": backends,
     }))
 }
@@ -44,6 +49,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .set(if s.healthy { 1.0 } else { 0.0 });
         metrics::gauge!("scalelab_lb_backend_in_flight", "backend" => s.url.clone())
             .set(s.in_flight as f64);
+        metrics::gauge!("scalelab_lb_backend_ejected", "backend" => s.url.clone())
+            .set(if s.state == "ejected" { 1.0 } else { 0.0 });
+        metrics::gauge!("scalelab_lb_backend_rtt_ewma_seconds", "backend" => s.url.clone())
+            .set(s.rtt_ewma_ms / 1000.0);
     }
     common::metrics::render().await
 }

@@ -14,6 +14,12 @@ pub enum Error {
         /// How long the request waited.
         waited_ms: u64,
     },
+    /// A failure injected on purpose by the `failure_rate` knob (`500 injected_failure`).
+    #[error("this instance fails a share of its requests on purpose (failure_rate knob)")]
+    Injected,
+    /// A `PUT /knobs` value out of range (`400 invalid_knobs`).
+    #[error("{0}")]
+    InvalidKnobs(String),
     /// The work itself failed (the CPU task panicked); `500 internal`, detail in the log.
     #[error("processing failed: {0}")]
     Internal(String),
@@ -35,6 +41,12 @@ impl IntoResponse for Error {
             )
             // One second is about how long a queue of a few slots takes to drain.
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            e @ Error::Injected => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected_failure",
+                e.to_string(),
+            ),
+            e @ Error::InvalidKnobs(_) => ApiError::bad_request("invalid_knobs", e.to_string()),
             e @ (Error::Internal(_) | Error::Config(_) | Error::Io(_)) => ApiError::internal(e),
         };
         api.into_response()

@@ -3,7 +3,9 @@
 //! throughput and adding instances behind the gateways visibly raises it.
 //!
 //! [`Config`] is the role's section of the topology file; [`AppState::new`] builds the semaphore
-//! that bounds concurrency; [`router`] holds the routes (`routes.rs`) inside the standard stack of
+//! that bounds concurrency and the knobs (`GET`/`PUT /knobs`: the wait and a share of injected
+//! failures, changed while it runs, so that one instance can be made slow and failing on
+//! purpose); [`router`] holds the routes (`routes.rs`) inside the standard stack of
 //! `common`; [`serve`] runs it on a socket. Start reading at `routes.rs`; the CPU work is in
 //! `work.rs`.
 
@@ -15,6 +17,7 @@ mod work;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -24,7 +27,7 @@ use tokio::sync::Semaphore;
 pub use error::Error;
 
 /// The `[service]` section of the topology file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Simulated wait per request, in milliseconds, like a call to something slow; it holds one
@@ -39,6 +42,10 @@ pub struct Config {
     /// Longest a request waits for a free slot, in milliseconds, before it is answered
     /// `503 overloaded` with `Retry-After: 1`; 0 refuses at once when every slot is busy.
     pub queue_timeout_ms: u64,
+    /// Share of `/process` requests answered `500 injected_failure` after their wait (0.0 to
+    /// 1.0), to show what the gateways' fuses do with a sick instance; `PUT /knobs` changes it
+    /// on one running instance.
+    pub failure_rate: f64,
 }
 
 impl Default for Config {
@@ -48,6 +55,7 @@ impl Default for Config {
             cpu_iterations: 20_000,
             max_concurrency: 4,
             queue_timeout_ms: 5000,
+            failure_rate: 0.0,
         }
     }
 }
@@ -63,7 +71,78 @@ impl Config {
             "max_concurrency",
             format_args!("must be between 1 and {}", Semaphore::MAX_PERMITS),
         );
+        p.check(
+            (0.0..=1.0).contains(&self.failure_rate),
+            "failure_rate",
+            "must be between 0.0 and 1.0",
+        );
         p.into_vec()
+    }
+}
+
+/// What `PUT /knobs` may change on a running instance, and what `GET /knobs` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnobValues {
+    /// The simulated wait per request, milliseconds (at most 600000).
+    pub work_ms: u64,
+    /// Share of requests answered `500 injected_failure`, 0.0 to 1.0.
+    pub failure_rate: f64,
+}
+
+/// A `PUT /knobs` body: any of the knobs; the others keep their values.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnobChange {
+    /// New wait per request, milliseconds.
+    pub work_ms: Option<u64>,
+    /// New share of injected failures.
+    pub failure_rate: Option<f64>,
+}
+
+/// The knobs of one running instance, read by every request (atomics: no lock).
+#[derive(Debug)]
+pub(crate) struct Knobs {
+    work_ms: AtomicU64,
+    /// An `f64` as bits.
+    failure_rate: AtomicU64,
+}
+
+impl Knobs {
+    fn new(config: &Config) -> Self {
+        Self {
+            work_ms: AtomicU64::new(config.work_ms),
+            failure_rate: AtomicU64::new(config.failure_rate.to_bits()),
+        }
+    }
+
+    /// The values now.
+    pub(crate) fn values(&self) -> KnobValues {
+        KnobValues {
+            work_ms: self.work_ms.load(Ordering::Relaxed),
+            failure_rate: f64::from_bits(self.failure_rate.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Applies `change` if every value in it is acceptable; else says what is wrong.
+    pub(crate) fn apply(&self, change: KnobChange) -> Result<KnobValues, String> {
+        if let Some(rate) = change.failure_rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return Err(format!("failure_rate: {rate} is not between 0.0 and 1.0"));
+        }
+        if let Some(ms) = change.work_ms
+            && ms > 600_000
+        {
+            return Err(format!("work_ms: {ms} is more than 600000"));
+        }
+        if let Some(ms) = change.work_ms {
+            self.work_ms.store(ms, Ordering::Relaxed);
+        }
+        if let Some(rate) = change.failure_rate {
+            self.failure_rate.store(rate.to_bits(), Ordering::Relaxed);
+        }
+        Ok(self.values())
     }
 }
 
@@ -77,6 +156,8 @@ pub struct AppState {
     permits: Arc<Semaphore>,
     /// Answered as `service_id`, labels the metrics, and is needed by the standard stack.
     instance: common::Instance,
+    /// The wait and the injected failures, changeable while it runs (`PUT /knobs`).
+    knobs: Arc<Knobs>,
 }
 
 impl AppState {
@@ -88,6 +169,7 @@ impl AppState {
         }
         let permits = Arc::new(Semaphore::new(config.max_concurrency));
         Ok(AppState {
+            knobs: Arc::new(Knobs::new(&config)),
             config: Arc::new(config),
             permits,
             instance,

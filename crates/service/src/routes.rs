@@ -1,10 +1,11 @@
-//! The service's HTTP API: `GET /process` and `GET /ready`.
+//! The service's HTTP API: `GET /process`, `GET /ready` and the knobs (`GET`/`PUT /knobs`).
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use rand::Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -16,7 +17,25 @@ pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/process", get(process))
+        .route("/knobs", get(knobs).put(set_knobs))
         .with_state(state)
+}
+
+/// `GET /knobs`: the wait and the share of injected failures now.
+async fn knobs(State(state): State<AppState>) -> Json<crate::KnobValues> {
+    Json(state.knobs.values())
+}
+
+/// `PUT /knobs` `{"work_ms": 200, "failure_rate": 0.5}` (either or both): changes this instance's
+/// knobs at once, for the requests that start from now on. Like every write to an internal role,
+/// it needs the service credential when the instance is bound beyond loopback.
+async fn set_knobs(
+    State(state): State<AppState>,
+    common::Json(change): common::Json<crate::KnobChange>,
+) -> Result<Json<crate::KnobValues>, Error> {
+    let values = state.knobs.apply(change).map_err(Error::InvalidKnobs)?;
+    tracing::warn!(id = %state.instance.id, work_ms = values.work_ms, failure_rate = values.failure_rate, "knobs changed");
+    Ok(Json(values))
 }
 
 /// `GET /ready`: the service depends on nothing, so it is ready whenever it answers.
@@ -58,8 +77,12 @@ async fn process(State(state): State<AppState>) -> Result<Json<ProcessResponse>,
         // The semaphore is never closed; if it ever were, no request could run.
         .map_err(|e| Error::Internal(e.to_string()))?;
 
-    if config.work_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(config.work_ms)).await;
+    let knobs = state.knobs.values();
+    if knobs.work_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.work_ms)).await;
+    }
+    if knobs.failure_rate > 0.0 && rand::thread_rng().gen_bool(knobs.failure_rate.min(1.0)) {
+        return Err(Error::Injected);
     }
     if config.cpu_iterations > 0 {
         // Off the async workers: a long loop there would stall every other request of this

@@ -175,3 +175,63 @@ fn config_reads_partial_sections_and_refuses_unknown_fields() {
     );
     assert!(serde_json::from_value::<Config>(json!({"work": 5})).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn knobs_make_one_instance_slow_and_failing_and_heal_it() {
+    let s = state(waiting_only(5, 4)).await;
+    let (status, _, body) = send(s.clone(), Method::GET, "/knobs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"work_ms": 5, "failure_rate": 0.0}));
+
+    // Every request fails, after a longer wait.
+    let change = json!({"work_ms": 200, "failure_rate": 1.0});
+    let answer = testing::call(
+        &router(s.clone()),
+        testing::request(Method::PUT, "/knobs", Some(&change.to_string())),
+    )
+    .await;
+    assert_eq!((answer.status, answer.json), (StatusCode::OK, change));
+    for _ in 0..3 {
+        let (status, _, body) = send(s.clone(), Method::GET, "/process").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"], "injected_failure");
+    }
+
+    // Healed: only the rate changes, the wait stays.
+    let answer = testing::call(
+        &router(s.clone()),
+        testing::request(
+            Method::PUT,
+            "/knobs",
+            Some(&json!({"failure_rate": 0.0}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(answer.json, json!({"work_ms": 200, "failure_rate": 0.0}));
+    let answer = process(s.clone()).await;
+    assert!(answer.processing_ms >= 200.0, "{answer:?}");
+}
+
+#[tokio::test]
+async fn knobs_out_of_range_or_unknown_are_refused_in_the_error_shape() {
+    let s = state(waiting_only(0, 1)).await;
+    for (body, code) in [
+        (json!({"failure_rate": 1.5}), "invalid_knobs"),
+        (json!({"work_ms": 700_000}), "invalid_knobs"),
+        (json!({"delay": 5}), "invalid_body"),
+    ] {
+        let answer = testing::call(
+            &router(s.clone()),
+            testing::request(Method::PUT, "/knobs", Some(&body.to_string())),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(answer.json["error"].is_string(), "{body}: {}", answer.json);
+        if code == "invalid_knobs" {
+            assert_eq!(answer.json["error"], code, "{body}");
+        }
+    }
+    // Nothing changed.
+    let (_, _, body) = send(s, Method::GET, "/knobs").await;
+    assert_eq!(body, json!({"work_ms": 0, "failure_rate": 0.0}));
+}

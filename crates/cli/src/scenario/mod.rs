@@ -5,13 +5,16 @@
 //! scenario and ends the report with the tactic scorecard.
 //!
 //! Start at [`run`]; the scenarios are `lb.rs`, `cache.rs`, `scale.rs`, `queued.rs` (the
-//! `async` one) and `elastic.rs` (a load ramp against autoscaling gateways and services); `score.rs` holds the arithmetic of the findings.
+//! `async` one), `elastic.rs` (a load ramp against autoscaling gateways and services) and
+//! `resilience.rs` (latency-aware selection, the retry budget, the fuses on and off with a sick
+//! service); `score.rs` holds the arithmetic of the findings.
 
 mod cache;
 mod cluster;
 mod elastic;
 mod lb;
 mod queued;
+mod resilience;
 mod scale;
 mod score;
 
@@ -107,6 +110,7 @@ struct Results {
     #[serde(rename = "async")]
     queued: Option<queued::QueuedResult>,
     elastic: Option<elastic::ElasticResult>,
+    resilience: Option<resilience::ResilienceResult>,
     /// One row per tactic (with `all`, or whichever scenarios ran).
     scorecard: Vec<ScoreRow>,
 }
@@ -164,6 +168,11 @@ pub(crate) async fn run(
         results.elastic = Some(result);
         show(section, &mut sections);
     }
+    if wanted(ScenarioName::Resilience) {
+        let (result, section) = resilience::run(&ctx).await.context("scenario resilience")?;
+        results.resilience = Some(result);
+        show(section, &mut sections);
+    }
 
     results.scorecard = scorecard(&ctx, &results);
     results.elapsed_s = started.elapsed().as_secs_f64();
@@ -212,6 +221,7 @@ fn name_of(name: ScenarioName) -> &'static str {
         ScenarioName::Scale => "scale",
         ScenarioName::Async => "async",
         ScenarioName::Elastic => "elastic",
+        ScenarioName::Resilience => "resilience",
         ScenarioName::All => "all",
     }
 }
@@ -233,6 +243,9 @@ fn scorecard(ctx: &Ctx, r: &Results) -> Vec<ScoreRow> {
     }
     if let Some(elastic) = &r.elastic {
         rows.push(elastic.score_row(ctx.command("elastic")));
+    }
+    if let Some(resilience) = &r.resilience {
+        rows.push(resilience.score_row(ctx.command("resilience")));
     }
     rows
 }

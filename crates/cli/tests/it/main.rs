@@ -27,6 +27,9 @@
 //! - `service_token`: the deployment's credential for internal roles (`SCALELAB_SERVICE_TOKEN`).
 //! - `dashboard`: the live dashboard in headless Chromium (`browser.rs` drives it over the
 //!   DevTools protocol): boxes, moving counters, a kill and its recovery, polling, 50 instances.
+//! - `resilience`: the gateway's fuses with services made sick and healed through their knobs:
+//!   the `service` breaker opens (`503 circuit_open`) and closes; a failing service is ejected
+//!   from the gateway's pool and comes back.
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
@@ -39,6 +42,7 @@ mod distributed;
 mod elastic;
 mod lab_calls;
 mod request_path;
+mod resilience;
 mod scenario;
 mod service_token;
 mod shutdown;

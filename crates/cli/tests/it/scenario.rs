@@ -64,6 +64,7 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         "== Scaling out ==",
         "== Asynchronous work ==",
         "== Elasticity ==",
+        "== Resilience: fuses and latency-aware selection ==",
         "== Tactic scorecard ==",
     ];
     let at: Vec<usize> = headings
@@ -84,13 +85,15 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
         "Scaling out",
         "Asynchronous work",
         "Elasticity",
+        "Resilience: fuses and latency-aware selection",
         "Tactic scorecard",
     ] {
         assert!(html.contains(&format!("<h2>{title}</h2>")), "no {title}");
     }
     let charts = svgs(&html);
-    // lb 2 + cache 2 + scale 2 + async 1 + elastic 2 in the sections, 5 in the scorecard.
-    assert_eq!(charts.len(), 14, "charts in the page");
+    // lb 2 + cache 2 + scale 2 + async 1 + elastic 2 + resilience 2 in the sections, 6 in the
+    // scorecard.
+    assert_eq!(charts.len(), 17, "charts in the page");
     for svg in &charts {
         let drawn = svg.matches("<rect").count() + svg.matches("<polyline").count();
         assert!(drawn >= 2, "an empty chart: {}", &svg[..svg.len().min(300)]);
@@ -111,12 +114,13 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
             "caching",
             "scaling out",
             "asynchronous processing",
-            "elasticity"
+            "elasticity",
+            "resilience (fuses)"
         ]
     );
     for (row, name) in rows
         .iter()
-        .zip(["lb", "cache", "scale", "async", "elastic"])
+        .zip(["lb", "cache", "scale", "async", "elastic", "resilience"])
     {
         let (tactic, gain, command) = (
             row["tactic"].as_str().unwrap(),
@@ -255,6 +259,33 @@ fn scenario_all_quick_writes_the_report_with_the_scorecard() {
             .unwrap_or("")
             .contains("desired ceil(1 ×"),
         "{elastic}"
+    );
+
+    // resilience: every strategy ran; round robin sends the slow backend half, Peak-EWMA less;
+    // without a budget every failed request was retried, and the fuses' runs answered.
+    let resilience = &results["resilience"];
+    let selection = resilience["selection"].as_array().expect("selection runs");
+    let share = |name: &str| {
+        selection
+            .iter()
+            .find(|s| s["strategy"] == name)
+            .and_then(|s| s["slow_share"].as_f64())
+            .unwrap_or_else(|| panic!("no {name} run: {resilience}"))
+    };
+    assert!((share("round_robin") - 50.0).abs() < 1.0, "{resilience}");
+    assert!(share("peak_ewma") < share("round_robin"), "{resilience}");
+    let budget = resilience["budget"].as_array().expect("budget runs");
+    assert_eq!(budget[0]["budget"], false);
+    assert_eq!(budget[0]["retries_refused"], 0, "{resilience}");
+    assert!(
+        budget[0]["amplification"].as_f64().unwrap() > 1.3,
+        "{resilience}"
+    );
+    let fuses = resilience["fuses"].as_array().expect("fuse runs");
+    assert_eq!(fuses.len(), 4, "{resilience}");
+    assert!(
+        fuses.iter().all(|f| f["requests"].as_u64() > Some(0)),
+        "{resilience}"
     );
 
     let _ = std::fs::remove_dir_all(&dir);

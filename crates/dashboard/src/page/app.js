@@ -203,6 +203,8 @@ function drawSummary() {
 function boxClass(i) {
   if (i.health === "down") return "down";
   if (i.restarting) return "restarting";
+  if (i.ejected) return "ejected";
+  if (i.breakers && i.breakers.length) return "breaker";
   if (i.state === "starting") return "starting";
   if (i.state === "draining" || i.state === "stopping") return i.state;
   return "up";
@@ -212,7 +214,9 @@ function makeBox(i, dense) {
   const p99 = i.p99_ms === null ? "" : ` · p99 ${fmt(i.p99_ms)}`;
   const title = `${i.id} (${i.url})\nstate ${i.state}, health ${i.health}${i.why ? " (" + i.why + ")" : ""}\n` +
     `${fmt(i.rps)} req/s, in flight ${fmt(i.in_flight, 0)}, p50 ${fmtMs(i.p50_ms)}, p99 ${fmtMs(i.p99_ms)}` +
-    (i.restarts ? `\nrestarts ${i.restarts}` : "");
+    (i.restarts ? `\nrestarts ${i.restarts}` : "") +
+    (i.ejected ? "\nejected by a pool: failing or slow answers" : "") +
+    (i.breakers && i.breakers.length ? `\ncircuit breaker open: ${i.breakers.join(", ")}` : "");
   const short = dense ? i.id.replace(/^[a-z]+-/, "#") : i.id;
   const box = el("div", {
     class: "box " + boxClass(i) + (dense ? " dense" : ""),
@@ -222,7 +226,9 @@ function makeBox(i, dense) {
   el("b", {}, short),
   el("span", { class: "rps" }, `${fmt(i.rps)} r/s`),
   el("span", { class: "p99" }, p99),
-  i.role === "worker" && i.slots ? el("span", { class: "p99" }, ` · ${fmt(i.busy, 0)}/${fmt(i.slots, 0)} busy`) : null);
+  i.role === "worker" && i.slots ? el("span", { class: "p99" }, ` · ${fmt(i.busy, 0)}/${fmt(i.slots, 0)} busy`) : null,
+  i.ejected ? el("span", { class: "fuse" }, "ejected") : null,
+  i.breakers && i.breakers.length ? el("span", { class: "fuse" }, `breaker: ${i.breakers.join(", ")}`) : null);
   const bar = el("div", { class: "bar" });
   bar.style.width = Math.round((i.share || 0) * 100) + "%";
   box.append(bar);

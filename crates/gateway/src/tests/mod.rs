@@ -4,6 +4,7 @@
 
 mod data;
 mod fakes;
+mod fuses;
 mod limits;
 mod policy;
 mod routes;
