@@ -5,7 +5,7 @@ pub mod auth {
     use serde::{Deserialize, Serialize};
 
     /// `POST /login` (gateway and auth).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct LoginRequest {
         /// The account name.
@@ -37,17 +37,18 @@ pub mod auth {
 
     /// `POST /guest-token` (auth) and `POST /token` (gateway) body, optional: the name a guest
     /// token carries (the lab's scripts ask for a token "for" a user without a password).
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct GuestRequest {
         /// The name in the token's `username` claim; `guest` when absent. The token is still a
         /// guest's: role `guest`, read-only, no account behind it.
         #[serde(default)]
+        #[schema(pattern = r"^[A-Za-z0-9_.-]{3,64}$")]
         pub username: Option<String>,
     }
 
     /// A signed token, as `login` and `register` return it.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct TokenResponse {
         /// The JWT (EdDSA by default).
         pub token: String,
@@ -58,7 +59,7 @@ pub mod auth {
     }
 
     /// A user as `auth` knows it (no password hash, ever).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Account {
         /// Stable id (UUID).
         pub id: String,
@@ -113,7 +114,7 @@ pub mod cache {
     }
 
     /// `GET /cache/stats`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct CacheStats {
         /// Entries held now.
         pub entries: u64,
@@ -147,7 +148,7 @@ pub mod db {
     }
 
     /// `PUT /db/{key}` body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct PutRecord {
         /// Any JSON value.
@@ -160,7 +161,7 @@ pub mod service {
     use serde::{Deserialize, Serialize};
 
     /// `GET /process`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct ProcessResponse {
         /// Always `Business logic executed`.
         pub message: String,
@@ -184,7 +185,7 @@ pub mod gateway {
     use super::users::Profile;
 
     /// `GET /data`: the cache-aside answer.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct DataResponse {
         /// `true` when the answer came from the cache.
         pub cached: bool,
@@ -197,7 +198,7 @@ pub mod gateway {
     }
 
     /// `GET /data` and `GET /data/{key}` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct DataQuery {
         /// The key (`my_data` when absent); `GET /data/{key}` takes it from the path.
         pub key: Option<String>,
@@ -206,7 +207,7 @@ pub mod gateway {
     }
 
     /// `PUT /data/{key}`: the record as written, and whether the cached copy was deleted.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct DataWritten {
         /// The key written.
         pub key: String,
@@ -221,7 +222,7 @@ pub mod gateway {
     }
 
     /// `GET /process`: the service instance's answer and the gateway that passed it on.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct ProcessAnswer {
         /// What the service answered.
         #[serde(flatten)]
@@ -231,7 +232,7 @@ pub mod gateway {
     }
 
     /// `GET /cache/stats`: the cache backend's counters.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct CacheStatsAnswer {
         /// The counters.
         #[serde(flatten)]
@@ -243,7 +244,7 @@ pub mod gateway {
     }
 
     /// `POST /cache/flush`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Flushed {
         /// Always `true`.
         pub flushed: bool,
@@ -252,7 +253,7 @@ pub mod gateway {
     }
 
     /// `GET /ready` when everything answers.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Ready {
         /// Always `ready`.
         pub status: String,
@@ -263,28 +264,44 @@ pub mod gateway {
     }
 
     /// `POST /register` body: credentials plus the optional profile fields.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct RegisterUser {
-        /// The account name.
+        /// The account name: 3 to 64 letters, digits, `_`, `.` or `-`.
+        #[schema(pattern = r"^[A-Za-z0-9_.-]{3,64}$")]
         pub username: String,
-        /// The password (8 characters at least).
+        /// The password: 8 to 1024 characters.
+        #[schema(min_length = 8, max_length = 1024)]
         pub password: String,
         /// `user` (default); anything else needs an admin's token.
         #[serde(default)]
         pub role: Option<String>,
-        /// Profile: email.
+        /// Profile: email (`name@example.org`, at most 254 characters).
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@]+@[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?(\.[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?)+$",
+            max_length = 254
+        )]
         pub email: Option<String>,
-        /// Profile: first name.
+        /// Profile: first name, 1 to 100 characters, not only spaces, no control characters.
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub first_name: Option<String>,
-        /// Profile: last name.
+        /// Profile: last name, as the first name.
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub last_name: Option<String>,
     }
 
     /// `POST /register` answer: the account and, when the topology has `users`, the profile.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct Registered {
         /// The account in `auth`.
         #[serde(flatten)]
@@ -295,7 +312,7 @@ pub mod gateway {
     }
 
     /// `DELETE /users/me`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Deleted {
         /// Always `true`: nothing of the user is left.
         pub deleted: bool,
@@ -306,7 +323,7 @@ pub mod gateway {
     }
 
     /// `GET /users` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UsersQuery {
         /// The last id of the previous page.
@@ -316,7 +333,7 @@ pub mod gateway {
     }
 
     /// `PATCH /users/{id}/role` answer.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct RoleChanged {
         /// The profile with its new role.
         pub profile: Profile,
@@ -327,7 +344,7 @@ pub mod gateway {
     }
 
     /// `POST /tasks` body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SubmitTask {
         /// A task type (`GET /tasks/types`).
@@ -343,7 +360,7 @@ pub mod gateway {
     }
 
     /// `POST /longtask` answer (the lab's shape).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct TaskQueued {
         /// Always `Task queued`.
         pub status: String,
@@ -361,17 +378,19 @@ pub mod gateway {
     }
 
     /// `POST /add` body (the Celery-style pair).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AddRequest {
-        /// First operand.
+        /// First operand (a number; the task refuses anything else).
+        #[schema(value_type = f64)]
         pub a: Value,
-        /// Second operand.
+        /// Second operand (a number).
+        #[schema(value_type = f64)]
         pub b: Value,
     }
 
     /// `POST /add` answer.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct AddQueued {
         /// The id to pass to `GET /result/{id}`.
         pub result_id: String,
@@ -380,7 +399,7 @@ pub mod gateway {
     }
 
     /// `GET /result/{id}`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct TaskResult {
         /// The task's id.
         pub id: String,
@@ -395,7 +414,7 @@ pub mod gateway {
     }
 
     /// `GET /tasks` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct TasksQuery {
         /// Only tasks in this status.
@@ -429,7 +448,7 @@ pub mod gateway {
     }
 
     /// One row of the route table (`GET /policy`, `scalelab config --routes`).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct RoutePolicy {
         /// `GET`, `POST`, ...
         pub method: String,
@@ -466,7 +485,7 @@ pub mod users {
 
     /// A profile as `users` stores and returns it. Strings come back exactly as written (SQL and
     /// HTML included): they are bound as parameters, never spliced into a query or a page.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Profile {
         /// The user id: the `auth` account id, the token's `sub`, the shard key.
         pub id: String,
@@ -509,17 +528,31 @@ pub mod users {
     }
 
     /// `PATCH /users/{id}` (internal) and `PATCH /users/me` (gateway): the fields to change.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     #[serde(deny_unknown_fields)]
     pub struct UpdateProfile {
         /// New email.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@]+@[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?(\.[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?)+$",
+            max_length = 254
+        )]
         pub email: Option<String>,
         /// New first name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub first_name: Option<String>,
         /// New last name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub last_name: Option<String>,
         /// New role; the gateway only lets an admin set it (`PATCH /users/{id}/role`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,7 +560,7 @@ pub mod users {
     }
 
     /// `PATCH /users/{id}/role` at the gateway.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     #[serde(deny_unknown_fields)]
     pub struct RoleChange {
         /// `user` or `admin`.
@@ -535,7 +568,7 @@ pub mod users {
     }
 
     /// `GET /users?after=ID&limit=N`: one page, in id order across every shard.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct ProfilePage {
         /// At most `limit` profiles, ids ascending.
         pub users: Vec<Profile>,
@@ -817,7 +850,7 @@ pub mod rental {
     }
 
     /// One rental unit.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Unit {
         /// Assigned by the units service.
         pub id: i64,
@@ -836,7 +869,7 @@ pub mod rental {
     }
 
     /// `POST /units`.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NewUnit {
         /// 1 to 100 characters.
@@ -853,7 +886,7 @@ pub mod rental {
     }
 
     /// `PATCH /units/{id}`: the fields to change (at least one).
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UnitChange {
         /// New name.
@@ -874,7 +907,7 @@ pub mod rental {
     }
 
     /// `GET /units?status=available`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UnitsQuery {
         /// Only units with this status.
@@ -883,14 +916,14 @@ pub mod rental {
     }
 
     /// A list of units, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Units {
         /// The units.
         pub units: Vec<Unit>,
     }
 
     /// One money movement of a unit in a month.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Transaction {
         /// Assigned by the finances service.
         pub id: i64,
@@ -909,7 +942,7 @@ pub mod rental {
     }
 
     /// `POST /transactions` (the gateway's `POST /finances/transactions`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NewTransaction {
         /// The unit (a positive id).
@@ -926,7 +959,9 @@ pub mod rental {
     }
 
     /// `GET /transactions?unit=3&month=2026-05`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+    #[derive(
+        Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq, Hash,
+    )]
     #[serde(deny_unknown_fields)]
     pub struct TransactionsQuery {
         /// Only this unit's.
@@ -938,14 +973,14 @@ pub mod rental {
     }
 
     /// A list of transactions, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Transactions {
         /// The transactions.
         pub transactions: Vec<Transaction>,
     }
 
     /// One legal document.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Document {
         /// Assigned by the legal service.
         pub id: i64,
@@ -962,7 +997,7 @@ pub mod rental {
     }
 
     /// `GET /documents?status=active&unit=3`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct DocumentsQuery {
         /// Only documents with this status.
@@ -974,7 +1009,7 @@ pub mod rental {
     }
 
     /// A list of documents, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Documents {
         /// The documents.
         pub documents: Vec<Document>,
