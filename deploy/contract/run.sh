@@ -64,7 +64,7 @@ TOKEN=$(curl -fsS "$LB/login" -H 'Content-Type: application/json' \
 # gateway calls the origin it came from).
 say "schemathesis: every check, $MAX_EXAMPLES examples per operation"
 set +e
-schemathesis run "$W/openapi.json" \
+schemathesis --config-file deploy/contract/schemathesis.toml run "$W/openapi.json" \
   --url "$LB" \
   --checks all \
   --header "Authorization: Bearer $TOKEN" \

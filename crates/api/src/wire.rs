@@ -356,7 +356,32 @@ pub mod gateway {
         /// `high`, `normal` (default) or `low`.
         pub priority: Option<String>,
         /// Attempts before the task is dead.
+        #[serde(default, deserialize_with = "whole_u32")]
         pub max_attempts: Option<u32>,
+    }
+
+    /// An optional `u32` written as any JSON number with no fraction (`12` or `12.0`: JSON does
+    /// not tell them apart).
+    fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let whole = match n.as_u64() {
+            Some(u) => Some(u),
+            None => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+                .map(|f| f as u64),
+        };
+        whole
+            .and_then(|u| u32::try_from(u).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "expected a whole number from 0 to {}, got {n}",
+                    u32::MAX
+                ))
+            })
     }
 
     /// `POST /longtask` answer (the lab's shape).

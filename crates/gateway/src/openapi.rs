@@ -22,12 +22,12 @@ use utoipa::ToSchema;
 use crate::config::Config;
 use crate::policy::{Policies, RoleScope, TokenRule};
 
-/// Routes that answer exactly as another: (alias, method, original).
-const ALIASES: &[(&str, &str, &str)] = &[
-    ("/auth/login", "post", "/login"),
-    ("/auth/register", "post", "/register"),
-    ("/getUserData", "get", "/users/me"),
-    ("/task/{id}", "get", "/tasks/{id}"),
+/// Routes that answer exactly as another: (alias, method, original, the alias's operation id).
+const ALIASES: &[(&str, &str, &str, &str)] = &[
+    ("/auth/login", "post", "/login", "auth_login"),
+    ("/auth/register", "post", "/register", "auth_register"),
+    ("/getUserData", "get", "/users/me", "get_user_data"),
+    ("/task/{id}", "get", "/tasks/{id}", "get_task_alias"),
 ];
 
 /// The document's security schemes, by name: every way `tokens::token_from` reads a token.
@@ -93,19 +93,14 @@ fn for_each_operation(doc: &mut Value, mut f: impl FnMut(&str, &str, &mut Map<St
 
 /// Copies each original's operation to its alias, with an operation id of its own.
 fn add_aliases(doc: &mut Value) {
-    for (alias, method, original) in ALIASES {
+    for (alias, method, original, id) in ALIASES {
         let Some(mut op) = doc
             .pointer(&format!("/paths/{}/{method}", escape(original)))
             .cloned()
         else {
             continue;
         };
-        let id = alias
-            .trim_start_matches('/')
-            .replace(['/', '{', '}'], "_")
-            .trim_end_matches('_')
-            .to_string();
-        op["operationId"] = json!(format!("{id}_alias"));
+        op["operationId"] = json!(id);
         op["description"] = json!(format!(
             "The same as `{} {original}`.",
             method.to_uppercase()
@@ -521,12 +516,10 @@ pub(crate) struct TaskSchema {
     kind: String,
     /// The handler's input.
     payload: serde_json::Value,
-    /// Where it is in its life.
-    #[schema(inline)]
-    status: StatusSchema,
-    /// Its priority.
-    #[schema(inline)]
-    priority: PrioritySchema,
+    /// Where it is in its life (one of `queue::Status::ALL`).
+    status: String,
+    /// Its priority (one of `queue::Priority::ALL`).
+    priority: String,
     /// Attempts started so far.
     attempts: u32,
     /// Attempts it gets before it is `dead`.
@@ -553,29 +546,6 @@ pub(crate) struct TaskSchema {
     not_before: i64,
     /// Until when the holder's lease runs, while `running`.
     lease_until: Option<i64>,
-}
-
-/// A task's status.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum StatusSchema {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Dead,
-    Cancelled,
-}
-
-/// A task's priority.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum PrioritySchema {
-    High,
-    Normal,
-    Low,
 }
 
 /// One page of tasks, newest first (`queue::Page`).
@@ -650,8 +620,84 @@ pub(crate) struct TaskTypesSchema {
 /// The schemas that follow `queue`'s registry rather than a derive: a submission (one variant
 /// per task type) and the registry itself.
 fn add_queue_schemas(doc: &mut Value, config: &Config) {
-    doc["components"]["schemas"]["TaskTypes"] = task_types_schema();
-    doc["components"]["schemas"]["SubmitTask"] = submit_schema(config);
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["TaskTypes"] = task_types_schema();
+    schemas["SubmitTask"] = submit_schema(config);
+    let statuses: Vec<&str> = queue::Status::ALL.iter().map(|s| s.as_str()).collect();
+    let priorities: Vec<&str> = queue::Priority::ALL.iter().map(|p| p.as_str()).collect();
+    schemas["Task"]["properties"]["status"] = json!({"type": "string", "enum": statuses,
+        "description": "Where it is in its life."});
+    schemas["Task"]["properties"]["priority"] = json!({"type": "string", "enum": priorities,
+        "description": "Its priority."});
+    let longtask = longtask_schema(config);
+    if let Some(body) = doc.pointer_mut("/paths/~1longtask/post/requestBody/content") {
+        for content in body
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|c| c.values_mut())
+        {
+            content["schema"] = longtask.clone();
+        }
+    }
+    // Each server-sent event, as schemathesis and other clients parse the stream.
+    if let Some(stream) =
+        doc.pointer_mut("/paths/~1tasks~1{id}~1events/get/responses/200/content/text~1event-stream")
+    {
+        stream["schema"] = json!({
+            "type": "object",
+            "description": "One event: `status` (data: the task as JSON), `progress` (data: its \
+                            progress as JSON) or `error` (the queue cannot be read).",
+            "properties": {
+                "event": {"type": "string", "enum": ["status", "progress", "error"]},
+                "data": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+        });
+    }
+}
+
+/// `POST /longtask`'s body, as `tasks::longtask` reads it: an object whose `task` (else `type`)
+/// names a task type runs as that type, its other fields (but `priority`) the payload; any other
+/// object runs as the generic long task, kept whole.
+fn longtask_schema(config: &Config) -> Value {
+    let every: Vec<&str> = queue::types::TYPES.iter().map(|t| t.name).collect();
+    let named = |key: &str| json!({"required": [key], "properties": {key: {"type": "string", "enum": every}}});
+    let mut variants = vec![json!({
+        "title": "generic",
+        "description": "Names no task type in `task` or `type`: runs as `longtask`, the whole body its payload.",
+        "type": "object",
+        "not": {"anyOf": [named("task"), named("type")]},
+    })];
+    for t in task_types(config) {
+        for key in ["task", "type"] {
+            let mut s = payload_schema(t);
+            if let Some(object) = s.get("anyOf").and_then(|a| a.get(0)).cloned() {
+                s = object;
+            }
+            s["type"] = json!("object");
+            s["title"] = json!(format!("{} by `{key}`", t.name));
+            s["properties"][key] = json!({"type": "string", "const": t.name});
+            s["properties"]["priority"] = json!({});
+            let required = s["required"]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut required: Vec<Value> = required;
+            required.push(json!(key));
+            s["required"] = Value::Array(required);
+            if key == "type" {
+                // `task` is read first: with `type` naming the type, a `task` field is payload.
+                if !t.open {
+                    s["properties"]["task"] = json!({"not": {}});
+                } else {
+                    s["not"] = named("task");
+                }
+            }
+            variants.push(s);
+        }
+    }
+    json!({"anyOf": variants})
 }
 
 /// `GET /tasks/types`' answer.

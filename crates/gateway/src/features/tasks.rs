@@ -109,6 +109,7 @@ pub(super) async fn enqueue(
     priority: Priority,
     max_attempts: Option<u32>,
 ) -> Result<Task, Error> {
+    let payload = whole_numbers(&kind, payload);
     queue::types::validate(&kind, &payload)?;
     super::rental::check_task(state, &kind, &payload)?;
     let key = idempotency_key(headers)?;
@@ -130,6 +131,29 @@ pub(super) async fn enqueue(
     metrics::counter!("scalelab_gateway_tasks_submitted_total", "type" => task.kind.clone())
         .increment(1);
     Ok(task)
+}
+
+/// `payload` with every whole-number field of `kind` that came as a float (`500.0`) written as
+/// the integer it is: JSON does not tell `500.0` from `500`, and the workers read integers.
+fn whole_numbers(kind: &str, mut payload: Value) -> Value {
+    let (Some(t), Some(fields)) = (queue::types::find(kind), payload.as_object_mut()) else {
+        return payload;
+    };
+    for f in t.fields {
+        if !matches!(f.kind, queue::types::FieldKind::Integer { .. }) {
+            continue;
+        }
+        if let Some(v) = fields.get_mut(f.name)
+            && v.as_i64().is_none()
+            && let Some(x) = v.as_f64()
+            && x.fract() == 0.0
+            && x >= i64::MIN as f64
+            && x < i64::MAX as f64
+        {
+            *v = Value::from(x as i64);
+        }
+    }
+    payload
 }
 
 /// `POST /tasks` `{"type","payload","priority"?,"max_attempts"?}` → `202` with the task.
@@ -201,7 +225,7 @@ fn named_priority(v: Option<&Value>) -> Option<Priority> {
     params(("Idempotency-Key" = Option<String>, Header, description = "A retried submission with the same key (and owner) returns the first task: 1 to 200 visible ASCII characters.",
             pattern = r"^[!-~]([\t -~]{0,198}[!-~])?$", example = "order-1234")),
     request_body(content = Option<serde_json::Map<String, serde_json::Value>>, description = "Optional; any content type.",
-        example = json!({"task": "report", "parameters": {"priority": "low"}})),
+        example = json!({"name": "nightly export", "parameters": {"priority": "low"}})),
     responses(
         (status = 202, description = "The task, queued.", body = TaskQueued, example = json!({"status": "Task queued", "task_id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "longtask", "priority": "normal",
                 "status_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "events_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10/events"})),

@@ -244,6 +244,12 @@ async fn list(
     query: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<Json<ProfilePage>, Error> {
     let Query(q) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    // `after` is a user id: anything else is no cursor this API gave.
+    if let Some(after) = q.after.as_deref() {
+        api::wire::users::check_id(after).map_err(|_| {
+            Error::InvalidQuery("after is the next_cursor of a page: a user id".into())
+        })?;
+    }
     users(&state)?
         .list(q.after.as_deref(), q.limit.unwrap_or(50), &rid)
         .await
