@@ -4,12 +4,12 @@
 # then fuzzed by schemathesis with every check on, as the bootstrap admin (a token from
 # POST /login). Exits non-zero on any failure. Python packages from PyPI.
 # Usage: deploy/contract/run.sh [scalelab binary]
-#   CONTRACT_MAX_EXAMPLES  examples per operation and phase (default 40)
+#   CONTRACT_MAX_EXAMPLES  examples per operation and phase (default 20)
 #   CONTRACT_PRESET        a preset to lay over the topology (casitas), none by default
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-target/debug/scalelab}")
-MAX_EXAMPLES=${CONTRACT_MAX_EXAMPLES:-40}
+MAX_EXAMPLES=${CONTRACT_MAX_EXAMPLES:-20}
 W=$(mktemp -d /tmp/scalelab-contract.XXXXXX)
 UP=""
 
