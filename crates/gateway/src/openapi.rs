@@ -227,8 +227,26 @@ fn apply_route_table(
     }
 }
 
-/// What any route may answer, whatever it does: body errors for routes with a body, and the
-/// standard stack's `500` and `504`.
+/// Adds the response `status`, or, when the annotation or the route table already gave it, adds
+/// `also` to its description.
+fn add_or_extend(op: &mut Map<String, Value>, status: &str, response: Value, also: &str) {
+    let responses = op.entry("responses").or_insert_with(|| json!({}));
+    let Some(r) = responses.as_object_mut() else {
+        return;
+    };
+    match r.get_mut(status) {
+        Some(existing) => {
+            let d = existing["description"].as_str().unwrap_or_default();
+            existing["description"] = json!(format!("{d} {also}").trim().to_string());
+        }
+        None => {
+            r.insert(status.to_string(), response);
+        }
+    }
+}
+
+/// What any route may answer, whatever it does: body errors for routes with a body, the standard
+/// stack's `500` and `504`, and the balancer's answers (every route is reached through it).
 fn add_common_errors(op: &mut Map<String, Value>) {
     if let Some(body) = op.get("requestBody") {
         let json_extractor = body.get("required").and_then(Value::as_bool) == Some(true);
@@ -281,6 +299,50 @@ fn add_common_errors(op: &mut Map<String, Value>) {
             "timeout",
             "the request took longer than this service allows",
         ),
+    );
+    // The balancer on :8000 answers for the gateways it cannot reach, and for clients over its
+    // own limits (`[lb.rate_limit]`, `[lb] deny`/`allow`), whatever the route.
+    let lb_limit = "Or over the balancer's per-address limit (`rate_limited`, with `Retry-After`), when the topology sets one.";
+    add_or_extend(
+        op,
+        "429",
+        error(
+            "Over the balancer's per-address rate limit (`rate_limited`, with `Retry-After`), when \
+             the topology sets one (`[lb.rate_limit]`).",
+            "rate_limited",
+            "more than 50 requests per second from your address; retry in 1 s",
+        ),
+        lb_limit,
+    );
+    add_or_extend(
+        op,
+        "403",
+        error(
+            "The balancer refuses the client's network (`forbidden`: `[lb] deny`/`allow`).",
+            "forbidden",
+            "your network is not allowed to use this service",
+        ),
+        "Or the balancer refuses the client's network (`[lb] deny`/`allow`).",
+    );
+    add_or_extend(
+        op,
+        "502",
+        error(
+            "The balancer could not reach a gateway (`backend_unreachable`).",
+            "backend_unreachable",
+            "no gateway could be reached; try again shortly",
+        ),
+        "Or the balancer could not reach a gateway (`backend_unreachable`).",
+    );
+    add_or_extend(
+        op,
+        "503",
+        error(
+            "No gateway is healthy behind the balancer (`no_healthy_backend`).",
+            "no_healthy_backend",
+            "no healthy backend; try again shortly",
+        ),
+        "Or no gateway is healthy behind the balancer (`no_healthy_backend`).",
     );
     // An error answer the annotation gave without an example gets one from its status.
     if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
