@@ -56,6 +56,7 @@ pub fn document(config: &Config) -> Value {
     let mut doc = serde_json::to_value(&api).unwrap_or_else(|_| json!({}));
     add_queue_schemas(&mut doc, config);
     add_profile_rules(&mut doc, config);
+    add_rental_rules(&mut doc, config);
     add_aliases(&mut doc);
     let policies = Policies::resolve(config);
     for_each_operation(&mut doc, |path, method, op| {
@@ -668,6 +669,86 @@ fn add_profile_rules(doc: &mut Value, config: &Config) {
         .map(|f| json!({"required": [f], "properties": {*f: {"type": "string"}}}))
         .collect();
     schemas["UpdateProfile"]["anyOf"] = Value::Array(changes);
+}
+
+/// Not blank: at least one character that is not white space (what `str::trim` removes).
+const NOT_BLANK: &str = r"^[\s\S]*[^\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][\s\S]*$";
+
+/// What the Casitas preset's bodies accept beyond their derive, as the rental services check
+/// them (`rental::validation`), and the report routes' filters as the report tasks check them.
+fn add_rental_rules(doc: &mut Value, config: &Config) {
+    use api::wire::rental::{TRANSACTION_KINDS, UNIT_STATUSES};
+    let text = |max: usize| json!({"type": "string", "pattern": NOT_BLANK, "maxLength": max});
+    let unit_fields = [
+        ("name", text(100)),
+        ("address", text(200)),
+        (
+            "bedrooms",
+            json!({"type": "integer", "minimum": 0, "maximum": 20}),
+        ),
+        (
+            "monthly_rent_cents",
+            json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
+        ),
+        ("status", json!({"type": "string", "enum": UNIT_STATUSES})),
+    ];
+    let schemas = &mut doc["components"]["schemas"];
+    if schemas.get("NewUnit").is_some() {
+        for (field, schema) in &unit_fields {
+            let mut s = schema.clone();
+            if *field == "status" {
+                s["type"] = json!(["string", "null"]);
+                s["enum"] = json!([UNIT_STATUSES[0], UNIT_STATUSES[1], UNIT_STATUSES[2], null]);
+            }
+            schemas["NewUnit"]["properties"][*field] = s;
+        }
+    }
+    if schemas.get("UnitChange").is_some() {
+        let mut changes = Vec::new();
+        for (field, schema) in &unit_fields {
+            let mut nullable = schema.clone();
+            nullable["type"] = json!([schema["type"], "null"]);
+            if let Some(values) = schema["enum"].as_array() {
+                let mut values = values.clone();
+                values.push(Value::Null);
+                nullable["enum"] = Value::Array(values);
+            }
+            schemas["UnitChange"]["properties"][*field] = nullable;
+            // A change that names no field (or only `null`s) changes nothing: refused.
+            changes.push(json!({"required": [field], "properties": {*field: schema}}));
+        }
+        schemas["UnitChange"]["anyOf"] = Value::Array(changes);
+    }
+    if schemas.get("NewTransaction").is_some() {
+        let t = &mut schemas["NewTransaction"];
+        t["properties"]["unit_id"] = json!({"type": "integer", "minimum": 1, "maximum": i64::MAX});
+        t["properties"]["month"] = json!({"type": "string", "pattern": MONTH_PATTERN});
+        t["properties"]["kind"] = json!({"type": "string", "enum": TRANSACTION_KINDS});
+        t["properties"]["description"] = json!({"type": "string", "maxLength": 200});
+        // Income is positive, expenses negative (`rental::validation::is_income`).
+        t["oneOf"] = json!([
+            {"properties": {"kind": {"enum": ["rent", "deposit"]},
+                "amount_cents": {"type": "integer", "minimum": 1, "maximum": i64::MAX}}},
+            {"properties": {"kind": {"enum": ["maintenance", "utilities", "tax"]},
+                "amount_cents": {"type": "integer", "minimum": i64::MIN, "maximum": -1}}},
+        ]);
+    }
+    // A report's body is its task's payload, or nothing.
+    for (path, kind) in [
+        ("/finances/generate_report", queue::types::FINANCE_REPORT),
+        ("/legal/generate_report", queue::types::LEGAL_REPORT),
+    ] {
+        let Some(t) = task_types(config).find(|t| t.name == kind) else {
+            continue;
+        };
+        let schema = payload_schema(t);
+        let pointer = format!("/paths/{}/post/requestBody/content", escape(path));
+        if let Some(content) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) {
+            for c in content.values_mut() {
+                c["schema"] = schema.clone();
+            }
+        }
+    }
 }
 
 /// `GET /tasks/types`' answer (its schema is [`task_types_schema`]).

@@ -135,14 +135,8 @@ async fn named_guest_token(
             "guest tokens are turned off on this gateway (auth.anonymous_tokens = false)".into(),
         ));
     }
-    let req: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        GuestRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| Error::Invalid {
-            code: "invalid_body".into(),
-            message: format!("the body is {{\"username\": name}} or nothing: {e}"),
-        })?
-    };
+    let req: GuestRequest =
+        super::optional_object(&body, "the body is {\"username\": name} or nothing")?;
     Ok(Json(state.inner.auth.guest_token(&req, &rid).await?))
 }
 

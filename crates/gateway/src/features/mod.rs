@@ -86,6 +86,29 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
     }
 }
 
+/// An optional JSON object body: empty or `null` is `T::default()`; anything but an object (an
+/// array, which serde would otherwise read as the struct's fields in order) is `400 invalid_body`
+/// with `what` saying what the body should be.
+pub(crate) fn optional_object<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, crate::Error> {
+    let invalid = |detail: String| crate::Error::Invalid {
+        code: "invalid_body".into(),
+        message: format!("{what}: {detail}"),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(|e| invalid(e.to_string()))? {
+        serde_json::Value::Null => Ok(T::default()),
+        object @ serde_json::Value::Object(_) => {
+            serde_json::from_value(object).map_err(|e| invalid(e.to_string()))
+        }
+        _ => Err(invalid("not a JSON object".into())),
+    }
+}
+
 /// `X-Cache: HIT` or `MISS`, on every answer that may come from the cache.
 fn x_cache(hit: bool) -> (HeaderName, HeaderValue) {
     (

@@ -499,15 +499,9 @@ async fn list_documents(
     Ok(Json(legal(&state)?.documents(&q, &rid).await?))
 }
 
-/// A report's filter from an optional JSON body (empty: no filter).
+/// A report's filter from an optional JSON body (empty or `null`: no filter).
 fn report_filter<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| Error::Invalid {
-        code: "invalid_body".into(),
-        message: format!("the body is an optional JSON object of filters: {e}"),
-    })
+    super::optional_object(body, "the body is an optional JSON object of filters")
 }
 
 /// `POST /finances/generate_report` (finance) `{"unit"?, "month"?}` → `202`, a `finance_report`
