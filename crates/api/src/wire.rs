@@ -1,5 +1,60 @@
 //! Request and response bodies, one module per service.
 
+/// Whole numbers in JSON bodies written with or without a fraction of zero (`12` or `12.0`: JSON
+/// does not tell them apart, and the public document's integers accept both), for
+/// `#[serde(deserialize_with)]`. A fraction, or a number out of the type's range, is refused.
+pub mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    fn number<'de, D: Deserializer<'de>>(n: serde_json::Number) -> Result<i128, D::Error> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i128::from(i));
+        }
+        if let Some(u) = n.as_u64() {
+            return Ok(i128::from(u));
+        }
+        match n.as_f64() {
+            // Within 2^63 an f64 with no fraction is exactly an integer.
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9.2e18 => Ok(f as i128),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a whole number, got {n}"
+            ))),
+        }
+    }
+
+    fn fit<'de, D: Deserializer<'de>, T: TryFrom<i128>>(v: i128) -> Result<T, D::Error> {
+        T::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is out of range")))
+    }
+
+    /// An `i64`.
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        fit::<D, i64>(number::<D>(n)?)
+    }
+
+    /// A `u32`.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        fit::<D, u32>(number::<D>(n)?)
+    }
+
+    /// An optional `i64` (`null` is `None`; with `#[serde(default)]` for an absent field).
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => fit::<D, i64>(number::<D>(n)?).map(Some),
+        }
+    }
+
+    /// An optional `u32` (`null` is `None`; with `#[serde(default)]` for an absent field).
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => fit::<D, u32>(number::<D>(n)?).map(Some),
+        }
+    }
+}
+
 /// `auth`: credentials, login, token signing, public keys.
 pub mod auth {
     use serde::{Deserialize, Serialize};
@@ -356,32 +411,8 @@ pub mod gateway {
         /// `high`, `normal` (default) or `low`.
         pub priority: Option<String>,
         /// Attempts before the task is dead.
-        #[serde(default, deserialize_with = "whole_u32")]
+        #[serde(default, deserialize_with = "super::whole::opt_u32")]
         pub max_attempts: Option<u32>,
-    }
-
-    /// An optional `u32` written as any JSON number with no fraction (`12` or `12.0`: JSON does
-    /// not tell them apart).
-    fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-            return Ok(None);
-        };
-        let whole = match n.as_u64() {
-            Some(u) => Some(u),
-            None => n
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
-                .map(|f| f as u64),
-        };
-        whole
-            .and_then(|u| u32::try_from(u).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "expected a whole number from 0 to {}, got {n}",
-                    u32::MAX
-                ))
-            })
     }
 
     /// `POST /longtask` answer (the lab's shape).
@@ -902,8 +933,10 @@ pub mod rental {
         /// 1 to 200 characters.
         pub address: String,
         /// 0 to 20.
+        #[serde(deserialize_with = "super::whole::u32")]
         pub bedrooms: u32,
         /// 0 or more.
+        #[serde(deserialize_with = "super::whole::i64")]
         pub monthly_rent_cents: i64,
         /// `available` when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -921,10 +954,18 @@ pub mod rental {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub address: Option<String>,
         /// New number of bedrooms.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::whole::opt_u32"
+        )]
         pub bedrooms: Option<u32>,
         /// New monthly rent, in cents.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::whole::opt_i64"
+        )]
         pub monthly_rent_cents: Option<i64>,
         /// New status.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -971,12 +1012,14 @@ pub mod rental {
     #[serde(deny_unknown_fields)]
     pub struct NewTransaction {
         /// The unit (a positive id).
+        #[serde(deserialize_with = "super::whole::i64")]
         pub unit_id: i64,
         /// `YYYY-MM`.
         pub month: String,
         /// One of [`TRANSACTION_KINDS`].
         pub kind: String,
         /// Cents, not zero; income positive, expenses negative (the sign must match the kind).
+        #[serde(deserialize_with = "super::whole::i64")]
         pub amount_cents: i64,
         /// Up to 200 characters; empty when absent.
         #[serde(default)]

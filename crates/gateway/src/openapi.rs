@@ -741,7 +741,16 @@ fn add_rental_rules(doc: &mut Value, config: &Config) {
         let Some(t) = task_types(config).find(|t| t.name == kind) else {
             continue;
         };
-        let schema = payload_schema(t);
+        // A filter's fields may also be `null`, which the route reads as absent.
+        let mut schema = payload_schema(t);
+        if let Some(object) = schema
+            .pointer_mut("/anyOf/0/properties")
+            .and_then(Value::as_object_mut)
+        {
+            for field in object.values_mut() {
+                *field = json!({"anyOf": [field.take(), {"type": "null"}]});
+            }
+        }
         let pointer = format!("/paths/{}/post/requestBody/content", escape(path));
         if let Some(content) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) {
             for c in content.values_mut() {

@@ -499,9 +499,18 @@ async fn list_documents(
     Ok(Json(legal(&state)?.documents(&q, &rid).await?))
 }
 
-/// A report's filter from an optional JSON body (empty or `null`: no filter).
-fn report_filter<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
-    super::optional_object(body, "the body is an optional JSON object of filters")
+/// A report's filter from an optional JSON body (empty or `null`: no filter), its whole numbers
+/// read as the report task `kind` reads them.
+fn report_filter<T: DeserializeOwned + Default>(body: &Bytes, kind: &str) -> Result<T, Error> {
+    const WHAT: &str = "the body is an optional JSON object of filters";
+    let filter: Value = super::optional_object(body, WHAT)?;
+    if filter.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(super::tasks::whole_numbers(kind, filter)).map_err(|e| Error::Invalid {
+        code: "invalid_body".into(),
+        message: format!("{WHAT}: {e}"),
+    })
 }
 
 /// `POST /finances/generate_report` (finance) `{"unit"?, "month"?}` → `202`, a `finance_report`
@@ -527,7 +536,7 @@ async fn finance_report(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskQueued>), Error> {
-    let filter: TransactionsQuery = report_filter(&body)?;
+    let filter: TransactionsQuery = report_filter(&body, queue::types::FINANCE_REPORT)?;
     check_month(filter.month.as_deref())?;
     queue_report(
         &state,
@@ -562,7 +571,7 @@ async fn legal_report(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskQueued>), Error> {
-    let filter: DocumentsQuery = report_filter(&body)?;
+    let filter: DocumentsQuery = report_filter(&body, queue::types::LEGAL_REPORT)?;
     queue_report(
         &state,
         &caller,

@@ -135,7 +135,7 @@ pub(super) async fn enqueue(
 
 /// `payload` with every whole-number field of `kind` that came as a float (`500.0`) written as
 /// the integer it is: JSON does not tell `500.0` from `500`, and the workers read integers.
-fn whole_numbers(kind: &str, mut payload: Value) -> Value {
+pub(super) fn whole_numbers(kind: &str, mut payload: Value) -> Value {
     let (Some(t), Some(fields)) = (queue::types::find(kind), payload.as_object_mut()) else {
         return payload;
     };
