@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// `error` is a stable, machine-readable code (`unauthorized`, `rate_limited`, `not_found`, ...)
 /// that clients may branch on; `message` is for people and may change between versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code, `snake_case`.
     pub error: String,

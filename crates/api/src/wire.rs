@@ -1,11 +1,66 @@
 //! Request and response bodies, one module per service.
 
+/// Whole numbers in JSON bodies written with or without a fraction of zero (`12` or `12.0`: JSON
+/// does not tell them apart, and the public document's integers accept both), for
+/// `#[serde(deserialize_with)]`. A fraction, or a number out of the type's range, is refused.
+pub mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    fn number<'de, D: Deserializer<'de>>(n: serde_json::Number) -> Result<i128, D::Error> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i128::from(i));
+        }
+        if let Some(u) = n.as_u64() {
+            return Ok(i128::from(u));
+        }
+        match n.as_f64() {
+            // Within 2^63 an f64 with no fraction is exactly an integer.
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9.2e18 => Ok(f as i128),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a whole number, got {n}"
+            ))),
+        }
+    }
+
+    fn fit<'de, D: Deserializer<'de>, T: TryFrom<i128>>(v: i128) -> Result<T, D::Error> {
+        T::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is out of range")))
+    }
+
+    /// An `i64`.
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        fit::<D, i64>(number::<D>(n)?)
+    }
+
+    /// A `u32`.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        fit::<D, u32>(number::<D>(n)?)
+    }
+
+    /// An optional `i64` (`null` is `None`; with `#[serde(default)]` for an absent field).
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => fit::<D, i64>(number::<D>(n)?).map(Some),
+        }
+    }
+
+    /// An optional `u32` (`null` is `None`; with `#[serde(default)]` for an absent field).
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => fit::<D, u32>(number::<D>(n)?).map(Some),
+        }
+    }
+}
+
 /// `auth`: credentials, login, token signing, public keys.
 pub mod auth {
     use serde::{Deserialize, Serialize};
 
     /// `POST /login` (gateway and auth).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct LoginRequest {
         /// The account name.
@@ -37,17 +92,18 @@ pub mod auth {
 
     /// `POST /guest-token` (auth) and `POST /token` (gateway) body, optional: the name a guest
     /// token carries (the lab's scripts ask for a token "for" a user without a password).
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct GuestRequest {
         /// The name in the token's `username` claim; `guest` when absent. The token is still a
         /// guest's: role `guest`, read-only, no account behind it.
         #[serde(default)]
+        #[schema(pattern = r"^[A-Za-z0-9_.-]{3,64}$")]
         pub username: Option<String>,
     }
 
     /// A signed token, as `login` and `register` return it.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct TokenResponse {
         /// The JWT (EdDSA by default).
         pub token: String,
@@ -58,7 +114,7 @@ pub mod auth {
     }
 
     /// A user as `auth` knows it (no password hash, ever).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Account {
         /// Stable id (UUID).
         pub id: String,
@@ -113,7 +169,7 @@ pub mod cache {
     }
 
     /// `GET /cache/stats`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct CacheStats {
         /// Entries held now.
         pub entries: u64,
@@ -147,7 +203,7 @@ pub mod db {
     }
 
     /// `PUT /db/{key}` body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct PutRecord {
         /// Any JSON value.
@@ -160,7 +216,7 @@ pub mod service {
     use serde::{Deserialize, Serialize};
 
     /// `GET /process`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct ProcessResponse {
         /// Always `Business logic executed`.
         pub message: String,
@@ -184,7 +240,7 @@ pub mod gateway {
     use super::users::Profile;
 
     /// `GET /data`: the cache-aside answer.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct DataResponse {
         /// `true` when the answer came from the cache.
         pub cached: bool,
@@ -197,7 +253,7 @@ pub mod gateway {
     }
 
     /// `GET /data` and `GET /data/{key}` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct DataQuery {
         /// The key (`my_data` when absent); `GET /data/{key}` takes it from the path.
         pub key: Option<String>,
@@ -206,7 +262,7 @@ pub mod gateway {
     }
 
     /// `PUT /data/{key}`: the record as written, and whether the cached copy was deleted.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct DataWritten {
         /// The key written.
         pub key: String,
@@ -221,7 +277,7 @@ pub mod gateway {
     }
 
     /// `GET /process`: the service instance's answer and the gateway that passed it on.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct ProcessAnswer {
         /// What the service answered.
         #[serde(flatten)]
@@ -231,7 +287,7 @@ pub mod gateway {
     }
 
     /// `GET /cache/stats`: the cache backend's counters.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct CacheStatsAnswer {
         /// The counters.
         #[serde(flatten)]
@@ -243,7 +299,7 @@ pub mod gateway {
     }
 
     /// `POST /cache/flush`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Flushed {
         /// Always `true`.
         pub flushed: bool,
@@ -252,7 +308,7 @@ pub mod gateway {
     }
 
     /// `GET /ready` when everything answers.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Ready {
         /// Always `ready`.
         pub status: String,
@@ -263,28 +319,44 @@ pub mod gateway {
     }
 
     /// `POST /register` body: credentials plus the optional profile fields.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct RegisterUser {
-        /// The account name.
+        /// The account name: 3 to 64 letters, digits, `_`, `.` or `-`.
+        #[schema(pattern = r"^[A-Za-z0-9_.-]{3,64}$")]
         pub username: String,
-        /// The password (8 characters at least).
+        /// The password: 8 to 1024 characters.
+        #[schema(min_length = 8, max_length = 1024)]
         pub password: String,
         /// `user` (default); anything else needs an admin's token.
         #[serde(default)]
         pub role: Option<String>,
-        /// Profile: email.
+        /// Profile: email (`name@example.org`, at most 254 characters).
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@]+@[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?(\.[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?)+$",
+            max_length = 254
+        )]
         pub email: Option<String>,
-        /// Profile: first name.
+        /// Profile: first name, 1 to 100 characters, not only spaces, no control characters.
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub first_name: Option<String>,
-        /// Profile: last name.
+        /// Profile: last name, as the first name.
         #[serde(default)]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub last_name: Option<String>,
     }
 
     /// `POST /register` answer: the account and, when the topology has `users`, the profile.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct Registered {
         /// The account in `auth`.
         #[serde(flatten)]
@@ -295,7 +367,7 @@ pub mod gateway {
     }
 
     /// `DELETE /users/me`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Deleted {
         /// Always `true`: nothing of the user is left.
         pub deleted: bool,
@@ -306,7 +378,7 @@ pub mod gateway {
     }
 
     /// `GET /users` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UsersQuery {
         /// The last id of the previous page.
@@ -316,7 +388,7 @@ pub mod gateway {
     }
 
     /// `PATCH /users/{id}/role` answer.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     pub struct RoleChanged {
         /// The profile with its new role.
         pub profile: Profile,
@@ -327,7 +399,7 @@ pub mod gateway {
     }
 
     /// `POST /tasks` body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SubmitTask {
         /// A task type (`GET /tasks/types`).
@@ -339,11 +411,12 @@ pub mod gateway {
         /// `high`, `normal` (default) or `low`.
         pub priority: Option<String>,
         /// Attempts before the task is dead.
+        #[serde(default, deserialize_with = "super::whole::opt_u32")]
         pub max_attempts: Option<u32>,
     }
 
     /// `POST /longtask` answer (the lab's shape).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct TaskQueued {
         /// Always `Task queued`.
         pub status: String,
@@ -361,17 +434,19 @@ pub mod gateway {
     }
 
     /// `POST /add` body (the Celery-style pair).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AddRequest {
-        /// First operand.
+        /// First operand (a number; the task refuses anything else).
+        #[schema(value_type = f64)]
         pub a: Value,
-        /// Second operand.
+        /// Second operand (a number).
+        #[schema(value_type = f64)]
         pub b: Value,
     }
 
     /// `POST /add` answer.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct AddQueued {
         /// The id to pass to `GET /result/{id}`.
         pub result_id: String,
@@ -380,7 +455,7 @@ pub mod gateway {
     }
 
     /// `GET /result/{id}`.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
     pub struct TaskResult {
         /// The task's id.
         pub id: String,
@@ -395,7 +470,7 @@ pub mod gateway {
     }
 
     /// `GET /tasks` query.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct TasksQuery {
         /// Only tasks in this status.
@@ -429,7 +504,7 @@ pub mod gateway {
     }
 
     /// One row of the route table (`GET /policy`, `scalelab config --routes`).
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct RoutePolicy {
         /// `GET`, `POST`, ...
         pub method: String,
@@ -466,7 +541,7 @@ pub mod users {
 
     /// A profile as `users` stores and returns it. Strings come back exactly as written (SQL and
     /// HTML included): they are bound as parameters, never spliced into a query or a page.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Profile {
         /// The user id: the `auth` account id, the token's `sub`, the shard key.
         pub id: String,
@@ -509,17 +584,31 @@ pub mod users {
     }
 
     /// `PATCH /users/{id}` (internal) and `PATCH /users/me` (gateway): the fields to change.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     #[serde(deny_unknown_fields)]
     pub struct UpdateProfile {
         /// New email.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@]+@[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?(\.[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-]([^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.-])?)+$",
+            max_length = 254
+        )]
         pub email: Option<String>,
         /// New first name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub first_name: Option<String>,
         /// New last name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+            min_length = 1,
+            max_length = 100
+        )]
         pub last_name: Option<String>,
         /// New role; the gateway only lets an admin set it (`PATCH /users/{id}/role`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,7 +616,7 @@ pub mod users {
     }
 
     /// `PATCH /users/{id}/role` at the gateway.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     #[serde(deny_unknown_fields)]
     pub struct RoleChange {
         /// `user` or `admin`.
@@ -535,7 +624,7 @@ pub mod users {
     }
 
     /// `GET /users?after=ID&limit=N`: one page, in id order across every shard.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct ProfilePage {
         /// At most `limit` profiles, ids ascending.
         pub users: Vec<Profile>,
@@ -817,7 +906,7 @@ pub mod rental {
     }
 
     /// One rental unit.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Unit {
         /// Assigned by the units service.
         pub id: i64,
@@ -836,7 +925,7 @@ pub mod rental {
     }
 
     /// `POST /units`.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NewUnit {
         /// 1 to 100 characters.
@@ -844,8 +933,10 @@ pub mod rental {
         /// 1 to 200 characters.
         pub address: String,
         /// 0 to 20.
+        #[serde(deserialize_with = "super::whole::u32")]
         pub bedrooms: u32,
         /// 0 or more.
+        #[serde(deserialize_with = "super::whole::i64")]
         pub monthly_rent_cents: i64,
         /// `available` when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -853,7 +944,7 @@ pub mod rental {
     }
 
     /// `PATCH /units/{id}`: the fields to change (at least one).
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UnitChange {
         /// New name.
@@ -863,10 +954,18 @@ pub mod rental {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub address: Option<String>,
         /// New number of bedrooms.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::whole::opt_u32"
+        )]
         pub bedrooms: Option<u32>,
         /// New monthly rent, in cents.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::whole::opt_i64"
+        )]
         pub monthly_rent_cents: Option<i64>,
         /// New status.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -874,7 +973,7 @@ pub mod rental {
     }
 
     /// `GET /units?status=available`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UnitsQuery {
         /// Only units with this status.
@@ -883,14 +982,14 @@ pub mod rental {
     }
 
     /// A list of units, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Units {
         /// The units.
         pub units: Vec<Unit>,
     }
 
     /// One money movement of a unit in a month.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Transaction {
         /// Assigned by the finances service.
         pub id: i64,
@@ -909,16 +1008,18 @@ pub mod rental {
     }
 
     /// `POST /transactions` (the gateway's `POST /finances/transactions`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NewTransaction {
         /// The unit (a positive id).
+        #[serde(deserialize_with = "super::whole::i64")]
         pub unit_id: i64,
         /// `YYYY-MM`.
         pub month: String,
         /// One of [`TRANSACTION_KINDS`].
         pub kind: String,
         /// Cents, not zero; income positive, expenses negative (the sign must match the kind).
+        #[serde(deserialize_with = "super::whole::i64")]
         pub amount_cents: i64,
         /// Up to 200 characters; empty when absent.
         #[serde(default)]
@@ -926,7 +1027,9 @@ pub mod rental {
     }
 
     /// `GET /transactions?unit=3&month=2026-05`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+    #[derive(
+        Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq, Hash,
+    )]
     #[serde(deny_unknown_fields)]
     pub struct TransactionsQuery {
         /// Only this unit's.
@@ -938,14 +1041,14 @@ pub mod rental {
     }
 
     /// A list of transactions, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Transactions {
         /// The transactions.
         pub transactions: Vec<Transaction>,
     }
 
     /// One legal document.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Document {
         /// Assigned by the legal service.
         pub id: i64,
@@ -962,7 +1065,7 @@ pub mod rental {
     }
 
     /// `GET /documents?status=active&unit=3`.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct DocumentsQuery {
         /// Only documents with this status.
@@ -974,7 +1077,7 @@ pub mod rental {
     }
 
     /// A list of documents, in id order.
-    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
     pub struct Documents {
         /// The documents.
         pub documents: Vec<Document>,

@@ -16,8 +16,8 @@ use api::wire::db::{PutRecord, Record};
 use crate::store::MY_DATA;
 use crate::{AppState, Error};
 
-/// Longest key accepted, in bytes.
-const MAX_KEY_BYTES: usize = 256;
+/// Longest key accepted, in characters (as the gateway's public contract states it).
+const MAX_KEY_CHARS: usize = 256;
 
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
@@ -27,7 +27,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A key from the path, checked: 1 to [`MAX_KEY_BYTES`] bytes of UTF-8 (after percent-decoding).
+/// A key from the path, checked: 1 to [`MAX_KEY_CHARS`] characters (after percent-decoding).
 struct Key(String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Key {
@@ -39,10 +39,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
         let Path(key) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| Error::InvalidKey("the key must be valid UTF-8".into()))?;
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        let chars = key.chars().count();
+        if chars == 0 || chars > MAX_KEY_CHARS {
             return Err(Error::InvalidKey(format!(
-                "a key must be 1 to {MAX_KEY_BYTES} bytes long; this one has {}",
-                key.len()
+                "a key must be 1 to {MAX_KEY_CHARS} characters long; this one has {chars}"
             )));
         }
         Ok(Key(key))

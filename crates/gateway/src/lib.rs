@@ -6,6 +6,7 @@
 //! Start reading at [`router`], then `policy.rs` (the route table: token rule, role, guest rule and
 //! rate limit bucket of every route, the only place that decides access), `guard.rs` (the
 //! middleware that applies one route's entry), `features/` (the handlers, one module per feature),
+//! `openapi.rs` (the OpenAPI document, from the handlers' annotations and the route table),
 //! `state.rs` (the peers: typed clients from `api::client`, over a balanced pool where there are
 //! several instances), `tokens.rs` (JWKS and token verification), `single_flight.rs` (one db read
 //! per key however many misses wait for it), [`cache`] (the [`Cache`] trait and its three backends)
@@ -31,6 +32,7 @@
 //! | `POST /tasks/{id}/requeue`, `GET /tasks/stats` | admin | re-queue a dead task; queue counts |
 //! | `GET /ready` | no | `200` when the JWKS is loaded and cache and db answer, else `503` |
 //! | `GET /policy` | admin | the route table as this gateway applies it |
+//! | `GET /openapi.json`, `GET /docs` | no | the OpenAPI 3.1 document of these routes (`openapi.rs`); Swagger UI over it, from the binary |
 //!
 //! The roles in this table are the route table's defaults; the topology may override them
 //! (`[gateway.required_roles]`). Guest tokens are read-only: they pass no route that writes.
@@ -58,6 +60,7 @@ mod error;
 mod features;
 pub mod fence;
 mod guard;
+pub mod openapi;
 pub mod policy;
 pub mod rate_limit;
 mod redis_conn;

@@ -235,6 +235,18 @@ pub const ROUTES: &[RoutePolicy] = &[
     .no_token()
     .bucket(Bucket::Unlimited),
     get("/policy", "this table, as this gateway applies it").role(ADMIN),
+    // The contract.
+    get(
+        "/openapi.json",
+        "this gateway's OpenAPI 3.1 document (exactly the routes it has)",
+    )
+    .no_token(),
+    get(
+        "/docs",
+        "the API's documentation page (Swagger UI, served from the binary)",
+    )
+    .no_token(),
+    get("/docs/{file}", "a file of the documentation page").no_token(),
 ];
 
 /// The Casitas preset's units routes (active with `units_url`).

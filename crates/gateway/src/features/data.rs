@@ -12,6 +12,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, Json, RequestId};
 
+use api::ErrorBody;
 use api::wire::db::PutRecord;
 use api::wire::gateway::{CacheStatsAnswer, DataQuery, DataResponse, DataWritten, Flushed};
 
@@ -23,8 +24,17 @@ use crate::{AppState, Error};
 
 /// The key `GET /data` reads when none is given (the lab's).
 pub const DEFAULT_KEY: &str = "my_data";
-/// Longest `/data` key, in bytes.
-const MAX_KEY_BYTES: usize = 256;
+/// Longest `/data` key, in characters (the db's own limit).
+const MAX_KEY_CHARS: usize = 256;
+
+// The document's patterns for `key` and `refresh` (in the annotations below) say what `valid_key`
+// and `truthy` accept: 1 to 256 characters, none a control character, not `.` or `..`; a boolean
+// word in any case.
+
+/// This module's routes, as the document describes them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(get_data, get_data_path, put_data, cache_stats, cache_flush))]
+pub(super) struct Doc;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -37,9 +47,9 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 fn valid_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS || key.chars().any(char::is_control) {
         return Err(Error::InvalidKey(format!(
-            "a key is 1 to {MAX_KEY_BYTES} bytes without control characters"
+            "a key is 1 to {MAX_KEY_CHARS} characters without control characters"
         )));
     }
     // HTTP clients normalise `/data/..` away before sending, so these keys could never be read or
@@ -71,6 +81,32 @@ fn path_key(key: Result<Path<String>, PathRejection>) -> Result<String, Error> {
 }
 
 /// `GET /data[?key=K][&refresh=true]`: cache-aside read.
+#[utoipa::path(
+    get,
+    path = "/data",
+    tag = "data",
+    operation_id = "get_data",
+    summary = "Cache-aside read of ?key= (my_data by default)",
+    description = "The cache first; on a miss one db read per key however many readers wait, \
+        which refills the cache. `X-Cache` says which.",
+    params(
+        ("key" = Option<String>, Query, description = "The key; `my_data` when absent.",
+            pattern = r"^(?!\.\.?$)[^\u0000-\u001f\u007f-\u009f]{1,256}$", example = "my_data"),
+        ("refresh" = Option<String>, Query, description = "`true` skips the cache and refills it from the db.",
+            pattern = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|0|1)?$", example = "false"),
+    ),
+    responses(
+        (status = 200, description = "The value, from the cache or the db.", body = DataResponse,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"cached": true, "key": "my_data", "data": {"hello": "world"}, "gateway_id": "gateway-1"})),
+        (status = 400, description = "A bad key (`invalid_key`) or query (`invalid_query`).", body = ErrorBody,
+            example = json!({"error": "invalid_key", "message": "a key is 1 to 256 characters without control characters"})),
+        (status = 404, description = "No record has this key (`not_found`).", body = ErrorBody,
+            example = json!({"error": "not_found", "message": "no record for key \"missing\""})),
+        (status = 502, description = "The db cannot be reached or failed (`db_unavailable`, `db_error`).", body = ErrorBody),
+        (status = 503, description = "The db is unavailable (`db_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn get_data(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -87,6 +123,28 @@ async fn get_data(
 }
 
 /// `GET /data/{key}`: the same read, with the key in the path.
+#[utoipa::path(
+    get,
+    path = "/data/{key}",
+    tag = "data",
+    operation_id = "get_data_key",
+    summary = "Cache-aside read of one key",
+    params(
+        ("key" = String, Path, description = "The key.",
+            pattern = r"^(?!\.\.?$)[^\u0000-\u001f\u007f-\u009f]{1,256}$", example = "my_data"),
+        ("refresh" = Option<String>, Query, description = "`true` skips the cache and refills it from the db.",
+            pattern = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|0|1)?$", example = "false"),
+    ),
+    responses(
+        (status = 200, description = "The value, from the cache or the db.", body = DataResponse,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"cached": false, "key": "my_data", "data": {"hello": "world"}, "gateway_id": "gateway-1"})),
+        (status = 400, description = "A bad key (`invalid_key`) or query (`invalid_query`).", body = ErrorBody),
+        (status = 404, description = "No record has this key (`not_found`).", body = ErrorBody),
+        (status = 502, description = "The db cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The db is unavailable.", body = ErrorBody),
+    )
+)]
 async fn get_data_path(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -230,6 +288,28 @@ async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead
 }
 
 /// `PUT /data/{key}` `{"value": any}`: write to the db, then delete the cached entry.
+#[utoipa::path(
+    put,
+    path = "/data/{key}",
+    tag = "data",
+    operation_id = "put_data",
+    summary = "Write a record, then delete its cached copy",
+    params(
+        ("key" = String, Path, description = "The key.",
+            pattern = r"^(?!\.\.?$)[^\u0000-\u001f\u007f-\u009f]{1,256}$", example = "my_data"),
+    ),
+    request_body(content = PutRecord, example = json!({"value": {"hello": "world"}})),
+    responses(
+        (status = 200, description = "The record as written, and whether the cached copy was deleted.",
+            body = DataWritten,
+            headers(("X-Cache" = String, description = "Always `MISS`.")),
+            example = json!({"key": "my_data", "value": {"hello": "world"}, "updated_at": "2026-05-01T10:00:00Z", "invalidated": true, "gateway_id": "gateway-1"})),
+        (status = 400, description = "A bad key (`invalid_key`), or a body that is not `{\"value\": any}` (`malformed_json`, `invalid_body`).", body = ErrorBody),
+        (status = 413, description = "The body or the value is larger than allowed (`payload_too_large`, `value_too_large`).", body = ErrorBody),
+        (status = 502, description = "The db cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The db is unavailable.", body = ErrorBody),
+    )
+)]
 async fn put_data(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -266,6 +346,20 @@ async fn put_data(
 }
 
 /// `GET /cache/stats` (admin).
+#[utoipa::path(
+    get,
+    path = "/cache/stats",
+    tag = "data",
+    operation_id = "cache_stats",
+    summary = "The cache backend's counters",
+    responses(
+        (status = 200, description = "The counters, the backend and the gateway that answered.",
+            body = CacheStatsAnswer,
+            example = json!({"entries": 12, "hits": 340, "misses": 25, "hit_ratio": 0.93, "evictions": 0, "expired": 3, "backend": "service", "gateway_id": "gateway-1"})),
+        (status = 502, description = "The cache service cannot be reached or failed (`cache_unavailable`, `cache_error`).", body = ErrorBody),
+        (status = 503, description = "The cache is unavailable.", body = ErrorBody),
+    )
+)]
 async fn cache_stats(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -279,6 +373,19 @@ async fn cache_stats(
 }
 
 /// `POST /cache/flush` (admin).
+#[utoipa::path(
+    post,
+    path = "/cache/flush",
+    tag = "data",
+    operation_id = "cache_flush",
+    summary = "Empty the cache",
+    responses(
+        (status = 200, description = "The cache is empty.", body = Flushed,
+            example = json!({"flushed": true, "backend": "service"})),
+        (status = 502, description = "The cache service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The cache is unavailable.", body = ErrorBody),
+    )
+)]
 async fn cache_flush(
     State(state): State<AppState>,
     RequestId(rid): RequestId,

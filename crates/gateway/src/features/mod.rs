@@ -7,10 +7,12 @@
 //! - `users`: your profile, the admin routes, `GET /users/{id}` cache-aside;
 //! - `tasks`: submission, status, listing, cancellation, events, the lab's task calls;
 //! - `ops`: readiness and the route table itself;
-//! - `rental`: the Casitas preset's units, finances and legal routes, cached, and its reports.
+//! - `rental`: the Casitas preset's units, finances and legal routes, cached, and its reports;
+//! - `docs`: the contract, `GET /openapi.json`, and its page, `GET /docs`.
 
 mod accounts;
 pub(crate) mod data;
+mod docs;
 mod ops;
 mod process;
 mod rental;
@@ -33,10 +35,78 @@ pub(crate) fn endpoints(config: &crate::config::Config) -> Vec<Endpoint> {
         tasks::endpoints(),
         ops::endpoints(),
         rental::endpoints(config),
+        docs::endpoints(config),
     ]
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The OpenAPI descriptions of the endpoints `config` makes exist, one per feature (each module's
+/// `Doc` lists its annotated handlers); `openapi::document` completes and merges them.
+pub(crate) fn docs(config: &crate::config::Config) -> Vec<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    let mut docs = vec![
+        accounts::Doc::openapi(),
+        data::Doc::openapi(),
+        process::Doc::openapi(),
+        users::Doc::openapi(),
+        tasks::Doc::openapi(),
+        ops::Doc::openapi(),
+        docs::Doc::openapi(),
+    ];
+    docs.extend(rental::docs(config));
+    docs
+}
+
+/// A body read whole, whatever its content type (the routes whose body is optional). axum's own
+/// `Bytes` rejection is plain text; this one is the error shape: `413 payload_too_large` beyond
+/// the body limit, `400 unreadable_body` when the body cannot be read.
+pub(crate) struct RawBody(pub(crate) axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = crate::Error;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::http::StatusCode;
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                crate::Error::Body(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    common::ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the body is larger than this endpoint accepts",
+                    )
+                } else {
+                    common::ApiError::bad_request("unreadable_body", "the body could not be read")
+                })
+            })
+    }
+}
+
+/// An optional JSON object body: empty or `null` is `T::default()`; anything but an object (an
+/// array, which serde would otherwise read as the struct's fields in order) is `400 invalid_body`
+/// with `what` saying what the body should be.
+pub(crate) fn optional_object<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, crate::Error> {
+    let invalid = |detail: String| crate::Error::Invalid {
+        code: "invalid_body".into(),
+        message: format!("{what}: {detail}"),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(|e| invalid(e.to_string()))? {
+        serde_json::Value::Null => Ok(T::default()),
+        object @ serde_json::Value::Object(_) => {
+            serde_json::from_value(object).map_err(|e| invalid(e.to_string()))
+        }
+        _ => Err(invalid("not a JSON object".into())),
+    }
 }
 
 /// `X-Cache: HIT` or `MISS`, on every answer that may come from the cache.

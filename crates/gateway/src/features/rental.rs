@@ -27,12 +27,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use api::ErrorBody;
 use api::client::RentalClient;
 use api::wire::gateway::TaskQueued;
 use api::wire::rental::{
-    self, DocumentsQuery, NewTransaction, NewUnit, TransactionsQuery, UnitChange, UnitsQuery,
+    self, DocumentsQuery, NewTransaction, NewUnit, TransactionsQuery, UnitChange, Units, UnitsQuery,
 };
 
+use super::RawBody;
 use super::{cache_error, x_cache};
 use crate::config::Config;
 use crate::policy::Endpoint;
@@ -42,6 +44,37 @@ use crate::{AppState, Error};
 /// How long a domain's version is kept (the cache service's longest TTL): a version that expires
 /// only makes the next read a miss.
 const VERSION_TTL: Duration = Duration::from_secs(86_400);
+
+/// The units routes, as the document describes them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(available_units, list_units, get_unit, create_unit, update_unit))]
+struct UnitsDoc;
+
+/// The finances routes, as the document describes them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_transactions, create_transaction, finance_report))]
+struct FinancesDoc;
+
+/// The legal routes, as the document describes them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_documents, legal_report))]
+struct LegalDoc;
+
+/// The descriptions of the domains `config` has a service for (as [`endpoints`] routes them).
+pub(super) fn docs(config: &Config) -> Vec<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    let mut docs = Vec::new();
+    if !config.units_url.is_empty() {
+        docs.push(UnitsDoc::openapi());
+    }
+    if !config.finances_url.is_empty() {
+        docs.push(FinancesDoc::openapi());
+    }
+    if !config.legal_url.is_empty() {
+        docs.push(LegalDoc::openapi());
+    }
+    docs
+}
 
 /// The endpoints of the domains `config` has a service for.
 pub(super) fn endpoints(config: &Config) -> Vec<Endpoint> {
@@ -222,6 +255,20 @@ where
 }
 
 /// `GET /units/available` (no token): units with status `available`, cached.
+#[utoipa::path(
+    get,
+    path = "/units/available",
+    tag = "casitas",
+    operation_id = "available_units",
+    summary = "The units you can rent today, cached",
+    responses(
+        (status = 200, description = "Units whose status is `available`.", body = Units,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"units": [{"id": 3, "name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000, "status": "available", "updated_at": "2026-05-01T10:00:00Z"}]})),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn available_units(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -237,6 +284,23 @@ async fn available_units(
 }
 
 /// `GET /units[?status=]`, cached per status.
+#[utoipa::path(
+    get,
+    path = "/units",
+    tag = "casitas",
+    operation_id = "list_units",
+    summary = "Every unit, cached",
+    params(("status" = Option<String>, Query, description = "Only units with this status.",
+        pattern = "^(available|occupied|maintenance)$")),
+    responses(
+        (status = 200, description = "The units, in id order.", body = Units,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"units": [{"id": 3, "name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000, "status": "available", "updated_at": "2026-05-01T10:00:00Z"}]})),
+        (status = 400, description = "A bad query (`invalid_query`, `invalid_status`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn list_units(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -252,6 +316,22 @@ async fn list_units(
 }
 
 /// `GET /units/{id}`, cached.
+#[utoipa::path(
+    get,
+    path = "/units/{id}",
+    tag = "casitas",
+    operation_id = "get_unit",
+    summary = "One unit, cached",
+    params(("id" = i64, Path, description = "A unit id (a positive whole number).", minimum = 1, example = 3)),
+    responses(
+        (status = 200, description = "The unit.", body = rental::Unit,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"id": 3, "name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000, "status": "available", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 404, description = "No such unit (`not_found`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn get_unit(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -269,6 +349,20 @@ async fn get_unit(
 }
 
 /// `POST /units` (admin) → `201`; every cached units answer is stale after it.
+#[utoipa::path(
+    post,
+    path = "/units",
+    tag = "casitas",
+    operation_id = "create_unit",
+    summary = "Add a unit",
+    request_body(content = NewUnit, example = json!({"name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000})),
+    responses(
+        (status = 201, description = "The unit as stored.", body = rental::Unit, example = json!({"id": 3, "name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000, "status": "available", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 400, description = "A field breaks its rule (`invalid_name`, `invalid_address`, `invalid_bedrooms`, `invalid_rent`, `invalid_status`) or the body is not a unit.", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn create_unit(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -281,6 +375,22 @@ async fn create_unit(
 }
 
 /// `PATCH /units/{id}` (admin); every cached units answer is stale after it.
+#[utoipa::path(
+    patch,
+    path = "/units/{id}",
+    tag = "casitas",
+    operation_id = "update_unit",
+    summary = "Change a unit",
+    params(("id" = i64, Path, description = "A unit id (a positive whole number).", minimum = 1, example = 3)),
+    request_body(content = UnitChange, example = json!({"status": "occupied"})),
+    responses(
+        (status = 200, description = "The unit as changed.", body = rental::Unit, example = json!({"id": 3, "name": "Casita 3", "address": "12 Calle Luna", "bedrooms": 2, "monthly_rent_cents": 120000, "status": "available", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 400, description = "No field to change (`empty_change`) or a field breaks its rule.", body = ErrorBody),
+        (status = 404, description = "No such unit (`not_found`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn update_unit(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -295,6 +405,25 @@ async fn update_unit(
 }
 
 /// `GET /finances/transactions[?unit=&month=]` (finance), cached per query.
+#[utoipa::path(
+    get,
+    path = "/finances/transactions",
+    tag = "casitas",
+    operation_id = "list_transactions",
+    summary = "Transactions, cached per query",
+    params(
+        ("unit" = Option<i64>, Query, description = "Only this unit's.", minimum = 1),
+        ("month" = Option<String>, Query, description = "Only this month's (`YYYY-MM`).", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"),
+    ),
+    responses(
+        (status = 200, description = "The transactions, in id order.", body = rental::Transactions,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"transactions": [{"id": 1, "unit_id": 3, "month": "2026-05", "kind": "rent", "amount_cents": 120000, "description": "", "created_at": "2026-05-01T10:00:00Z"}]})),
+        (status = 400, description = "A bad query (`invalid_query`, `invalid_month`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn list_transactions(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -315,6 +444,22 @@ async fn list_transactions(
 }
 
 /// `POST /finances/transactions` (finance) → `201`; every cached query is stale after it.
+#[utoipa::path(
+    post,
+    path = "/finances/transactions",
+    tag = "casitas",
+    operation_id = "create_transaction",
+    summary = "Record a transaction",
+    request_body(content = NewTransaction, example = json!({"unit_id": 3, "month": "2026-05", "kind": "rent", "amount_cents": 120000})),
+    responses(
+        (status = 201, description = "The transaction as stored.", body = rental::Transaction,
+            example = json!({"id": 1, "unit_id": 3, "month": "2026-05", "kind": "rent", "amount_cents": 120000, "description": "", "created_at": "2026-05-01T10:00:00Z"})),
+        (status = 400, description = "A field breaks its rule (`invalid_unit`, `invalid_month`, `invalid_kind`, `invalid_amount`, `invalid_description`).", body = ErrorBody),
+        (status = 404, description = "No such unit (`not_found`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn create_transaction(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -327,6 +472,24 @@ async fn create_transaction(
 }
 
 /// `GET /legal/documents[?status=&unit=]` (legal): straight from the legal service.
+#[utoipa::path(
+    get,
+    path = "/legal/documents",
+    tag = "casitas",
+    operation_id = "list_documents",
+    summary = "Legal documents",
+    params(
+        ("status" = Option<String>, Query, description = "Only documents with this status.", pattern = "^(active|pending|expired)$"),
+        ("unit" = Option<i64>, Query, description = "Only this unit's.", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "The documents, in id order.", body = rental::Documents,
+            example = json!({"documents": [{"id": 1, "unit_id": 3, "kind": "lease", "status": "active", "title": "Lease 2026", "updated_at": "2026-05-01T10:00:00Z"}]})),
+        (status = 400, description = "A bad query (`invalid_query`, `invalid_status`).", body = ErrorBody),
+        (status = 502, description = "The domain service cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "The domain service is unavailable.", body = ErrorBody),
+    )
+)]
 async fn list_documents(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -336,26 +499,44 @@ async fn list_documents(
     Ok(Json(legal(&state)?.documents(&q, &rid).await?))
 }
 
-/// A report's filter from an optional JSON body (empty: no filter).
-fn report_filter<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// A report's filter from an optional JSON body (empty or `null`: no filter), its whole numbers
+/// read as the report task `kind` reads them.
+fn report_filter<T: DeserializeOwned + Default>(body: &Bytes, kind: &str) -> Result<T, Error> {
+    const WHAT: &str = "the body is an optional JSON object of filters";
+    let filter: Value = super::optional_object(body, WHAT)?;
+    if filter.is_null() {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Error::Invalid {
+    serde_json::from_value(super::tasks::whole_numbers(kind, filter)).map_err(|e| Error::Invalid {
         code: "invalid_body".into(),
-        message: format!("the body is an optional JSON object of filters: {e}"),
+        message: format!("{WHAT}: {e}"),
     })
 }
 
 /// `POST /finances/generate_report` (finance) `{"unit"?, "month"?}` → `202`, a `finance_report`
 /// task at high priority.
+#[utoipa::path(
+    post,
+    path = "/finances/generate_report",
+    tag = "casitas",
+    operation_id = "finance_report",
+    summary = "Queue a finance report (high priority)",
+    request_body(content = Option<TransactionsQuery>, description = "Optional filter; any content type.",
+        example = json!({"unit": 3, "month": "2026-05"})),
+    responses(
+        (status = 202, description = "The report task, queued; its result is in `GET /tasks/{id}`.", body = TaskQueued, example = json!({"status": "Task queued", "task_id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "finance_report", "priority": "high",
+                "status_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "events_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10/events"})),
+        (status = 400, description = "The filter is not `{\"unit\"?, \"month\"?}` (`invalid_body`, `invalid_month`, `invalid_payload`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn finance_report(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskQueued>), Error> {
-    let filter: TransactionsQuery = report_filter(&body)?;
+    let filter: TransactionsQuery = report_filter(&body, queue::types::FINANCE_REPORT)?;
     check_month(filter.month.as_deref())?;
     queue_report(
         &state,
@@ -370,13 +551,27 @@ async fn finance_report(
 
 /// `POST /legal/generate_report` (legal) `{"status"?, "unit"?}` → `202`, a `legal_report` task at
 /// low priority.
+#[utoipa::path(
+    post,
+    path = "/legal/generate_report",
+    tag = "casitas",
+    operation_id = "legal_report",
+    summary = "Queue a legal report (low priority)",
+    request_body(content = Option<DocumentsQuery>, description = "Optional filter; any content type.",
+        example = json!({"status": "expired"})),
+    responses(
+        (status = 202, description = "The report task, queued; its result is in `GET /tasks/{id}`.", body = TaskQueued),
+        (status = 400, description = "The filter is not `{\"status\"?, \"unit\"?}` (`invalid_body`, `invalid_payload`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn legal_report(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskQueued>), Error> {
-    let filter: DocumentsQuery = report_filter(&body)?;
+    let filter: DocumentsQuery = report_filter(&body, queue::types::LEGAL_REPORT)?;
     queue_report(
         &state,
         &caller,

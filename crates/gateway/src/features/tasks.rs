@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -20,10 +19,12 @@ use futures::Stream;
 use queue::{ListQuery, NewTask, Priority, Queue, Status, Task};
 use serde_json::{Map, Value};
 
+use api::ErrorBody;
 use api::wire::gateway::{
     AddQueued, AddRequest, SubmitTask, Tagged, TaskQueued, TaskResult, TaskTypes, TasksQuery,
 };
 
+use super::RawBody;
 use crate::policy::{ADMIN, Endpoint};
 use crate::tokens::Caller;
 use crate::{AppState, Error};
@@ -33,6 +34,14 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_BYTES: usize = 200;
 /// How often the events stream reads the task.
 const EVENTS_POLL: Duration = Duration::from_millis(200);
+
+/// This module's routes, as the document describes them (`/task/{id}` is added by `openapi` as an
+/// alias of `GET /tasks/{id}`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    longtask, submit, list, stats, types, get_task, cancel, requeue, events, add, result
+))]
+pub(super) struct Doc;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -100,6 +109,7 @@ pub(super) async fn enqueue(
     priority: Priority,
     max_attempts: Option<u32>,
 ) -> Result<Task, Error> {
+    let payload = whole_numbers(&kind, payload);
     queue::types::validate(&kind, &payload)?;
     super::rental::check_task(state, &kind, &payload)?;
     let key = idempotency_key(headers)?;
@@ -123,7 +133,51 @@ pub(super) async fn enqueue(
     Ok(task)
 }
 
+/// `payload` with every whole-number field of `kind` that came as a float (`500.0`) written as
+/// the integer it is: JSON does not tell `500.0` from `500`, and the workers read integers.
+pub(super) fn whole_numbers(kind: &str, mut payload: Value) -> Value {
+    let (Some(t), Some(fields)) = (queue::types::find(kind), payload.as_object_mut()) else {
+        return payload;
+    };
+    for f in t.fields {
+        if !matches!(f.kind, queue::types::FieldKind::Integer { .. }) {
+            continue;
+        }
+        if let Some(v) = fields.get_mut(f.name)
+            && v.as_i64().is_none()
+            && let Some(x) = v.as_f64()
+            && x.fract() == 0.0
+            && x >= i64::MIN as f64
+            && x < i64::MAX as f64
+        {
+            *v = Value::from(x as i64);
+        }
+    }
+    payload
+}
+
 /// `POST /tasks` `{"type","payload","priority"?,"max_attempts"?}` → `202` with the task.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    tag = "tasks",
+    operation_id = "submit_task",
+    summary = "Submit a task",
+    description = "Checked against the task type's fields before anything is stored: a task no \
+        worker could run never enters the queue.",
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried submission with the same key (and owner) returns the first task: 1 to 200 visible ASCII characters.",
+            pattern = r"^[!-~]([\t -~]{0,198}[!-~])?$", example = "order-1234")),
+    request_body(content = SubmitTask, example = json!({"type": "sleep", "payload": {"ms": 500}, "priority": "high"})),
+    responses(
+        (status = 202, description = "The task, queued.", body = crate::openapi::TaskSchema, example = json!({"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "sleep", "payload": {"ms": 500}, "status": "queued", "priority": "high",
+                "attempts": 0, "max_attempts": 3, "result": null, "error": null, "progress": null, "owner": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11",
+                "idempotency_key": null, "created_at": 1767225600000_i64, "started_at": null, "finished_at": null, "worker_id": null,
+                "not_before": 1767225600000_i64, "lease_until": null})),
+        (status = 400, description = "An unknown type (`unknown_task_type`), a payload that does not fit it (`invalid_payload`), an unknown priority (`invalid_priority`), a bad `Idempotency-Key` (`invalid_idempotency_key`), or a body that is not JSON (`malformed_json`) or lacks a field (`invalid_body`).",
+            body = ErrorBody, example = json!({"error": "invalid_payload", "message": "a sleep task needs the field \"ms\""})),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -159,11 +213,31 @@ fn named_priority(v: Option<&Value>) -> Option<Priority> {
 ///
 /// `priority` (top level, or inside `parameters` as some lab scripts send it) is honoured when it
 /// names one and ignored otherwise. → `202 {"status": "Task queued", "task_id", ...}`.
+#[utoipa::path(
+    post,
+    path = "/longtask",
+    tag = "tasks",
+    operation_id = "longtask",
+    summary = "Submit a task the lab's way",
+    description = "Any JSON object, or nothing: `task` or `type` naming a known type runs as that type \
+        (the other fields its payload); anything else runs as the generic `longtask` with the whole \
+        body as its payload. `priority` is honoured when it names one.",
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried submission with the same key (and owner) returns the first task: 1 to 200 visible ASCII characters.",
+            pattern = r"^[!-~]([\t -~]{0,198}[!-~])?$", example = "order-1234")),
+    request_body(content = Option<serde_json::Map<String, serde_json::Value>>, description = "Optional; any content type.",
+        example = json!({"name": "nightly export", "parameters": {"priority": "low"}})),
+    responses(
+        (status = 202, description = "The task, queued.", body = TaskQueued, example = json!({"status": "Task queued", "task_id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "longtask", "priority": "normal",
+                "status_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "events_url": "/tasks/0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10/events"})),
+        (status = 400, description = "The body is not a JSON object (`malformed_json`), or it names a type whose payload does not fit (`invalid_payload`), or a bad `Idempotency-Key` (`invalid_idempotency_key`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn longtask(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskQueued>), Error> {
     let mut fields: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
@@ -208,6 +282,22 @@ pub(super) fn queued(task: Task) -> TaskQueued {
 }
 
 /// `POST /add` `{"a","b"}` → `201 {"result_id"}` (the Celery-style pair with `/result/{id}`).
+#[utoipa::path(
+    post,
+    path = "/add",
+    tag = "tasks",
+    operation_id = "add",
+    summary = "Submit an add task, Celery style",
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried submission with the same key (and owner) returns the first task: 1 to 200 visible ASCII characters.",
+            pattern = r"^[!-~]([\t -~]{0,198}[!-~])?$", example = "order-1234")),
+    request_body(content = AddRequest, example = json!({"a": 2, "b": 3})),
+    responses(
+        (status = 201, description = "The task's id, to read with `GET /result/{id}`.", body = AddQueued,
+            example = json!({"result_id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "task_id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10"})),
+        (status = 400, description = "An operand is not a number (`invalid_payload`), or the body is not `{\"a\", \"b\"}`.", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn add(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,6 +326,21 @@ async fn add(
 
 /// `GET /result/{id}` → `{"ready","successful","value"}`: `ready` once the task is final,
 /// `value` its result (or its last error when it did not succeed).
+#[utoipa::path(
+    get,
+    path = "/result/{id}",
+    tag = "tasks",
+    operation_id = "get_result",
+    summary = "A task's result, Celery style",
+    params(("id" = String, Path, description = "The task's id.", example = "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10")),
+    responses(
+        (status = 200, description = "Whether the task is final, whether it succeeded, and its result (or last error).",
+            body = TaskResult,
+            example = json!({"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "status": "succeeded", "ready": true, "successful": true, "value": 5})),
+        (status = 404, description = "No task with this id is yours (`not_found`: the same for someone else's).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn result(
     State(state): State<AppState>,
     caller: Caller,
@@ -262,6 +367,22 @@ async fn result(
 }
 
 /// `GET /tasks/{id}`, `GET /task/{id}`.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    operation_id = "get_task",
+    summary = "A task you own (admins: any)",
+    params(("id" = String, Path, description = "The task's id.", example = "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10")),
+    responses(
+        (status = 200, description = "The task.", body = crate::openapi::TaskSchema, example = json!({"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "sleep", "payload": {"ms": 500}, "status": "queued", "priority": "high",
+                "attempts": 0, "max_attempts": 3, "result": null, "error": null, "progress": null, "owner": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11",
+                "idempotency_key": null, "created_at": 1767225600000_i64, "started_at": null, "finished_at": null, "worker_id": null,
+                "not_before": 1767225600000_i64, "lease_until": null})),
+        (status = 404, description = "No task with this id is yours (`not_found`: the same for someone else's).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -272,6 +393,25 @@ async fn get_task(
 }
 
 /// `DELETE /tasks/{id}`: cancels a task that waits to run; `409` when running or finished.
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    operation_id = "cancel_task",
+    summary = "Cancel a queued task you own",
+    description = "The task stays readable, as `cancelled`: cancelling is a change of state, not \
+        the removal of the record.",
+    params(("id" = String, Path, description = "The task's id.", example = "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10")),
+    responses(
+        (status = 200, description = "The task, cancelled.", body = crate::openapi::TaskSchema, example = json!({"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "sleep", "payload": {"ms": 500}, "status": "queued", "priority": "high",
+                "attempts": 0, "max_attempts": 3, "result": null, "error": null, "progress": null, "owner": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11",
+                "idempotency_key": null, "created_at": 1767225600000_i64, "started_at": null, "finished_at": null, "worker_id": null,
+                "not_before": 1767225600000_i64, "lease_until": null})),
+        (status = 404, description = "No task with this id is yours (`not_found`: the same for someone else's).", body = ErrorBody),
+        (status = 409, description = "The task is running or finished (`conflict`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,6 +423,23 @@ async fn cancel(
 }
 
 /// `POST /tasks/{id}/requeue` (admin): a dead task back in the queue with fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/requeue",
+    tag = "tasks",
+    operation_id = "requeue_task",
+    summary = "Put a dead task back in the queue",
+    params(("id" = String, Path, description = "The task's id.", example = "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10")),
+    responses(
+        (status = 202, description = "The task, queued again with fresh attempts.", body = crate::openapi::TaskSchema, example = json!({"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "sleep", "payload": {"ms": 500}, "status": "queued", "priority": "high",
+                "attempts": 0, "max_attempts": 3, "result": null, "error": null, "progress": null, "owner": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11",
+                "idempotency_key": null, "created_at": 1767225600000_i64, "started_at": null, "finished_at": null, "worker_id": null,
+                "not_before": 1767225600000_i64, "lease_until": null})),
+        (status = 404, description = "No task has this id (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The task is not dead (`conflict`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn requeue(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -294,6 +451,31 @@ async fn requeue(
 
 /// `GET /tasks?status=&type=&limit=&cursor=`: the caller's tasks (admins: everyone's), newest
 /// first, `{"tasks": [...], "next_cursor"}`.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    operation_id = "list_tasks",
+    summary = "Your tasks (admins: everyone's), newest first",
+    params(
+        ("status" = Option<String>, Query, description = "Only tasks in this status.",
+            pattern = "^(queued|running|succeeded|failed|dead|cancelled)$"),
+        ("type" = Option<String>, Query, description = "Only tasks of this type."),
+        ("limit" = Option<u32>, Query, description = "Page size; 50 when absent.", minimum = 1, maximum = 500),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page.",
+            pattern = "^[+-]?[0-9]{1,18}$"),
+        ("owner" = Option<String>, Query, description = "Admins: only this user's tasks (ignored for others)."),
+    ),
+    responses(
+        (status = 200, description = "One page of tasks, newest first.", body = crate::openapi::TaskPageSchema,
+            example = json!({"tasks": [{"id": "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10", "type": "sleep", "payload": {"ms": 500}, "status": "queued", "priority": "high",
+                "attempts": 0, "max_attempts": 3, "result": null, "error": null, "progress": null, "owner": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11",
+                "idempotency_key": null, "created_at": 1767225600000_i64, "started_at": null, "finished_at": null, "worker_id": null,
+                "not_before": 1767225600000_i64, "lease_until": null}], "next_cursor": null})),
+        (status = 400, description = "A bad query (`invalid_query`, `invalid_status`).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -324,6 +506,19 @@ async fn list(
 }
 
 /// `GET /tasks/stats` (admin): tasks by status and queue depth by priority.
+#[utoipa::path(
+    get,
+    path = "/tasks/stats",
+    tag = "tasks",
+    operation_id = "task_stats",
+    summary = "Tasks by status, queue depth by priority",
+    responses(
+        (status = 200, description = "The queue's counts.", body = crate::openapi::TaskStatsSchema,
+            example = json!({"by_status": {"queued": 2, "running": 1, "succeeded": 40, "failed": 0, "dead": 1, "cancelled": 0},
+                "depth_by_priority": {"high": 0, "normal": 2, "low": 0}, "backend": "sqlite", "oldest_queued_ms": 120, "gateway_id": "gateway-1"})),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn stats(State(state): State<AppState>) -> Result<Json<Tagged<queue::Stats>>, Error> {
     let q = store(&state)?;
     Ok(Json(Tagged {
@@ -333,6 +528,14 @@ async fn stats(State(state): State<AppState>) -> Result<Json<Tagged<queue::Stats
 }
 
 /// `GET /tasks/types`: the task types and their payload fields.
+#[utoipa::path(
+    get,
+    path = "/tasks/types",
+    tag = "tasks",
+    operation_id = "task_types",
+    summary = "The task types and their payload fields",
+    responses((status = 200, description = "Every task type a worker runs.", body = crate::openapi::TaskTypesSchema)),
+)]
 async fn types() -> Json<TaskTypes<&'static [queue::types::TaskType]>> {
     Json(TaskTypes {
         types: queue::types::TYPES,
@@ -350,6 +553,21 @@ struct Seen {
 /// `GET /tasks/{id}/events`: server-sent events. `event: status` (the whole task) whenever its
 /// status or attempt changes, `event: progress` when only its progress does; the stream ends
 /// after the task reaches `succeeded`, `dead` or `cancelled`. The store is read every 200 ms.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/events",
+    tag = "tasks",
+    operation_id = "task_events",
+    summary = "A task's changes as server-sent events",
+    params(("id" = String, Path, description = "The task's id.", example = "0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10")),
+    responses(
+        (status = 200, description = "`event: status` (the whole task) when its status or attempt changes, `event: progress` when only its progress does; the stream ends once the task is final.",
+            content_type = "text/event-stream", body = String,
+            example = "event: status\ndata: {\"id\":\"0190c3a2-6f1e-7cc1-9a51-2f4b1d7e9a10\",\"status\":\"running\"}\n\n"),
+        (status = 404, description = "No task with this id is yours (`not_found`: the same for someone else's).", body = ErrorBody),
+        (status = 503, description = "The task queue cannot be reached (`queue_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn events(
     State(state): State<AppState>,
     caller: Caller,

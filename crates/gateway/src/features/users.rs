@@ -19,6 +19,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, Json, RequestId};
 
+use api::ErrorBody;
 use api::client::{ClientError, UsersClient};
 use api::wire::auth::{Account, RolesRequest};
 use api::wire::gateway::{Deleted, RoleChanged, UsersQuery};
@@ -29,6 +30,12 @@ use crate::error::from_client;
 use crate::policy::{Endpoint, GUEST};
 use crate::tokens::Caller;
 use crate::{AppState, Error};
+
+/// This module's routes, as the document describes them (`/getUserData` is added by `openapi` as
+/// an alias of `GET /users/me`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(me, update_me, delete_me, list, get_user, set_role))]
+pub(super) struct Doc;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -95,6 +102,21 @@ async fn invalidate(state: &AppState, id: &str, rid: &str) {
 }
 
 /// `GET /users/me`, `GET /getUserData`: your profile, from the primary (read-your-writes).
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    tag = "users",
+    operation_id = "get_me",
+    summary = "Your profile",
+    responses(
+        (status = 200, description = "Your profile, from its shard's primary.", body = Profile,
+            example = json!({"id": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11", "username": "alice", "email": "alice@example.org", "first_name": "Alice", "last_name": null, "role": "user", "created_at": "2026-05-01T10:00:00Z", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 403, description = "A guest token: this route needs a user's (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "You have no profile (`not_found`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn me(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -110,6 +132,23 @@ async fn me(
 }
 
 /// `PATCH /users/me`: change your email or names; your role only with the role route's role.
+#[utoipa::path(
+    patch,
+    path = "/users/me",
+    tag = "users",
+    operation_id = "update_me",
+    summary = "Change your profile",
+    request_body(content = UpdateProfile, example = json!({"email": "alice@example.com", "last_name": "Liddell"})),
+    responses(
+        (status = 200, description = "Your profile as changed.", body = Profile, example = json!({"id": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11", "username": "alice", "email": "alice@example.org", "first_name": "Alice", "last_name": null, "role": "user", "created_at": "2026-05-01T10:00:00Z", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 400, description = "No field to change (`empty_update`), or a field breaks its rule (`invalid_email`, `invalid_name`, `invalid_role`).", body = ErrorBody,
+            example = json!({"error": "empty_update", "message": "give at least one of email, first_name, last_name"})),
+        (status = 403, description = "A guest token, or a role change without the role of `PATCH /users/{id}/role` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "You have no profile, or no account (`not_found`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn update_me(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -148,6 +187,20 @@ async fn set_account_role(
 }
 
 /// `DELETE /users/me`: the profile, then the account.
+#[utoipa::path(
+    delete,
+    path = "/users/me",
+    tag = "users",
+    operation_id = "delete_me",
+    summary = "Delete your profile and your account",
+    responses(
+        (status = 200, description = "Nothing of you is left; which parts were deleted now.", body = Deleted,
+            example = json!({"deleted": true, "profile": true, "account": true})),
+        (status = 403, description = "A guest token (`forbidden`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn delete_me(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -165,12 +218,38 @@ async fn delete_me(
 }
 
 /// `GET /users?after=&limit=` (admin by default): one page in id order across every shard.
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    operation_id = "list_users",
+    summary = "Every profile, one page in id order",
+    params(
+        ("after" = Option<String>, Query, description = "The `next_cursor` of the previous page.",
+            pattern = r"^[A-Za-z0-9_-]{1,64}$"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to the users service's largest (100 by default); 50 when absent.",
+            minimum = 1, maximum = 100, example = 50),
+    ),
+    responses(
+        (status = 200, description = "One page of profiles, ids ascending.", body = ProfilePage,
+            example = json!({"users": [{"id": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11", "username": "alice", "email": "alice@example.org", "first_name": "Alice", "last_name": null, "role": "user", "created_at": "2026-05-01T10:00:00Z", "updated_at": "2026-05-01T10:00:00Z"}], "next_cursor": null})),
+        (status = 400, description = "A bad query (`invalid_query`, `invalid_id`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
     query: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<Json<ProfilePage>, Error> {
     let Query(q) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    // `after` is a user id: anything else is no cursor this API gave.
+    if let Some(after) = q.after.as_deref() {
+        api::wire::users::check_id(after).map_err(|_| {
+            Error::InvalidQuery("after is the next_cursor of a page: a user id".into())
+        })?;
+    }
     users(&state)?
         .list(q.after.as_deref(), q.limit.unwrap_or(50), &rid)
         .await
@@ -179,6 +258,23 @@ async fn list(
 }
 
 /// `GET /users/{id}`: yours, or anyone's with the route's role (the guard decides); cache-aside.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    operation_id = "get_user",
+    summary = "A profile, cached; your own needs no role",
+    params(("id" = String, Path, description = "A user id (the account's).", pattern = r"^[A-Za-z0-9_-]{1,64}$", example = "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11")),
+    responses(
+        (status = 200, description = "The profile.", body = Profile,
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            example = json!({"id": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11", "username": "alice", "email": "alice@example.org", "first_name": "Alice", "last_name": null, "role": "user", "created_at": "2026-05-01T10:00:00Z", "updated_at": "2026-05-01T10:00:00Z"})),
+        (status = 400, description = "Not a user id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No user has this id (`not_found`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn get_user(
     State(state): State<AppState>,
     RequestId(rid): RequestId,
@@ -223,6 +319,24 @@ async fn get_user(
 
 /// `PATCH /users/{id}/role` `{"role": "admin"}` (admin by default): in `users` and in `auth`;
 /// effective from the user's next login.
+#[utoipa::path(
+    patch,
+    path = "/users/{id}/role",
+    tag = "users",
+    operation_id = "set_user_role",
+    summary = "Change a user's role",
+    params(("id" = String, Path, description = "A user id (the account's).", pattern = r"^[A-Za-z0-9_-]{1,64}$", example = "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11")),
+    request_body(content = RoleChange, example = json!({"role": "admin"})),
+    responses(
+        (status = 200, description = "The profile with its new role; tokens carry it from the user's next login.",
+            body = RoleChanged,
+            example = json!({"profile": {"id": "0b7e3c9e-9a4e-4a43-9a57-3f1f2f0d2c11", "username": "alice", "email": "alice@example.org", "first_name": "Alice", "last_name": null, "role": "user", "created_at": "2026-05-01T10:00:00Z", "updated_at": "2026-05-01T10:00:00Z"}, "roles": ["admin"], "effective": "at the user's next login"})),
+        (status = 400, description = "Not a role of this topology (`invalid_role`), or not a user id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No user has this id (`not_found`).", body = ErrorBody),
+        (status = 502, description = "Users or auth cannot be reached or failed.", body = ErrorBody),
+        (status = 503, description = "Users is unavailable, or a shard of it (`shard_unavailable`).", body = ErrorBody),
+    )
+)]
 async fn set_role(
     State(state): State<AppState>,
     RequestId(rid): RequestId,

@@ -2,6 +2,7 @@
 //! servers on ephemeral ports (`fakes.rs`). Waits poll a condition with a deadline, never a fixed
 //! sleep.
 
+mod contract;
 mod data;
 mod fakes;
 mod fuses;

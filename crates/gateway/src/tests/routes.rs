@@ -196,6 +196,23 @@ async fn guest_tokens_only_when_turned_on() {
         (claims["username"].clone(), claims["roles"].clone()),
         (json!("test_user"), json!(["guest"]))
     );
+    // `null` is no body; an array is not `{"username": name}` (serde would read it as the
+    // fields in order: found by the contract's fuzzer on the report routes, which share this).
+    for (body, status) in [
+        ("null", StatusCode::OK),
+        (r#"["test_user"]"#, StatusCode::BAD_REQUEST),
+        ("7", StatusCode::BAD_REQUEST),
+    ] {
+        let a = send(
+            &on,
+            req(Method::POST, "/token")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, status, "{body}: {}", a.json);
+    }
     let refused = send(
         &off,
         req(Method::POST, "/token").body(Body::empty()).unwrap(),

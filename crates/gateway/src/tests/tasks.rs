@@ -574,3 +574,44 @@ async fn a_queue_that_is_down_or_missing_answers_503() {
     .await;
     assert_eq!(b.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_the_numbers_they_are() {
+    // Found by the contract's fuzzer: JSON does not tell `12.0` from `12`, and the document's
+    // integers accept both; the task stores integers, as the workers read them.
+    let t = start().await;
+    let id = t
+        .submit(
+            &t.alice(),
+            json!({"type": "sleep", "payload": {"ms": 500.0}, "max_attempts": 12.0}),
+        )
+        .await;
+    let a = t.get(&format!("/tasks/{id}"), &t.alice()).await;
+    assert_eq!(a.json["payload"]["ms"], json!(500), "{}", a.json);
+    assert!(a.json["payload"]["ms"].is_i64(), "{}", a.json);
+    assert_eq!(a.json["max_attempts"], json!(12));
+    for bad in [
+        json!({"type": "sleep", "payload": {"ms": 500.5}}),
+        json!({"type": "sleep", "payload": {"ms": 1}, "max_attempts": 2.5}),
+        json!({"type": "sleep", "payload": {"ms": 1}, "max_attempts": -1.0}),
+    ] {
+        let a = t.post("/tasks", &t.alice(), &bad.to_string()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.json);
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_optional_body_is_refused_in_the_error_shape() {
+    let t = start().await;
+    let big = format!(
+        "{{\"name\": \"{}\"}}",
+        "x".repeat(t.h.config.max_body_bytes + 10)
+    );
+    let a = t.post("/longtask", &t.alice(), &big).await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{}",
+        a.text
+    );
+}

@@ -277,3 +277,23 @@ async fn a_profile_read_that_raced_an_update_does_not_bring_the_old_profile_back
         ("MISS", json!("Alice"))
     );
 }
+
+#[tokio::test]
+async fn a_page_cursor_that_is_not_a_user_id_is_refused() {
+    // Found by the contract's fuzzer: `after=0.5` was passed on and answered a page.
+    let (h, _users) = harness().await;
+    let app = h.app().await;
+    let a = send(&app, get_with_token("/users?after=0.5", &h.admin())).await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::BAD_REQUEST, "invalid_query"),
+        "{}",
+        a.json
+    );
+    let a = send(
+        &app,
+        get_with_token("/users?after=user-1&limit=2", &h.admin()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+}
