@@ -66,7 +66,7 @@ pub struct Backend {
     /// Time to response headers, in microseconds.
     latency: Mutex<Histogram<u64>>,
     /// Idle keep-alive connections to this backend.
-    pub(crate) conns: ConnPool,
+    pub conns: ConnPool,
 }
 
 /// What `/_lb/stats` shows of a backend.
@@ -308,7 +308,7 @@ impl Backend {
     }
 
     /// Counts a request as started; the guard ends it.
-    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 /// How a send failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailKind {
+pub enum FailKind {
     /// The TCP connection could not be made (refused, unreachable).
     Connect,
     /// The TCP connection took longer than the connect timeout.
@@ -41,7 +41,7 @@ pub(crate) enum SendError {
 
 /// Idle connections to one backend, most recently used first.
 #[derive(Debug)]
-pub(crate) struct ConnPool {
+pub struct ConnPool {
     authority: String,
     /// Shared with the response bodies, which put their connection back when they end.
     idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
@@ -49,6 +49,9 @@ pub(crate) struct ConnPool {
     /// Set when the backend drains: no connection is kept or given back any more, so each one
     /// closes after its current response.
     closing: Arc<AtomicBool>,
+    /// Idle plain TCP connections of callers that speak HTTP/1 themselves (the balancer's hop,
+    /// `lb::h1`): the same limits, drain and clearing as the hyper connections above.
+    raw: Mutex<Vec<TcpStream>>,
 }
 
 /// A connection lent to one response: back to the idle list when the response body has been
@@ -85,7 +88,42 @@ impl ConnPool {
             idle: Arc::new(Mutex::new(Vec::new())),
             max_idle,
             closing: Arc::new(AtomicBool::new(false)),
+            raw: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An idle plain connection that still looks open, most recently used first. One that the
+    /// backend closed meanwhile (its end of stream already arrived), or that holds bytes nobody
+    /// asked for, is dropped. A close still on its way is the caller's to survive (see
+    /// `lb::h1`: a reused connection that ends before any answer byte is retried once on a
+    /// fresh one when the request can be replayed).
+    pub fn take_raw(&self) -> Option<TcpStream> {
+        loop {
+            let stream = self.raw.lock().ok()?.pop()?;
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Keeps a plain connection whose last exchange ended cleanly for the next request, unless
+    /// the backend drains or enough are kept already (then it closes).
+    pub fn give_back_raw(&self, stream: TcpStream) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut raw) = self.raw.lock()
+            && raw.len() < self.max_idle
+        {
+            raw.push(stream);
+        }
+    }
+
+    /// A new plain connection (`TCP_NODELAY` set), within `timeout`.
+    pub async fn connect_raw(&self, timeout: Duration) -> Result<TcpStream, (FailKind, String)> {
+        connect_tcp(&self.authority, timeout).await
     }
 
     /// Closes the idle connections (a backend marked down: after an outage they are most likely
@@ -94,14 +132,17 @@ impl ConnPool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+        if let Ok(mut raw) = self.raw.lock() {
+            raw.clear();
+        }
     }
 
     /// From now on (`true`) every connection closes after its current response and the idle ones
     /// close at once; `false` keeps connections again (a drain called off).
     pub(crate) fn set_closing(&self, closing: bool) {
         self.closing.store(closing, Ordering::Release);
-        if closing && let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        if closing {
+            self.clear_idle();
         }
     }
 
@@ -173,11 +214,8 @@ impl ConnPool {
     }
 }
 
-/// Opens a new connection to `authority` and runs its HTTP/1 state machine in a task.
-async fn connect(
-    authority: &str,
-    timeout: Duration,
-) -> Result<SendRequest<Body>, (FailKind, String)> {
+/// A TCP connection to `authority` with `TCP_NODELAY`, within `timeout`.
+async fn connect_tcp(authority: &str, timeout: Duration) -> Result<TcpStream, (FailKind, String)> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err((FailKind::Connect, e.to_string())),
@@ -189,6 +227,15 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a new connection to `authority` and runs its HTTP/1 state machine in a task.
+async fn connect(
+    authority: &str,
+    timeout: Duration,
+) -> Result<SendRequest<Body>, (FailKind, String)> {
+    let stream = connect_tcp(authority, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

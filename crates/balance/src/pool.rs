@@ -408,9 +408,7 @@ impl Pool {
     /// refused, what the last attempt got is passed on. Every answer feeds outlier ejection.
     pub async fn send(&self, req: Request<Body>) -> Result<Forwarded, PoolError> {
         let replay = Replay::of(&req);
-        if self.config.retry_budget.enabled {
-            self.budget.deposit(clock::now_ms());
-        }
+        self.admit();
         let mut req = Some(req);
         // The membership as this request found it; a change meanwhile applies to the next one.
         let backends = self.backends.load();
@@ -422,13 +420,9 @@ impl Pool {
 
         let max_attempts = self.config.max_attempts.max(1);
         for attempt in 1..=max_attempts {
-            let candidates: SmallVec<[usize; 16]> = (0..backends.len())
-                .filter(|i| !tried.contains(i) && backends[*i].is_selectable())
-                .collect();
-            if candidates.is_empty() {
+            let Some(i) = self.pick(&backends, &tried) else {
                 break;
-            }
-            let i = self.selection.select(&backends, &candidates);
+            };
             tried.push(i);
             let backend = &backends[i];
             let Some(request) = req.take().or_else(|| replay.as_ref().map(Replay::build)) else {
@@ -443,30 +437,22 @@ impl Pool {
             .await;
             match outcome {
                 Ok(Ok((resp, conn))) => {
-                    let now = clock::now_ns();
                     let failed = resp.status().is_server_error();
-                    let streak = backend.record_answer(
-                        Duration::from_nanos(now.saturating_sub(started)),
-                        failed,
-                        now,
-                    );
-                    if failed {
-                        self.outliers
-                            .on_failure(&backends, i, streak, now / 1_000_000);
-                        if self.config.retry_server_errors
-                            && replay.is_some()
-                            && attempt < max_attempts
-                            && self.has_untried(&backends, &tried)
-                            && self.may_retry(now / 1_000_000)
-                        {
-                            tracing::debug!(pool = %self.name, backend = %backend.url, status = %resp.status(), "server error; replaying the idempotent request on the next backend");
-                            metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
-                                .increment(1);
-                            // The answer is dropped unread: its connection closes.
-                            drop(resp);
-                            drop(guard);
-                            continue;
-                        }
+                    let now = self.answered(&backends, i, started, failed);
+                    if failed
+                        && self.config.retry_server_errors
+                        && replay.is_some()
+                        && attempt < max_attempts
+                        && self.has_untried(&backends, &tried)
+                        && self.may_retry(now / 1_000_000)
+                    {
+                        tracing::debug!(pool = %self.name, backend = %backend.url, status = %resp.status(), "server error; replaying the idempotent request on the next backend");
+                        metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
+                            .increment(1);
+                        // The answer is dropped unread: its connection closes.
+                        drop(resp);
+                        drop(guard);
+                        continue;
                     }
                     let response = resp.map(|inner| {
                         let mut body = Guarded {
@@ -494,8 +480,7 @@ impl Pool {
                     // Refused, timed out, or closed before the request was written: all say
                     // the backend is gone or going, so it leaves selection until checks pass.
                     // The retry is not counted against the budget: no backend did any work.
-                    backend.record_error();
-                    backend.mark_down();
+                    self.unanswered(backend);
                     tracing::debug!(?kind, "send failed before the request left");
                     tracing::warn!(pool = %self.name, backend = %backend.url, %detail, "backend unreachable, trying the next one");
                     metrics::counter!("scalelab_pool_retries_total", "pool" => self.name.clone())
@@ -507,8 +492,7 @@ impl Pool {
                     });
                 }
                 Ok(Err(SendError::Failed { detail })) => {
-                    backend.record_error();
-                    backend.mark_down();
+                    self.unanswered(backend);
                     let err = PoolError::Broken {
                         backend: backend.url.clone(),
                         detail,
@@ -522,8 +506,7 @@ impl Pool {
                     last = Some(err);
                 }
                 Err(_elapsed) => {
-                    backend.record_error();
-                    backend.mark_down();
+                    self.unanswered(backend);
                     let err = PoolError::Timeout {
                         backend: backend.url.clone(),
                         timeout_ms: self.config.response_timeout_ms,
@@ -546,13 +529,67 @@ impl Pool {
         }))
     }
 
+    /// Counts one request towards the retry budget (its deposit): once per request, before
+    /// its first attempt. [`Pool::send`] does it; a caller that moves the bytes itself
+    /// (`lb::h1`) calls it, then [`Pool::pick`], [`Pool::answered`] or [`Pool::unanswered`] per
+    /// attempt, and [`Pool::may_retry`] before a retry that may cost a backend work.
+    pub fn admit(&self) {
+        if self.config.retry_budget.enabled {
+            self.budget.deposit(clock::now_ms());
+        }
+    }
+
+    /// The backends as they are now: one request works on this set, whatever membership does
+    /// meanwhile (no reference count is taken).
+    pub fn current(&self) -> arc_swap::Guard<Arc<Vec<Arc<Backend>>>> {
+        self.backends.load()
+    }
+
+    /// The strategy's choice among the selectable backends not in `tried`, `None` when none is left.
+    pub fn pick(&self, backends: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
+        // On the stack for pools of up to 16 backends: no allocation per request.
+        let candidates: SmallVec<[usize; 16]> = (0..backends.len())
+            .filter(|i| !tried.contains(i) && backends[*i].is_selectable())
+            .collect();
+        (!candidates.is_empty()).then(|| self.selection.select(backends, &candidates))
+    }
+
+    /// Records that `backends[i]`, asked at `started_ns` on the [`clock`], answered now
+    /// (`server_error` for a 5xx): latency, Peak-EWMA, outlier counts. Returns now (ns).
+    pub fn answered(
+        &self,
+        backends: &[Arc<Backend>],
+        i: usize,
+        started_ns: u64,
+        server_error: bool,
+    ) -> u64 {
+        let now = clock::now_ns();
+        let streak = backends[i].record_answer(
+            Duration::from_nanos(now.saturating_sub(started_ns)),
+            server_error,
+            now,
+        );
+        if server_error {
+            self.outliers
+                .on_failure(backends, i, streak, now / 1_000_000);
+        }
+        now
+    }
+
+    /// Records that `backend` gave no answer (unreachable, connection broken, no answer in time):
+    /// it leaves selection until its health checks pass again.
+    pub fn unanswered(&self, backend: &Backend) {
+        backend.record_error();
+        backend.mark_down();
+    }
+
     /// Whether a backend not yet tried for this request may take it.
-    fn has_untried(&self, backends: &[Arc<Backend>], tried: &[usize]) -> bool {
+    pub fn has_untried(&self, backends: &[Arc<Backend>], tried: &[usize]) -> bool {
         (0..backends.len()).any(|j| !tried.contains(&j) && backends[j].is_selectable())
     }
 
     /// Whether the retry budget allows one more retry now (counted if so).
-    fn may_retry(&self, now_ms: u64) -> bool {
+    pub fn may_retry(&self, now_ms: u64) -> bool {
         if self.budget.try_withdraw(now_ms) {
             return true;
         }

@@ -47,6 +47,22 @@ pub async fn serve(
     use axum::serve::ListenerExt;
     // Metrics recorded before the recorder exists are lost; install it before the first request.
     metrics::handle();
+    let (listener, signal) = draining(listener, shutdown);
+    axum::serve(
+        // `tap_io` gives the wrapper the `ConnectInfo<SocketAddr>` a plain `TcpListener` has.
+        listener.tap_io(|_| {}),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await
+}
+
+/// The listener that drains its backlog on `shutdown`, and the signal that fires once it has
+/// and the last connection taken had [`FIRST_REQUEST_GRACE`] to send its first request.
+fn draining(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (Draining, impl Future<Output = ()> + Send + 'static) {
     let closing = std::sync::Arc::new(tokio::sync::Notify::new());
     let drained = std::sync::Arc::new(tokio::sync::Notify::new());
     let last_accept = std::sync::Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
@@ -67,13 +83,59 @@ pub async fn serve(
             tokio::time::sleep_until(at + FIRST_REQUEST_GRACE).await;
         }
     };
-    axum::serve(
-        // `tap_io` gives the wrapper the `ConnectInfo<SocketAddr>` a plain `TcpListener` has.
-        listener.tap_io(|_| {}),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .await
+    (listener, signal)
+}
+
+/// Told to a connection served by [`serve_connections`] when the server stops: finish the
+/// request in hand, then close (an idle connection closes at once).
+#[derive(Debug, Clone)]
+pub struct Closing(tokio::sync::watch::Receiver<bool>);
+
+impl Closing {
+    /// Resolves once the server is stopping (at once if it already is).
+    pub async fn fired(&mut self) {
+        // An error means the server is gone, which is a stop too.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Whether the server is stopping.
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Serves each connection of `listener` with `handle` (one task per connection) until
+/// `shutdown`, with [`serve`]'s lossless stop: the backlog is taken, then every connection is
+/// told [`Closing`] and the server returns once all have ended. For a server that speaks HTTP
+/// itself (the balancer's hop, `lb::h1`); `handle` gets the peer address.
+pub async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    handle: F,
+) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Closing) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use axum::serve::Listener;
+    metrics::handle();
+    let (mut listener, signal) = draining(listener, shutdown);
+    let (stop, closing) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            (stream, peer) = listener.accept() => {
+                connections.spawn(handle(stream, peer, Closing(closing.clone())));
+                // Reap the ended ones so that the set holds only live connections.
+                while connections.try_join_next().is_some() {}
+            }
+        }
+    }
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// How long a connection taken just before a stop has to send its first request.

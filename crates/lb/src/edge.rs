@@ -82,6 +82,13 @@ impl Edge {
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
     }
 
+    /// Whether a request from `ip` now is over the rate limit (a request within it is counted).
+    pub fn over_limit(&self, ip: IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_some_and(|l| l.check_key(&canonical(ip)).is_err())
+    }
+
     /// Forgets clients idle long enough to be back at full burst, so that memory stays bounded.
     pub fn spawn_sweeper(&self) -> Sweeper {
         Sweeper(self.limiter.clone().map(|l| {

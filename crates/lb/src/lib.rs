@@ -10,7 +10,9 @@
 //! Start reading at [`router`].
 
 pub mod admin;
+pub mod chunked;
 pub mod edge;
+pub mod h1;
 pub mod proxy;
 
 use std::future::Future;
@@ -50,6 +52,21 @@ pub struct Config {
     /// pool then follows its list of gateways as they are scaled, drained and stopped. Empty: the
     /// pool is `backends` (and their DNS names with `pool.resolve`).
     pub membership_url: String,
+    /// How client connections are served: `direct` (the balancer's own HTTP/1 hop, [`h1`]; a
+    /// connection that needs anything else, h2c included, goes on with hyper) or `hyper` (every
+    /// connection through hyper and [`proxy::forward`]). Both give the same answers.
+    pub engine: Engine,
+}
+
+/// How the balancer serves its client connections (`[lb] engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// The balancer's own HTTP/1 hop ([`h1`]), handing rare requests to hyper.
+    #[default]
+    Direct,
+    /// hyper's server and client for every request ([`proxy::forward`]).
+    Hyper,
 }
 
 impl Default for Config {
@@ -62,6 +79,7 @@ impl Default for Config {
             rate_limit: None,
             max_body_bytes: 10 * 1024 * 1024,
             membership_url: String::new(),
+            engine: Engine::Direct,
         }
     }
 }
@@ -182,15 +200,26 @@ pub async fn serve(
             config.membership_url.trim_end_matches('/')
         )
     });
+    let engine = config.engine;
     let state = AppState::new(config, instance)?;
     let _checks = state.pool.spawn_health_checks();
     let _membership = state.pool.spawn_membership(&backends, supervisor);
     let _sweeper = state.edge.spawn_sweeper();
     tracing::info!(
         strategy = state.pool.strategy(),
+        ?engine,
         backends = ?state.pool.backends().iter().map(|b| b.url.as_str()).collect::<Vec<_>>(),
         "load balancer ready"
     );
-    common::serve(listener, router(state), shutdown).await?;
+    let app = router(state.clone());
+    match engine {
+        Engine::Hyper => common::serve(listener, app, shutdown).await?,
+        Engine::Direct => {
+            common::serve_connections(listener, shutdown, move |stream, peer, closing| {
+                h1::connection(stream, peer, state.clone(), app.clone(), closing)
+            })
+            .await?
+        }
+    }
     Ok(())
 }

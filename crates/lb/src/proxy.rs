@@ -206,7 +206,7 @@ struct Handles {
 }
 
 /// The request counter (by backend and status) and duration histogram (by backend) of one answer.
-fn handles(
+pub(crate) fn handles(
     backend: &std::sync::Arc<balance::Backend>,
     status: u16,
 ) -> (metrics::Counter, metrics::Histogram) {
