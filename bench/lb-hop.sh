@@ -5,7 +5,7 @@
 # run, in turns, with the same wrk and the same backends:
 #   nginx (Debian, keepalive upstream), HAProxy (Debian, http-reuse always), `scalelab serve lb`
 #   (round robin; every feature on: health checks, X-Forwarded-*, request ids, metrics, retries,
-#   body limit).
+#   body limit) with its own HTTP/1 hop (`engine = "direct"`, the default), then with hyper's.
 # Needs: nginx, haproxy, wrk (apt-get install -y nginx haproxy wrk); a release build of scalelab.
 # Usage: bench/lb-hop.sh [duration] [connections] [proxy cores, e.g. 0 or 0-1]
 set -euo pipefail
@@ -80,20 +80,27 @@ backend b
 CONF
 taskset -c "$PCORES" haproxy -db -f "$WORK/haproxy.cfg" & PIDS+=($!)
 
-# scalelab's balancer.
+# scalelab's balancer, with its own HTTP/1 hop (the default engine) and with hyper's.
 PS=$(free_port)
 cat > "$WORK/scalelab.toml" <<CONF
 [lb]
 backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
 CONF
 SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-1 --port "$PS" --config "$WORK/scalelab.toml" --data-dir "$WORK/data" > "$WORK/lb.log" 2>&1 & PIDS+=($!)
-for p in "$PN" "$PH" "$PS"; do wait_port "$p"; done
+PY=$(free_port)
+cat > "$WORK/scalelab-hyper.toml" <<CONF
+[lb]
+engine = "hyper"
+backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
+CONF
+SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-2 --port "$PY" --config "$WORK/scalelab-hyper.toml" --data-dir "$WORK/data-hyper" > "$WORK/lb-hyper.log" 2>&1 & PIDS+=($!)
+for p in "$PN" "$PH" "$PS" "$PY"; do wait_port "$p"; done
 
 echo "machine: $NCPU cores, $(uname -r); proxy on core(s) $PCORES ($NWORKERS worker(s)), backends and wrk on $OCORES"
 echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
 printf '%-34s %10s %9s %9s %8s\n' proxy "req/s" p50 p99 "vs nginx"
 NGINX_RPS=
-for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS"; do
+for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS" "scalelab lb, engine hyper:$PY"; do
   name=${target%%:*}; p=${target##*:}
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
   out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")

@@ -3,6 +3,9 @@
 //! fast backend. Waits are on the balancer's own state (`/_lb/stats`), never fixed sleeps; the
 //! assertions are on counts and states.
 
+#[allow(unreachable_pub)]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -68,28 +71,15 @@ async fn backend(name: &'static str) -> Server {
     }
 }
 
-async fn start_lb(backends: &[&Server], pool: PoolConfig) -> (String, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = lb::Config {
+/// A balancer over `backends`; stopped when the handle is dropped.
+async fn start_lb(backends: &[&Server], pool: PoolConfig) -> (String, support::Lb) {
+    let lb = support::Lb::start(lb::Config {
         backends: backends.iter().map(|b| b.url.clone()).collect(),
         pool,
         ..lb::Config::default()
-    };
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        lb::serve(
-            listener,
-            config,
-            common::Instance::new("lb", "lb-1"),
-            async {
-                let _ = rx.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
-    (url, tx)
+    })
+    .await;
+    (lb.url.clone(), lb)
 }
 
 /// Fast fuses: ejections of 1 s and up, a sweep every 50 ms.

@@ -1,12 +1,14 @@
 //! The balancer in front of real HTTP backends, all on ephemeral ports.
 
+#[allow(unreachable_pub)]
+mod support;
+
 use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::any;
-use balance::{HealthConfig, PoolConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -63,43 +65,13 @@ async fn echo_backend(name: &'static str) -> Server {
     }
 }
 
-async fn start_lb(config: lb::Config) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        lb::serve(
-            listener,
-            config,
-            common::Instance::new("lb", "lb-1"),
-            async {
-                let _ = rx.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
-    Server {
-        url,
-        stop: Some(tx),
-        task,
-    }
+async fn start_lb(config: lb::Config) -> support::Lb {
+    support::Lb::start(config).await
 }
 
 fn lb_config(backends: &[&Server]) -> lb::Config {
-    lb::Config {
-        backends: backends.iter().map(|b| b.url.clone()).collect(),
-        pool: PoolConfig {
-            connect_timeout_ms: 500,
-            response_timeout_ms: 2000,
-            health: HealthConfig {
-                interval_ms: 100,
-                ..HealthConfig::default()
-            },
-            ..PoolConfig::default()
-        },
-        ..lb::Config::default()
-    }
+    let urls: Vec<&str> = backends.iter().map(|b| b.url.as_str()).collect();
+    support::config(&urls)
 }
 
 #[tokio::test]
