@@ -123,6 +123,22 @@ pub trait Queue: Send + Sync + fmt::Debug {
     /// them all. The default does nothing (its claimers poll).
     fn more_work(&self) {}
 
+    /// Tells the queue the most tasks this process's claimers hold at once (a worker: its slots
+    /// times the tasks each claims at once), before they first claim. A backend that fetches
+    /// work ahead of the claims sizes that read-ahead from it: RabbitMQ's consumer prefetch is
+    /// twice this (the deliveries of held tasks stay unacked and count against it). The default
+    /// ignores it.
+    fn set_claim_capacity(&self, tasks: usize) {
+        let _ = tasks;
+    }
+
+    /// Tells the queue that this process claims no more (a worker shutting down), so that work
+    /// it fetched ahead of a claim goes back at once for other processes to claim: RabbitMQ's
+    /// consumer is cancelled and its buffered deliveries requeued. Tasks already claimed are
+    /// untouched (finish or [`release`](Queue::release) them); later claims take only what the
+    /// store hands out itself. The default does nothing (nothing is fetched ahead).
+    async fn stop_claiming(&self) {}
+
     /// Renews the lease of a task `worker_id` holds. [`Error::LeaseLost`] when it no longer does.
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error>;
 

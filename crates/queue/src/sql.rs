@@ -274,7 +274,7 @@ impl SqlQueue {
 
     /// Stores a submission; `true` when it is new (`false`: the idempotency key's first task).
     /// It wakes no claimer: the caller announces the task once it can be claimed (the RabbitMQ
-    /// backend once the broker has its message).
+    /// backend leaves that to the broker's delivery).
     pub(crate) async fn insert(&self, task: NewTask) -> Result<(Task, bool), Error> {
         let max_attempts = attempts_of(&task, self.config.max_attempts)?;
         let id = new_id();

@@ -988,3 +988,256 @@ async fn rabbitmq_dead_tasks_reach_the_dead_letter_queue() {
         .unwrap();
     assert!(work.is_none(), "the work queue still holds the dead task");
 }
+
+/// RabbitMQ only: the processes of one deployment (gateways, workers) as separate queues on one
+/// work queue and one store, and a channel of the test's own to read the broker's counts.
+struct Rabbit {
+    amqp: String,
+    name: String,
+    config: Config,
+    side: lapin::Channel,
+    _side: lapin::Connection,
+    _db: common::testing::TestDb,
+}
+
+impl Rabbit {
+    /// `None` (the test skips, saying so) when PostgreSQL or RabbitMQ is unreachable outside CI.
+    async fn new(prefix: &str) -> Option<Self> {
+        let amqp = std::env::var("SCALELAB_TEST_AMQP")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let db = common::testing::fresh_postgres(prefix).await?;
+        let side =
+            match lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default()).await {
+                Ok(c) => c,
+                Err(e) if std::env::var_os("CI").is_none() => {
+                    eprintln!("SKIP: RabbitMQ unreachable ({e})");
+                    return None;
+                }
+                Err(e) => panic!("RabbitMQ is required in CI but unreachable: {e}"),
+            };
+        Some(Self {
+            side: side.create_channel().await.expect("a channel"),
+            _side: side,
+            amqp,
+            name: format!("scalelab-test-{}", uuid::Uuid::new_v4().simple()),
+            config: Config {
+                url: Some(db.url.clone()),
+                ..config()
+            },
+            _db: db,
+        })
+    }
+
+    /// One more process's queue.
+    async fn process(&self) -> queue::RabbitQueue {
+        queue::RabbitQueue::connect(
+            &self.amqp,
+            &self.name,
+            &self.config,
+            Some(Duration::from_secs(600)),
+        )
+        .await
+        .expect("connect")
+    }
+
+    /// The work queue's (ready messages, consumers), as the broker counts them: a message
+    /// delivered to a consumer and not acked yet is not ready.
+    async fn counts(&self) -> (u32, u32) {
+        let q = self
+            .side
+            .queue_declare(
+                self.name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("the work queue exists");
+        (q.message_count(), q.consumer_count())
+    }
+
+    /// Waits until the broker's counts are `(ready, consumers)`, at most 30 s.
+    async fn wait_counts(&self, ready: u32, consumers: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.counts().await;
+            if now == (ready, consumers) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker counts {now:?} (ready, consumers), never {:?}",
+                (ready, consumers)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Claims and completes batches through `q` as `worker` until `expected` tasks are stored (a
+/// lapsed lease or a redelivery may be on its way meanwhile), at most 60 s; how many times each
+/// task's result was stored.
+async fn drain(q: &dyn Queue, worker: &str, expected: usize) -> HashMap<String, usize> {
+    let mut stored: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored.len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {expected} tasks were stored",
+            stored.len()
+        );
+        let batch = q.claim_batch(worker, LEASE, 8).await.unwrap();
+        if batch.is_empty() {
+            q.wait_for_work(Duration::from_millis(50)).await;
+            continue;
+        }
+        let results = batch.iter().map(|t| (t.id.clone(), json!("ok"))).collect();
+        for outcome in q.complete_batch(worker, results).await.unwrap() {
+            *stored.entry(outcome.expect("stored").id).or_insert(0) += 1;
+        }
+    }
+    stored
+}
+
+/// RabbitMQ only: a worker that dies holding deliveries it claimed and deliveries it only
+/// prefetched (its queue dropped: the channel closes, as a killed process's does). The broker
+/// delivers the prefetched ones again at once and another worker runs them on their first
+/// attempt; the claimed ones come back when their leases lapse. Every task's result is stored
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_deliveries_prefetched_by_a_worker_that_dies_run_elsewhere() {
+    let Some(env) = Rabbit::new("queue_amqp_dies").await else {
+        return;
+    };
+    let gateway = env.process().await;
+    let dying = env.process().await;
+    // Its slots hold 5 tasks at most: a prefetch of 10.
+    dying.set_claim_capacity(5);
+    let mut ids = HashSet::new();
+    for i in 0..30 {
+        ids.insert(
+            gateway
+                .submit(task("sleep", Priority::Normal, i))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let claimed = dying
+        .claim_batch("dying/1", Duration::from_millis(300), 3)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    // 10 delivered to the dying worker: 3 claimed, 7 waiting in its buffer; 20 ready.
+    env.wait_counts(20, 1).await;
+    drop(dying);
+
+    let survivor = env.process().await;
+    let stored = drain(&survivor, "survivor/1", 30).await;
+    assert!(stored.values().all(|n| *n == 1), "a result stored twice");
+    assert_eq!(stored.keys().cloned().collect::<HashSet<_>>(), ids);
+    let claimed: HashSet<&str> = claimed.iter().map(|t| t.id.as_str()).collect();
+    for id in &ids {
+        let t = survivor.get(id).await.unwrap().unwrap();
+        assert_eq!(t.status, Status::Succeeded);
+        // The prefetched ones never ran before: not lost, and not waiting for a lease either.
+        let attempts = if claimed.contains(id.as_str()) { 2 } else { 1 };
+        assert_eq!(t.attempts, attempts, "{t:?}");
+    }
+    env.wait_counts(0, 1).await;
+}
+
+/// RabbitMQ only: a worker shutting down stops claiming first. Its prefetched deliveries go back
+/// to the broker at once while it still runs what it claimed, another worker runs them, a task
+/// it releases afterwards goes to the other worker too, and its own results are still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_worker_that_stops_claiming_hands_back_its_prefetched_deliveries() {
+    let Some(env) = Rabbit::new("queue_amqp_stops").await else {
+        return;
+    };
+    let gateway = env.process().await;
+    let stopping = env.process().await;
+    stopping.set_claim_capacity(5);
+    for i in 0..30 {
+        gateway
+            .submit(task("sleep", Priority::Normal, i))
+            .await
+            .unwrap();
+    }
+    let held = stopping.claim_batch("old/1", LEASE, 3).await.unwrap();
+    assert_eq!(held.len(), 3);
+    env.wait_counts(20, 1).await;
+
+    stopping.stop_claiming().await;
+    // The 7 prefetched are ready again; the 3 claimed stay with their worker, still running.
+    env.wait_counts(27, 0).await;
+    assert!(
+        stopping
+            .claim_batch("old/1", LEASE, 5)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a worker that stopped claiming took a task"
+    );
+    stopping.release(&held[2].id, "old/1").await.unwrap();
+    env.wait_counts(28, 0).await;
+
+    let other = env.process().await;
+    let stored = drain(&other, "new/1", 28).await;
+    assert!(stored.values().all(|n| *n == 1), "a result stored twice");
+    assert!(stored.contains_key(&held[2].id), "the released task");
+    let results = held[..2]
+        .iter()
+        .map(|t| (t.id.clone(), json!("old")))
+        .collect();
+    for outcome in stopping.complete_batch("old/1", results).await.unwrap() {
+        assert_eq!(outcome.expect("stored").status, Status::Succeeded);
+    }
+    let stats = gateway.stats().await.unwrap();
+    assert_eq!(stats.by_status["succeeded"], 30);
+    for t in &held {
+        // Released, not lapsed: no attempt lost on the way.
+        assert_eq!(gateway.get(&t.id).await.unwrap().unwrap().attempts, 1);
+    }
+    env.wait_counts(0, 1).await;
+}
+
+/// RabbitMQ only: a task cancelled while its delivery waits in a worker's buffer is not run,
+/// and its delivery is acked (not handed back, not kept): once the worker is gone the work
+/// queue is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_prefetched_task_that_is_cancelled_never_runs() {
+    let Some(env) = Rabbit::new("queue_amqp_cancel").await else {
+        return;
+    };
+    let gateway = env.process().await;
+    let worker = env.process().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            gateway
+                .submit(task("sleep", Priority::Normal, i))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let first = worker.claim("w", LEASE).await.unwrap().expect("a task");
+    assert_eq!(first.id, ids[0]);
+    // The other two are prefetched: delivered to the worker, not ready in the broker.
+    env.wait_counts(0, 1).await;
+    let cancelled = gateway.cancel(&ids[1]).await.unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+    let next = worker.claim("w", LEASE).await.unwrap().expect("a task");
+    assert_eq!(next.id, ids[2], "the cancelled task was claimed");
+    assert!(worker.claim("w", LEASE).await.unwrap().is_none());
+    for t in [&first, &next] {
+        worker.complete(&t.id, "w", json!("ok")).await.unwrap();
+    }
+    let stored = gateway.get(&ids[1]).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts), (Status::Cancelled, 0));
+    drop(worker);
+    env.wait_counts(0, 0).await;
+}

@@ -50,6 +50,8 @@ pub struct Config {
     /// them one after another; their results are stored in batches of up to as many. Each is
     /// leased on its own and its lease renewed while it waits. 1: one task at a time. A worker
     /// killed holds up to `concurrency * prefetch` tasks, which run again once their leases lapse.
+    /// On RabbitMQ the worker's consumer prefetches twice that many deliveries (those of its held
+    /// tasks, and as many again read ahead; docs/queue.md).
     pub prefetch: usize,
     /// At shutdown, how long running tasks get to finish before they are released back to the
     /// queue (to run elsewhere), in milliseconds. Keep it under `scalelab up`'s stop grace (10 s).

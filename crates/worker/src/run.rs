@@ -1,5 +1,7 @@
 //! The run loop: `concurrency` slots, each claiming and running one task at a time, and a
-//! gauge refresher for the queue's depth.
+//! gauge refresher for the queue's depth. At shutdown the queue is told first that this
+//! process claims no more (`Queue::stop_claiming`), so that what it fetched ahead (RabbitMQ's
+//! prefetched deliveries) goes to other workers while the running tasks finish.
 //!
 //! A slot's worker id is `<instance>/<slot>` (`worker-1/3`): a slot holds at most one task, so the
 //! id names one lease holder, and the queue refuses a late holder's calls.
@@ -15,6 +17,22 @@ use crate::handlers::Context;
 
 /// Runs every slot and the gauge refresher until `stop` turns true and the slots are done.
 pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
+    let config = &state.inner.config;
+    // What the slots hold at most: a queue that fetches ahead of the claims (RabbitMQ's
+    // consumer prefetch) sizes its read-ahead from it.
+    state
+        .inner
+        .queue
+        .set_claim_capacity(config.concurrency.saturating_mul(config.prefetch));
+    // At shutdown, work the queue fetched ahead of the claims goes back at once, while the
+    // running tasks get their grace, so that other workers can start it meanwhile.
+    let stopping = tokio::spawn({
+        let (queue, mut stop) = (state.inner.queue.clone(), stop.clone());
+        async move {
+            stopped(&mut stop).await;
+            queue.stop_claiming().await;
+        }
+    });
     let mut slots = tokio::task::JoinSet::new();
     for n in 1..=state.inner.config.concurrency {
         slots.spawn(slot(state.clone(), n, stop.clone()));
@@ -28,6 +46,14 @@ pub(crate) async fn run(state: AppState, stop: watch::Receiver<bool>) {
     }
     gauges.abort();
     pruning.abort();
+    if *stop.borrow() || stop.has_changed().is_err() {
+        // A shutdown (or its sender gone): done by now or soon, the consumer cancelled and its
+        // deliveries handed back.
+        let _ = stopping.await;
+    } else {
+        // Every slot ended without a shutdown (each one failed): nothing to hand back in order.
+        stopping.abort();
+    }
     tracing::info!(id = %state.inner.instance.id, "every slot stopped");
 }
 

@@ -402,3 +402,90 @@ async fn prefetched_tasks_keep_their_leases_and_are_released_at_shutdown() {
         assert_eq!(t.worker_id, None, "{t:?}");
     }
 }
+
+/// RabbitMQ: a worker that stops keeps no delivery it has not claimed. Its two slots run long
+/// tasks and its consumer has prefetched two more; once it has stopped (its queue still open, as
+/// in a process's last moments), another worker claims all six tasks, none with an attempt
+/// counted against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_on_rabbitmq_keeps_no_prefetched_delivery() {
+    let Some(db) = testing::fresh_postgres("worker_amqp").await else {
+        return;
+    };
+    let amqp = std::env::var("SCALELAB_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let qc = queue::Config {
+        url: Some(db.url.clone()),
+        amqp_url: Some(amqp.clone()),
+        ..queue::Config::default()
+    };
+    let name = format!(
+        "scalelab-test-worker-{}-{}",
+        std::process::id(),
+        common::now_ms()
+    );
+    let open = || queue::RabbitQueue::connect(&amqp, &name, &qc, Some(Duration::from_secs(600)));
+    let gateway = match open().await {
+        Ok(q) => q,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP: RabbitMQ unreachable ({e})");
+            return;
+        }
+        Err(e) => panic!("RabbitMQ is required in CI but unreachable: {e}"),
+    };
+    let q: Arc<dyn Queue> = Arc::new(open().await.expect("the worker's queue"));
+    let config = Config {
+        concurrency: 2,
+        prefetch: 1,
+        ..fast()
+    };
+    let state = AppState::with_queue(
+        config,
+        common::Instance::new("worker", "worker-1"),
+        q.clone(),
+        Registry::builtin(),
+    )
+    .expect("state");
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let t = gateway
+            .submit(NewTask::new("sleep", json!({"ms": 60000}), "u"))
+            .await
+            .unwrap();
+        ids.insert(t.id);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(crate::run(state, stop_rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.stats().await.unwrap().by_status["running"] < 2 {
+        assert!(Instant::now() < deadline, "the slots never both ran a task");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), runner)
+        .await
+        .expect("the run loop stops within the grace period")
+        .unwrap();
+
+    let other = open().await.expect("another worker's queue");
+    let mut claimed = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while claimed.len() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "another worker got only {} of the 6 tasks",
+            claimed.len()
+        );
+        for t in other
+            .claim_batch("worker-2/1", Duration::from_secs(30), 6)
+            .await
+            .unwrap()
+        {
+            assert_eq!(t.attempts, 1, "{t:?}");
+            claimed.insert(t.id);
+        }
+        other.wait_for_work(Duration::from_millis(50)).await;
+    }
+    assert_eq!(claimed, ids);
+    drop(q);
+}
