@@ -266,7 +266,10 @@ mod tests {
         let near = NearCache::new(10, TTL);
         let now = Instant::now();
         assert_eq!(near.get("k", now), Err(Bypass::NotLive), "never subscribed");
-        assert!(near.ticket("k").is_none(), "nothing to fill without a subscription");
+        assert!(
+            near.ticket("k").is_none(),
+            "nothing to fill without a subscription"
+        );
         let connection = near.connected();
         assert!(fill(&near, "k", json!(1), now));
         assert_eq!(

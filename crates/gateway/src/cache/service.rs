@@ -94,9 +94,7 @@ impl ServiceCache {
             connect_timeout: timeout,
             id: near.id.clone(),
         });
-        let outcome = |o: &'static str| {
-            metrics::counter!("scalelab_gateway_near_cache_total", "outcome" => o, "id" => near.id.to_string())
-        };
+        let outcome = |o: &'static str| metrics::counter!("scalelab_gateway_near_cache_total", "outcome" => o, "id" => near.id.to_string());
         cache.near = Some(Arc::new(Near {
             cache: store,
             task,

@@ -37,8 +37,7 @@ pub(crate) struct Follower {
 /// Follows the stream until the task is aborted.
 pub(crate) fn spawn(follower: Follower) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let live =
-            metrics::gauge!("scalelab_gateway_near_cache_subscribed", "id" => follower.id.to_string());
+        let live = metrics::gauge!("scalelab_gateway_near_cache_subscribed", "id" => follower.id.to_string());
         let subscriptions = metrics::counter!(
             "scalelab_gateway_near_cache_subscriptions_total",
             "id" => follower.id.to_string()
@@ -50,8 +49,12 @@ pub(crate) fn spawn(follower: Follower) -> tokio::task::JoinHandle<()> {
             follower.near.disconnected();
             live.set(0.0);
             match result {
-                Ok(()) => tracing::info!("the cache service ended the invalidation stream; subscribing again"),
-                Err(e) => tracing::warn!(error = %e, "invalidation stream lost; the near cache is off until it is back"),
+                Ok(()) => tracing::info!(
+                    "the cache service ended the invalidation stream; subscribing again"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalidation stream lost; the near cache is off until it is back")
+                }
             }
             if connected {
                 backoff = MIN_BACKOFF;
@@ -94,7 +97,11 @@ impl Follower {
         let connection = self.near.connected();
         *connected = true;
         subscriptions.increment(1);
-        tracing::info!(subscriber, lease_ms, "near cache subscribed to the cache service's invalidations");
+        tracing::info!(
+            subscriber,
+            lease_ms,
+            "near cache subscribed to the cache service's invalidations"
+        );
         let invalidations = metrics::counter!(
             "scalelab_gateway_near_cache_invalidations_total",
             "id" => self.id.to_string()
@@ -126,8 +133,11 @@ impl Follower {
                 .ack(subscriber, event.seq(), &rid)
                 .await
                 .map_err(|e| format!("acknowledgement refused or failed: {e}"))?;
-            self.near
-                .renewed(connection, sent_at, Duration::from_millis(renewed.lease_ms).min(lease));
+            self.near.renewed(
+                connection,
+                sent_at,
+                Duration::from_millis(renewed.lease_ms).min(lease),
+            );
             live.set(1.0);
         }
     }

@@ -203,9 +203,7 @@ impl CacheOutcomes {
                 metrics::histogram!("scalelab_gateway_data_seconds", "outcome" => outcome, "id" => id.to_string()),
             )
         };
-        let layer = |layer: CacheLayer| {
-            metrics::counter!("scalelab_gateway_cache_hits_total", "layer" => layer.as_str(), "id" => id.to_string())
-        };
+        let layer = |layer: CacheLayer| metrics::counter!("scalelab_gateway_cache_hits_total", "layer" => layer.as_str(), "id" => id.to_string());
         Self {
             hit: pair("hit"),
             miss: pair("miss"),
@@ -279,7 +277,9 @@ async fn read_through(
     let (read, _role) = state
         .inner
         .flights
-        .run(key.clone(), move || load(work_state, work_key, work_rid, lease))
+        .run(key.clone(), move || {
+            load(work_state, work_key, work_rid, lease)
+        })
         .await
         .map_err(|Aborted| Error::Internal("the shared db read ended without a result".into()))?;
     count(state, None, started);

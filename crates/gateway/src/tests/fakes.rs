@@ -357,7 +357,10 @@ async fn cache_put(
     Path(key): Path<String>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
-    c.entries.lock().unwrap().insert(key.clone(), body["value"].clone());
+    c.entries
+        .lock()
+        .unwrap()
+        .insert(key.clone(), body["value"].clone());
     Json(json!({"stored": true, "key": key, "ttl": body["ttl"].as_u64().unwrap_or(30)}))
 }
 
