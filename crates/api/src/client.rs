@@ -345,7 +345,23 @@ impl CacheClient {
         self.0.call::<(), _>(Method::GET, &path, None, rid).await
     }
 
-    /// `PUT /cache/{key}`.
+    /// `GET /cache/{key}?lease=on_miss|always`: the entry and, as `mode` says, a fill lease.
+    pub async fn lookup(
+        &self,
+        key: &str,
+        mode: cache::LeaseMode,
+        rid: &str,
+    ) -> Result<cache::CacheEntry, ClientError> {
+        let mode = match mode {
+            cache::LeaseMode::OnMiss => "on_miss",
+            cache::LeaseMode::Always => "always",
+        };
+        let path = format!("/cache/{}?lease={mode}", encode_segment(key));
+        self.0.call::<(), _>(Method::GET, &path, None, rid).await
+    }
+
+    /// `PUT /cache/{key}`: a write (the key's leases are voided and every near cache has dropped
+    /// the key when this returns).
     pub async fn set(
         &self,
         key: &str,
@@ -353,15 +369,52 @@ impl CacheClient {
         ttl: Option<u64>,
         rid: &str,
     ) -> Result<(), ClientError> {
+        self.put(key, value, ttl, None, rid).await.map(|_| ())
+    }
+
+    /// `PUT /cache/{key}` with the lease of a [`CacheClient::lookup`]: a fill, stored only while
+    /// the lease is valid; `Ok(false)` when a write voided it.
+    pub async fn fill(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+        lease: u64,
+        rid: &str,
+    ) -> Result<bool, ClientError> {
+        self.put(key, value, ttl, Some(lease), rid)
+            .await
+            .map(|s| s.stored)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        ttl: Option<u64>,
+        lease: Option<u64>,
+        rid: &str,
+    ) -> Result<cache::CacheStored, ClientError> {
         let path = format!("/cache/{}", encode_segment(key));
         let body = cache::CacheSet {
             value: value.clone(),
             ttl,
+            lease,
         };
-        self.0
-            .call::<_, serde_json::Value>(Method::PUT, &path, Some(&body), rid)
-            .await
-            .map(|_| ())
+        self.0.call(Method::PUT, &path, Some(&body), rid).await
+    }
+
+    /// `POST /invalidations/{subscriber}/ack`: every event up to `seq` was applied. A
+    /// `410 subscription_gone` (a [`ClientError::Status`]) means the subscriber was cut off.
+    pub async fn ack(
+        &self,
+        subscriber: u64,
+        seq: u64,
+        rid: &str,
+    ) -> Result<cache::LeaseRenewed, ClientError> {
+        let path = format!("/invalidations/{subscriber}/ack");
+        let body = cache::InvalidationAck { seq };
+        self.0.call(Method::POST, &path, Some(&body), rid).await
     }
 
     /// `DELETE /cache/{key}`.
@@ -387,6 +440,109 @@ impl CacheClient {
             .call::<(), _>(Method::GET, "/cache/stats", None, rid)
             .await
     }
+}
+
+/// The cache service's invalidation stream, `POST /invalidations`: JSON lines of
+/// [`cache::InvalidationEvent`], the first a `Hello`, for as long as the connection lasts.
+///
+/// Not a [`Transport`] call: those read a whole body, and this one never ends.
+#[derive(Debug)]
+pub struct InvalidationStream {
+    response: reqwest::Response,
+    /// Bytes read but not yet a whole line.
+    buffer: Vec<u8>,
+}
+
+impl InvalidationStream {
+    /// Subscribes at `base` (`http://127.0.0.1:5004`), sending `token` in `X-Service-Token` when
+    /// set; gives up connecting after `connect_timeout`.
+    pub async fn open(
+        base: &str,
+        token: Option<&str>,
+        connect_timeout: Duration,
+        rid: &str,
+    ) -> Result<Self, ClientError> {
+        let service = "cache";
+        let unavailable = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ClientError::Timeout { service }
+            } else {
+                ClientError::Unavailable {
+                    service,
+                    detail: e.to_string(),
+                }
+            }
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .no_proxy()
+            .build()
+            .map_err(unavailable)?;
+        let mut request = http
+            .post(format!("{}/invalidations", base.trim_end_matches('/')))
+            .header(REQUEST_ID, rid)
+            .header(http::header::ACCEPT, "application/x-ndjson");
+        if let Some(token) = token {
+            request = request.header(crate::headers::SERVICE_TOKEN, token);
+        }
+        // Only the answer's head is awaited under a deadline: the body is the stream.
+        let response = tokio_timeout(connect_timeout.saturating_mul(2), request.send())
+            .await
+            .ok_or(ClientError::Timeout { service })?
+            .map_err(unavailable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| {
+                ErrorBody::new("upstream_error", format!("{service} answered {status}"))
+            });
+            return Err(ClientError::Status {
+                service,
+                status,
+                body,
+            });
+        }
+        Ok(Self {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The next event; `Ok(None)` when the service ended the stream.
+    pub async fn next_event(&mut self) -> Result<Option<cache::InvalidationEvent>, ClientError> {
+        let service = "cache";
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let line = &line[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode {
+                        service,
+                        detail: format!("an invalidation event: {e}"),
+                    });
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(ClientError::Unavailable {
+                        service,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `future` unless it takes longer than `limit` (`None` then); the client has no timer of its own
+/// for the head of a response whose body never ends.
+async fn tokio_timeout<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    tokio::time::timeout(limit, future).await.ok()
 }
 
 /// The `db` service's API.

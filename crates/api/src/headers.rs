@@ -7,6 +7,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const SERVED_BY: &str = "x-served-by";
 /// `HIT` or `MISS` on every cache-aside answer of the gateway.
 pub const CACHE: &str = "x-cache";
+/// On a cache hit of the gateway: `near` (its own near cache) or `shared` (the cache backend).
+pub const CACHE_LAYER: &str = "x-cache-layer";
 /// The credential a deployment gives its roles (`SCALELAB_SERVICE_TOKEN`): an internal role bound
 /// beyond loopback refuses a request that changes something without it.
 pub const SERVICE_TOKEN: &str = "x-service-token";

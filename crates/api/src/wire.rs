@@ -155,9 +155,37 @@ pub mod cache {
         pub value: Value,
         /// Whether the key was present.
         pub found: bool,
+        /// A fill lease, when the query asked for one ([`LeaseQuery`]): the token a fill of this
+        /// key must carry in [`CacheSet::lease`]. A write of the key (delete, set, flush) voids
+        /// every outstanding lease of it, so a fill that read its source before the write is
+        /// refused. Absent when not asked for, or when the service holds too many leases.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub lease: Option<u64>,
+    }
+
+    /// `GET /cache/{key}?lease=...`: whether to hand out a fill lease.
+    #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct LeaseQuery {
+        /// `on_miss` (a cache-aside read) or `always` (a refresh that refills whatever is there).
+        #[serde(default)]
+        pub lease: Option<LeaseMode>,
+    }
+
+    /// When `GET /cache/{key}` hands out a lease.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(rename_all = "snake_case")]
+    pub enum LeaseMode {
+        /// Only when the key is absent (the caller is about to fill it).
+        OnMiss,
+        /// Whatever the answer (the caller refills the key from its source anyway).
+        Always,
     }
 
     /// `POST`/`PUT /cache/{key}`.
+    ///
+    /// Without `lease` the set is a write: it voids the key's leases and, answered, every
+    /// subscriber of the invalidation stream has dropped its copy of the key. With `lease` it is a
+    /// fill: stored only if the lease is still valid (`stored: false` otherwise).
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct CacheSet {
@@ -166,6 +194,84 @@ pub mod cache {
         /// Time to live in seconds; the service's default when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ttl: Option<u64>,
+        /// The lease of a fill ([`CacheEntry::lease`]); absent for a write.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub lease: Option<u64>,
+    }
+
+    /// The answer to `POST`/`PUT /cache/{key}`.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct CacheStored {
+        /// `false` only for a fill whose lease was voided by a write (or expired).
+        pub stored: bool,
+        /// The key.
+        pub key: String,
+        /// The TTL applied, in seconds (the default when the client sent none).
+        pub ttl: u64,
+    }
+
+    /// One line of `POST /invalidations`, the stream every near cache follows (JSON lines).
+    ///
+    /// `seq` numbers the events of one subscription from 1; an acknowledgement of `seq` says that
+    /// every event up to it was applied.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(tag = "event", rename_all = "snake_case")]
+    pub enum InvalidationEvent {
+        /// The first line: who the subscriber is and the lease rules.
+        Hello {
+            /// The subscription's id, for its acknowledgements.
+            subscriber: u64,
+            /// How long an acknowledged event lets the subscriber serve its near cache, counted
+            /// from when it sent the acknowledgement.
+            lease_ms: u64,
+            /// How often a heartbeat comes when nothing else does.
+            heartbeat_ms: u64,
+        },
+        /// These keys were written: drop them.
+        Invalidate {
+            /// The event's number.
+            seq: u64,
+            /// The keys.
+            keys: Vec<String>,
+        },
+        /// The cache was flushed: drop everything.
+        Flush {
+            /// The event's number.
+            seq: u64,
+        },
+        /// Nothing changed; acknowledge to keep the lease.
+        Heartbeat {
+            /// The event's number.
+            seq: u64,
+        },
+    }
+
+    impl InvalidationEvent {
+        /// The event's number (`0` for `Hello`).
+        pub fn seq(&self) -> u64 {
+            match self {
+                InvalidationEvent::Hello { .. } => 0,
+                InvalidationEvent::Invalidate { seq, .. }
+                | InvalidationEvent::Flush { seq }
+                | InvalidationEvent::Heartbeat { seq } => *seq,
+            }
+        }
+    }
+
+    /// `POST /invalidations/{subscriber}/ack`.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(deny_unknown_fields)]
+    pub struct InvalidationAck {
+        /// Every event up to this one was applied.
+        pub seq: u64,
+    }
+
+    /// The answer to an acknowledgement: the lease is renewed (`410 subscription_gone` when the
+    /// subscriber was cut off: it must drop its near cache and subscribe again).
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct LeaseRenewed {
+        /// The lease, in milliseconds from when the acknowledgement was sent.
+        pub lease_ms: u64,
     }
 
     /// `GET /cache/stats`.
@@ -244,12 +350,37 @@ pub mod gateway {
     pub struct DataResponse {
         /// `true` when the answer came from the cache.
         pub cached: bool,
+        /// Which cache answered, when one did: `near` (this gateway's own copy, kept coherent by
+        /// the cache service's invalidations) or `shared` (the cache backend). Also in
+        /// `X-Cache-Layer`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cache_layer: Option<CacheLayer>,
         /// The key read.
         pub key: String,
         /// The value.
         pub data: Value,
         /// The gateway that answered.
         pub gateway_id: String,
+    }
+
+    /// Which cache answered a hit.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
+    #[serde(rename_all = "snake_case")]
+    pub enum CacheLayer {
+        /// The gateway's near cache, in its own memory.
+        Near,
+        /// The cache backend (`service`, `local` or `redis`).
+        Shared,
+    }
+
+    impl CacheLayer {
+        /// `near` or `shared`, as in `X-Cache-Layer`.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                CacheLayer::Near => "near",
+                CacheLayer::Shared => "shared",
+            }
+        }
     }
 
     /// `GET /data` and `GET /data/{key}` query.

@@ -54,7 +54,14 @@ async fn set_then_get_returns_the_value() {
     let (status, body) = set(&s, "my_data", json!({"value": value, "ttl": 60})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"stored": true, "key": "my_data", "ttl": 60}));
-    assert_eq!(get(&s, "my_data").await, CacheEntry { value, found: true });
+    assert_eq!(
+        get(&s, "my_data").await,
+        CacheEntry {
+            value,
+            found: true,
+            lease: None
+        }
+    );
 }
 
 #[tokio::test]
@@ -111,7 +118,8 @@ async fn absent_key_is_a_miss_with_null() {
         get(&s, "nope").await,
         CacheEntry {
             value: Value::Null,
-            found: false
+            found: false,
+            lease: None
         }
     );
 }
@@ -341,4 +349,98 @@ fn config_reads_partial_sections_and_refuses_unknown_fields() {
         }
     );
     assert!(serde_json::from_value::<Config>(json!({"max_entrys": 5})).is_err());
+}
+
+async fn lookup(state: &AppState, key: &str, mode: &str) -> CacheEntry {
+    let uri = format!("/cache/{}?lease={mode}", encode_segment(key));
+    let (status, _, json) = send(state, Method::GET, &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    serde_json::from_value(json).expect("CacheEntry")
+}
+
+#[tokio::test]
+async fn a_fill_whose_lease_a_write_voided_is_refused() {
+    let s = state(Config::default()).await;
+    // Gateway 2 misses and gets a lease, then reads the db (the old value)...
+    let miss = lookup(&s, "k", "on_miss").await;
+    assert!(!miss.found);
+    let lease = miss.lease.expect("a miss asked for a lease gets one");
+    // ...gateway 1 writes the db and deletes the key...
+    let (status, _, _) = send(&s, Method::DELETE, "/cache/k", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // ...and gateway 2's fill of the old value is refused.
+    let (status, body) = set(&s, "k", json!({"value": "old", "lease": lease})).await;
+    assert_eq!(
+        (status, &body["stored"]),
+        (StatusCode::OK, &json!(false)),
+        "{body}"
+    );
+    assert!(!get(&s, "k").await.found, "the old value was not stored");
+
+    // A fill with a lease nobody voided is stored, once.
+    let lease = lookup(&s, "k", "on_miss").await.lease.unwrap();
+    let (_, body) = set(&s, "k", json!({"value": "new", "lease": lease})).await;
+    assert_eq!(body["stored"], true, "{body}");
+    assert_eq!(get(&s, "k").await.value, json!("new"));
+    let (_, body) = set(&s, "k", json!({"value": "again", "lease": lease})).await;
+    assert_eq!(body["stored"], false, "a lease is used once");
+    // A hit hands out no lease unless asked for one always (a refresh).
+    assert_eq!(lookup(&s, "k", "on_miss").await.lease, None);
+    assert!(lookup(&s, "k", "always").await.lease.is_some());
+    assert_eq!(get(&s, "k").await.lease, None, "not asked");
+}
+
+#[tokio::test]
+async fn plain_sets_and_flushes_void_leases_too() {
+    let s = state(Config::default()).await;
+    let a = lookup(&s, "a", "on_miss").await.lease.unwrap();
+    let b = lookup(&s, "b", "on_miss").await.lease.unwrap();
+    set(&s, "a", json!({"value": "written"})).await;
+    let (_, body) = set(&s, "a", json!({"value": "old", "lease": a})).await;
+    assert_eq!(body["stored"], false);
+    assert_eq!(get(&s, "a").await.value, json!("written"));
+    send(&s, Method::POST, "/cache/flush", None).await;
+    let (_, body) = set(&s, "b", json!({"value": "old", "lease": b})).await;
+    assert_eq!(body["stored"], false);
+    let (status, _, body) = send(&s, Method::GET, "/cache/a?lease=sometimes", None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_query"))
+    );
+}
+
+#[tokio::test]
+async fn acknowledgements_of_unknown_subscribers_are_410() {
+    let s = state(Config::default()).await;
+    for uri in ["/invalidations/42/ack", "/invalidations/nope/ack"] {
+        let (status, _, body) =
+            send(&s, Method::POST, uri, Some(json!({"seq": 1}).to_string())).await;
+        assert_eq!(status, StatusCode::GONE, "{uri}");
+        assert_eq!(body["error"], "subscription_gone");
+    }
+}
+
+#[test]
+fn invalidation_settings_are_checked() {
+    let bad = Config {
+        invalidation_lease_ms: 400,
+        invalidation_heartbeat_ms: 300,
+        invalidation_ack_timeout_ms: 500,
+        fill_lease_ms: 0,
+        ..Config::default()
+    };
+    let problems = bad.validate();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("invalidation_heartbeat_ms"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("invalidation_ack_timeout_ms"))
+    );
+    assert!(problems.iter().any(|p| p.starts_with("fill_lease_ms")));
+    assert_eq!(Config::default().validate(), Vec::<String>::new());
 }

@@ -127,6 +127,12 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         found
     }
 
+    /// The value under `key` (`None` when absent or expired), counting nothing: for a writer
+    /// that compares, not for a reader.
+    pub async fn peek(&self, key: &str) -> Option<V> {
+        self.entries.get(key).await.map(|e| e.value)
+    }
+
     /// Stores `value` under `key` for `ttl`, replacing any previous value and TTL.
     pub async fn insert(&self, key: String, value: V, ttl: Duration) {
         self.entries.insert(key, Entry { value, ttl }).await;

@@ -56,6 +56,13 @@ pub struct Config {
     pub cache_ttl_secs: u64,
     /// Most entries of the `local` cache; the least recently used are evicted beyond it.
     pub local_cache_max_entries: u64,
+    /// Most entries of the near cache in front of `cache = "service"`: this gateway's own copy of
+    /// what it last read from the cache service, served only while its subscription to the
+    /// service's invalidations is live (so never a value a finished write replaced). `0` turns it
+    /// off; the other backends have none (`local` is near already; `redis` not implemented).
+    pub near_cache_entries: u64,
+    /// Longest life of a near cache entry, in milliseconds; at most `cache_ttl_secs`.
+    pub near_cache_ttl_ms: u64,
     /// Redis URL (`redis://127.0.0.1:6379`), needed by `cache = "redis"` and by
     /// `rate_limit.backend = "redis"`.
     pub redis_url: Option<String>,
@@ -100,6 +107,8 @@ impl Default for Config {
             cache: CacheBackend::Service,
             cache_ttl_secs: 30,
             local_cache_max_entries: 10_000,
+            near_cache_entries: 1000,
+            near_cache_ttl_ms: 5000,
             redis_url: None,
             redis_prefix: "scalelab:".into(),
             upstream_timeout_ms: 3000,
@@ -258,6 +267,16 @@ impl Config {
         if self.cache_ttl_secs == 0 {
             problem("cache_ttl_secs: must be at least 1".into());
         }
+        if self.near_cache_entries > 0
+            && self.cache_ttl_secs > 0
+            && (self.near_cache_ttl_ms == 0
+                || self.near_cache_ttl_ms > self.cache_ttl_secs.saturating_mul(1000))
+        {
+            problem(format!(
+                "near_cache_ttl_ms: must be between 1 and cache_ttl_secs in milliseconds ({})",
+                self.cache_ttl_secs.saturating_mul(1000)
+            ));
+        }
         if self.cache == CacheBackend::Local && self.local_cache_max_entries == 0 {
             problem("local_cache_max_entries: must be at least 1".into());
         }
@@ -329,6 +348,8 @@ db_url = "http://127.0.0.1:5002"
 cache = "service"
 cache_ttl_secs = 30
 local_cache_max_entries = 10000
+near_cache_entries = 1000
+near_cache_ttl_ms = 5000
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "scalelab:"
 upstream_timeout_ms = 3000

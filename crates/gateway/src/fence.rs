@@ -8,7 +8,11 @@
 //! deletes the cached entry under the same lock. So either the fill stored before the delete (and
 //! the delete removes it) or it sees the bump and stores nothing.
 //!
-//! Across gateways the race remains (a fill on one gateway, a write on another); the TTL bounds it.
+//! Across gateways (a fill on one gateway, a write on another) this fence cannot see the write.
+//! With `cache = "service"` the cache service's fill leases close that race: the miss hands the
+//! fill a lease, the other gateway's delete voids it, and the fill is refused
+//! (`crates/cache/src/lease.rs`). With `local` there is nothing shared to race on; with `redis` the
+//! TTL still bounds it.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};

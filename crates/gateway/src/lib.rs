@@ -20,7 +20,7 @@
 //! | `POST /login`, `POST /auth/login` | no | `{"username","password"}` → `{"token","token_type","expires_in"}` |
 //! | `POST /register`, `POST /auth/register` | no (admin for `"role":"admin"`) | credentials in auth, then the profile in users |
 //! | `GET /token` | no | a guest token when `auth.anonymous_tokens`, else `404` |
-//! | `GET /data[?key=K][&refresh=true]`, `GET /data/{key}` | yes | cache-aside read, `X-Cache: HIT\|MISS` |
+//! | `GET /data[?key=K][&refresh=true]`, `GET /data/{key}` | yes | cache-aside read, `X-Cache: HIT\|MISS`, on a hit `X-Cache-Layer: near\|shared` |
 //! | `PUT /data/{key}` `{"value": any}` | yes | write to db, delete the cached entry |
 //! | `GET /process` | yes | one service instance's answer plus `gateway_id` |
 //! | `GET`/`PATCH`/`DELETE /users/me`, `GET /getUserData` | yes | your profile (`users.rs`) |
@@ -52,6 +52,9 @@
 //! - the gateway never talks to a database: the `db` service is its source of truth;
 //! - concurrent cache misses for one key in one gateway make one `db` read;
 //! - a cache outage never fails a read: it is logged and the answer comes from the db (`MISS`);
+//! - a near hit (`X-Cache-Layer: near`, `cache = "service"` only) is served only while the near
+//!   cache's subscription to the cache service's invalidations is live and its lease fresh, so a
+//!   write that has answered is never read stale through another gateway;
 //! - a 5xx answer never carries internals; the detail is in the log.
 
 pub mod cache;

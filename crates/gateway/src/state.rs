@@ -10,7 +10,7 @@ use balance::{Breaker, Fused, Pool, PoolConfig, PoolTransport, Strategy};
 use serde_json::Value;
 
 use crate::Error;
-use crate::cache::{Cache, LocalCache, RedisCache, ServiceCache};
+use crate::cache::{Cache, LocalCache, NearSettings, RedisCache, ServiceCache};
 use crate::config::{CacheBackend, Config, LimiterBackend};
 use crate::policy::Policies;
 use crate::rate_limit::{Limiter, LocalLimiter, RedisLimiter};
@@ -169,10 +169,15 @@ impl AppState {
                 .ok_or_else(|| Error::Config("redis_url is required".into()))
         };
         let cache: Arc<dyn Cache> = match config.cache {
-            CacheBackend::Service => Arc::new(ServiceCache::with_service_token(
+            CacheBackend::Service => Arc::new(ServiceCache::with_near_cache(
                 &config.cache_url,
                 upstream_timeout,
                 token.clone(),
+                NearSettings {
+                    entries: config.near_cache_entries,
+                    ttl: Duration::from_millis(config.near_cache_ttl_ms),
+                    id: instance.id.clone(),
+                },
             )),
             CacheBackend::Local => Arc::new(LocalCache::new(config.local_cache_max_entries)),
             CacheBackend::Redis => Arc::new(RedisCache::new(need_redis()?, &config.redis_prefix)),
@@ -225,6 +230,12 @@ impl AppState {
         }
         if config.auth.hs256_secret.is_some() {
             tracing::warn!("HS256 tokens with a shared secret are accepted (compatibility mode)");
+        }
+        if config.near_cache_entries > 0 && config.cache != CacheBackend::Service {
+            tracing::info!(
+                cache = ?config.cache,
+                "near_cache_entries applies to cache = \"service\" only; no near cache"
+            );
         }
         if config.rate_limit.backend == LimiterBackend::Local {
             tracing::info!("rate limits are per gateway instance (rate_limit.backend = \"local\")");

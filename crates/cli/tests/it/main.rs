@@ -30,6 +30,9 @@
 //! - `resilience`: the gateway's fuses with services made sick and healed through their knobs:
 //!   the `service` breaker opens (`503 circuit_open`) and closes; a failing service is ejected
 //!   from the gateway's pool and comes back.
+//! - `near_cache`: the gateways' near caches: a write through one gateway is never read stale
+//!   through another, a gateway cut off from its invalidations (SIGSTOP) serves no near hit, and
+//!   a fill that read the db before a write elsewhere is refused (the cache service's leases).
 //! - `support`: the helpers the modules share (send and read JSON, log in).
 //!
 //! Run one module with a filter: `cargo test -p cli --test it users::`.
@@ -41,6 +44,7 @@ mod dashboard;
 mod distributed;
 mod elastic;
 mod lab_calls;
+mod near_cache;
 mod request_path;
 mod resilience;
 mod scenario;

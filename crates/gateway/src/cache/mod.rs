@@ -1,15 +1,23 @@
 //! The gateway's cache: a small trait with three backends, chosen by `Config::cache`.
 //!
-//! - [`ServiceCache`]: the `cache` service over HTTP, shared by every gateway (the default);
+//! - [`ServiceCache`]: the `cache` service over HTTP, shared by every gateway (the default), with
+//!   a near cache in front (`near.rs`, `near_cache_entries`), kept coherent by the service's
+//!   invalidation stream (`subscription.rs`), and fills under the service's leases;
 //! - [`LocalCache`]: moka in this process, per gateway instance, per-entry TTL;
 //! - [`RedisCache`]: Redis, keys under `<redis_prefix>cache:`, `SET .. EX ttl`.
 //!
 //! Values are any JSON, stored whole; a stored falsy value (`0`, `""`, `false`, `null`) is a hit:
 //! `get` answers `Some(value)` for every stored value and `None` only for an absent key.
+//!
+//! A cache-aside read uses [`Cache::lookup`] (which says which layer answered, and hands out the
+//! fill lease of a miss) and [`Cache::fill`] (which stores the value read from the source only if
+//! no write voided the lease); [`Cache::set`] and [`Cache::delete`] are writes.
 
 mod local;
+mod near;
 mod redis;
 mod service;
+mod subscription;
 
 use std::time::Duration;
 
@@ -19,9 +27,27 @@ use serde_json::Value;
 
 use crate::Error;
 
+pub use api::wire::gateway::CacheLayer;
 pub use local::LocalCache;
 pub use redis::RedisCache;
-pub use service::ServiceCache;
+pub use service::{NearSettings, ServiceCache};
+
+/// What a cache-aside lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The value, and the layer that had it.
+    Hit {
+        /// The stored value.
+        value: Value,
+        /// `Near` (this gateway's near cache) or `Shared` (the backend).
+        layer: CacheLayer,
+    },
+    /// Absent: read the source, then [`Cache::fill`] with this lease.
+    Miss {
+        /// The backend's fill lease (`None` for backends without leases, or none to spare).
+        lease: Option<u64>,
+    },
+}
 
 /// A key/value cache of JSON values with a time to live per entry.
 ///
@@ -40,6 +66,33 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     async fn flush(&self, rid: &str) -> Result<(), Error>;
     /// Counters and size.
     async fn stats(&self, rid: &str) -> Result<CacheStats, Error>;
+    /// Like [`Cache::get`], for a cache-aside read: which layer answered, or a fill lease.
+    async fn lookup(&self, key: &str, rid: &str) -> Result<Lookup, Error> {
+        Ok(match self.get(key, rid).await? {
+            Some(value) => Lookup::Hit {
+                value,
+                layer: CacheLayer::Shared,
+            },
+            None => Lookup::Miss { lease: None },
+        })
+    }
+    /// A fill lease for a read that skips the cache (`refresh`), whatever is stored now.
+    async fn lease(&self, _key: &str, _rid: &str) -> Result<Option<u64>, Error> {
+        Ok(None)
+    }
+    /// Stores `value`, read from the source after a [`Cache::lookup`] or [`Cache::lease`] gave
+    /// `lease`, unless a write of the key came since; whether it stored. Backends without leases
+    /// store it; a backend with leases stores nothing without one.
+    async fn fill(
+        &self,
+        key: &str,
+        value: &Value,
+        ttl: Duration,
+        _lease: Option<u64>,
+        rid: &str,
+    ) -> Result<bool, Error> {
+        self.set(key, value, ttl, rid).await.map(|()| true)
+    }
     /// Whether the backend answers (for `/ready`).
     async fn ping(&self, rid: &str) -> Result<(), Error> {
         self.stats(rid).await.map(|_| ())

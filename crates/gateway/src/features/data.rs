@@ -1,8 +1,11 @@
 //! `GET /data` cache-aside, `PUT /data/{key}`, and the cache's administration.
 //!
-//! A read asks the cache, then (on a miss, a cache outage or `refresh`) makes one shared db read per
-//! key however many misses wait for it (`single_flight`), and refills the cache unless a write
-//! landed meanwhile (`fence`). A write goes to the db, then deletes the cached entry.
+//! A read asks the cache (the near cache first, with `cache = "service"`), then (on a miss, a
+//! cache outage or `refresh`) makes one shared db read per key however many misses wait for it
+//! (`single_flight`), and refills the cache unless a write landed meanwhile: on this gateway
+//! (`fence`) or on any (the cache service's fill lease, voided by the write). A write goes to the
+//! db, then deletes the cached entry, which with the cache service also drops it from every
+//! gateway's near cache before the write answers.
 
 use std::time::Duration;
 
@@ -16,7 +19,8 @@ use api::ErrorBody;
 use api::wire::db::PutRecord;
 use api::wire::gateway::{CacheStatsAnswer, DataQuery, DataResponse, DataWritten, Flushed};
 
-use super::{cache_error, x_cache};
+use super::{cache_error, x_cache, x_cache_layer};
+use crate::cache::{CacheLayer, Lookup};
 use crate::error::from_client;
 use crate::policy::Endpoint;
 use crate::single_flight::Aborted;
@@ -87,8 +91,9 @@ fn path_key(key: Result<Path<String>, PathRejection>) -> Result<String, Error> {
     tag = "data",
     operation_id = "get_data",
     summary = "Cache-aside read of ?key= (my_data by default)",
-    description = "The cache first; on a miss one db read per key however many readers wait, \
-        which refills the cache. `X-Cache` says which.",
+    description = "The cache first (this gateway's near cache, then the shared one); on a miss one \
+        db read per key however many readers wait, which refills the cache. `X-Cache` says which, \
+        and on a hit `X-Cache-Layer` which cache.",
     params(
         ("key" = Option<String>, Query, description = "The key; `my_data` when absent.",
             pattern = r"^(?!\.\.?$)[^\u0000-\u001f\u007f-\u009f]{1,256}$", example = "my_data"),
@@ -97,8 +102,9 @@ fn path_key(key: Result<Path<String>, PathRejection>) -> Result<String, Error> {
     ),
     responses(
         (status = 200, description = "The value, from the cache or the db.", body = DataResponse,
-            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
-            example = json!({"cached": true, "key": "my_data", "data": {"hello": "world"}, "gateway_id": "gateway-1"})),
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`."),
+                ("X-Cache-Layer" = String, description = "On a hit: `near` (this gateway's near cache) or `shared`.")),
+            example = json!({"cached": true, "cache_layer": "near", "key": "my_data", "data": {"hello": "world"}, "gateway_id": "gateway-1"})),
         (status = 400, description = "A bad key (`invalid_key`) or query (`invalid_query`).", body = ErrorBody,
             example = json!({"error": "invalid_key", "message": "a key is 1 to 256 characters without control characters"})),
         (status = 404, description = "No record has this key (`not_found`).", body = ErrorBody,
@@ -137,7 +143,8 @@ async fn get_data(
     ),
     responses(
         (status = 200, description = "The value, from the cache or the db.", body = DataResponse,
-            headers(("X-Cache" = String, description = "`HIT` or `MISS`.")),
+            headers(("X-Cache" = String, description = "`HIT` or `MISS`."),
+                ("X-Cache-Layer" = String, description = "On a hit: `near` (this gateway's near cache) or `shared`.")),
             example = json!({"cached": false, "key": "my_data", "data": {"hello": "world"}, "gateway_id": "gateway-1"})),
         (status = 400, description = "A bad key (`invalid_key`) or query (`invalid_query`).", body = ErrorBody),
         (status = 404, description = "No record has this key (`not_found`).", body = ErrorBody),
@@ -181,6 +188,9 @@ fn with_miss_header(result: Result<Response, Error>) -> Response {
 pub(crate) struct CacheOutcomes {
     hit: (metrics::Counter, metrics::Histogram),
     miss: (metrics::Counter, metrics::Histogram),
+    /// `scalelab_gateway_cache_hits_total{layer}`: the hits above by the cache that had them.
+    near_hits: metrics::Counter,
+    shared_hits: metrics::Counter,
 }
 
 impl CacheOutcomes {
@@ -193,19 +203,27 @@ impl CacheOutcomes {
                 metrics::histogram!("scalelab_gateway_data_seconds", "outcome" => outcome, "id" => id.to_string()),
             )
         };
+        let layer = |layer: CacheLayer| metrics::counter!("scalelab_gateway_cache_hits_total", "layer" => layer.as_str(), "id" => id.to_string());
         Self {
             hit: pair("hit"),
             miss: pair("miss"),
+            near_hits: layer(CacheLayer::Near),
+            shared_hits: layer(CacheLayer::Shared),
         }
     }
 }
 
-/// Counts the read as a hit or a miss, with the time since `started`.
-fn count(state: &AppState, hit: bool, started: std::time::Instant) {
+/// Counts the read as a hit (in `layer`) or a miss (`None`), with the time since `started`.
+fn count(state: &AppState, hit: Option<CacheLayer>, started: std::time::Instant) {
     let o = &state.inner.cache_outcomes;
-    let (reads, seconds) = if hit { &o.hit } else { &o.miss };
+    let (reads, seconds) = if hit.is_some() { &o.hit } else { &o.miss };
     reads.increment(1);
     seconds.record(started.elapsed().as_secs_f64());
+    match hit {
+        Some(CacheLayer::Near) => o.near_hits.increment(1),
+        Some(CacheLayer::Shared) => o.shared_hits.increment(1),
+        None => {}
+    }
 }
 
 /// Cache, then (on a miss, a cache outage or `refresh`) one shared db read that refills the cache.
@@ -218,40 +236,58 @@ async fn read_through(
     let started = std::time::Instant::now();
     valid_key(&key)?;
     let gateway_id = state.inner.instance.id.to_string();
-    if !refresh {
-        match state.inner.cache.get(&key, rid).await {
-            Ok(Some(data)) => {
-                count(state, true, started);
-                let body = DataResponse {
-                    cached: true,
-                    key,
-                    data,
-                    gateway_id,
-                };
-                return Ok(([x_cache(true)], Json(body)).into_response());
-            }
-            Ok(None) => {}
+    let cache = &state.inner.cache;
+    let lease = if refresh {
+        // The fill below replaces whatever is cached; it still needs a lease, so that a write
+        // landing during the db read wins.
+        match cache.lease(&key, rid).await {
+            Ok(lease) => lease,
             Err(e) => {
-                // A cache outage costs latency, never an answer: read the db.
-                tracing::warn!(error = %e, backend = state.inner.cache.name(), %key, "cache read failed; reading the db");
+                tracing::warn!(error = %e, backend = cache.name(), %key, "cache lease failed; the refresh will not refill");
                 cache_error("get");
+                None
             }
         }
-    }
+    } else {
+        match cache.lookup(&key, rid).await {
+            Ok(Lookup::Hit { value, layer }) => {
+                count(state, Some(layer), started);
+                let body = DataResponse {
+                    cached: true,
+                    cache_layer: Some(layer),
+                    key,
+                    data: value,
+                    gateway_id,
+                };
+                return Ok(([x_cache(true), x_cache_layer(layer)], Json(body)).into_response());
+            }
+            Ok(Lookup::Miss { lease }) => lease,
+            Err(e) => {
+                // A cache outage costs latency, never an answer: read the db.
+                tracing::warn!(error = %e, backend = cache.name(), %key, "cache read failed; reading the db");
+                cache_error("get");
+                None
+            }
+        }
+    };
     let work_state = state.clone();
     let work_key = key.clone();
     let work_rid = rid.to_string();
+    // Only the flight's leader runs this, with its own lease.
     let (read, _role) = state
         .inner
         .flights
-        .run(key.clone(), move || load(work_state, work_key, work_rid))
+        .run(key.clone(), move || {
+            load(work_state, work_key, work_rid, lease)
+        })
         .await
         .map_err(|Aborted| Error::Internal("the shared db read ended without a result".into()))?;
-    count(state, false, started);
+    count(state, None, started);
     match read {
         Ok(Some(data)) => {
             let body = DataResponse {
                 cached: false,
+                cache_layer: None,
                 key,
                 data,
                 gateway_id,
@@ -263,8 +299,14 @@ async fn read_through(
     }
 }
 
-/// The one db read of a flight, and the cache refill.
-async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead {
+/// The one db read of a flight, and the cache refill under `lease` (the cache's fill lease, taken
+/// before the read).
+async fn load(
+    state: AppState,
+    key: String,
+    rid: String,
+    lease: Option<u64>,
+) -> crate::state::DbRead {
     metrics::counter!("scalelab_gateway_db_reads_total").increment(1);
     // Noted before the read: a write that lands after it makes the fill below store nothing.
     let seen = state.inner.fence.generation(&key);
@@ -278,7 +320,10 @@ async fn load(state: AppState, key: String, rid: String) -> crate::state::DbRead
         return Ok(None);
     };
     let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
-    let fill = state.inner.cache.set(&key, &record.value, ttl, &rid);
+    let fill = state
+        .inner
+        .cache
+        .fill(&key, &record.value, ttl, lease, &rid);
     let stored = state.inner.fence.fill_if_unchanged(&key, seen, fill).await;
     if let Some(Err(e)) = stored {
         tracing::warn!(error = %e, backend = state.inner.cache.name(), %key, "cache write failed; the next read goes to the db again");

@@ -117,6 +117,14 @@ fn x_cache(hit: bool) -> (HeaderName, HeaderValue) {
     )
 }
 
+/// `X-Cache-Layer: near` or `shared`, beside `X-Cache: HIT`: which cache had the value.
+fn x_cache_layer(layer: crate::cache::CacheLayer) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(api::headers::CACHE_LAYER),
+        HeaderValue::from_static(layer.as_str()),
+    )
+}
+
 /// Counts a cache failure the request survived (`op`: `get`, `set`, `delete`).
 fn cache_error(op: &'static str) {
     metrics::counter!("scalelab_gateway_cache_errors_total", "op" => op).increment(1);

@@ -36,6 +36,7 @@ use api::wire::rental::{
 
 use super::RawBody;
 use super::{cache_error, x_cache};
+use crate::cache::Lookup;
 use crate::config::Config;
 use crate::policy::Endpoint;
 use crate::tokens::Caller;
@@ -225,13 +226,14 @@ where
     let key = version(state, domain, rid)
         .await
         .map(|v| format!("rental:{domain}:{v}:{what}"));
+    let mut lease = None;
     if let Some(key) = &key {
-        match cache.get(key, rid).await {
-            Ok(Some(value)) => match serde_json::from_value::<T>(value) {
+        match cache.lookup(key, rid).await {
+            Ok(Lookup::Hit { value, .. }) => match serde_json::from_value::<T>(value) {
                 Ok(hit) => return Ok(([x_cache(true)], Json(hit)).into_response()),
                 Err(e) => tracing::warn!(error = %e, %key, "unreadable cached value; reloading"),
             },
-            Ok(None) => {}
+            Ok(Lookup::Miss { lease: l }) => lease = l,
             Err(e) => {
                 tracing::warn!(error = %e, %key, "cache read failed; asking the service");
                 cache_error("get");
@@ -243,7 +245,7 @@ where
         let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
         match serde_json::to_value(&answer) {
             Ok(value) => {
-                if let Err(e) = cache.set(key, &value, ttl, rid).await {
+                if let Err(e) = cache.fill(key, &value, ttl, lease, rid).await {
                     tracing::warn!(error = %e, %key, "cache write failed");
                     cache_error("set");
                 }

@@ -26,6 +26,7 @@ use api::wire::gateway::{Deleted, RoleChanged, UsersQuery};
 use api::wire::users::{Profile, ProfilePage, RoleChange, UpdateProfile};
 
 use super::{cache_error, x_cache};
+use crate::cache::Lookup;
 use crate::error::from_client;
 use crate::policy::{Endpoint, GUEST};
 use crate::tokens::Caller;
@@ -283,13 +284,14 @@ async fn get_user(
     let Path(id) = id.map_err(|_| Error::NotFound("no user has this id".into()))?;
     let users = users(&state)?;
     let key = cache_key(&id);
-    match state.inner.cache.get(&key, &rid).await {
-        Ok(Some(value)) => {
+    let mut lease = None;
+    match state.inner.cache.lookup(&key, &rid).await {
+        Ok(Lookup::Hit { value, .. }) => {
             if let Ok(profile) = serde_json::from_value::<Profile>(value) {
                 return Ok(([x_cache(true)], Json(profile)).into_response());
             }
         }
-        Ok(None) => {}
+        Ok(Lookup::Miss { lease: l }) => lease = l,
         Err(e) => {
             // A cache outage costs latency, never an answer.
             tracing::warn!(error = %e, "cache read failed; reading users");
@@ -306,7 +308,7 @@ async fn get_user(
     let ttl = Duration::from_secs(state.inner.config.cache_ttl_secs);
     match serde_json::to_value(&profile) {
         Ok(value) => {
-            let fill = state.inner.cache.set(&key, &value, ttl, &rid);
+            let fill = state.inner.cache.fill(&key, &value, ttl, lease, &rid);
             if let Some(Err(e)) = state.inner.fence.fill_if_unchanged(&key, seen, fill).await {
                 tracing::warn!(error = %e, "cache write failed");
                 cache_error("set");

@@ -231,3 +231,44 @@ async fn the_documentation_page_and_its_files_come_from_the_gateway() {
         (StatusCode::NOT_FOUND, "not_found")
     );
 }
+
+/// Every `$ref` string in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_schema_the_document_names_is_in_it() {
+    let h = with_casitas(Harness::start().await).await;
+    let doc = openapi::document(&h.config);
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    for r in found {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("an unexpected reference {r}"));
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "{r} is referenced but not defined"
+        );
+    }
+    // The near cache's answer is documented with its layer.
+    let layer = &doc["components"]["schemas"]["DataResponse"]["properties"]["cache_layer"];
+    assert!(
+        !layer.is_null(),
+        "{}",
+        doc["components"]["schemas"]["DataResponse"]
+    );
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -334,10 +334,21 @@ impl CacheService {
     }
 }
 
-async fn cache_get(State(c): State<CacheService>, Path(key): Path<String>) -> Json<Value> {
-    match c.entries.lock().unwrap().get(&key) {
-        Some(v) => Json(json!({"value": v, "found": true})),
-        None => Json(json!({"value": null, "found": false})),
+/// Hands out a lease when asked (always `1`: this double voids none, the real service's leases
+/// are tested in `crates/cache`).
+async fn cache_get(
+    State(c): State<CacheService>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let entry = c.entries.lock().unwrap().get(&key).cloned();
+    let lease = match (q.get("lease").map(String::as_str), &entry) {
+        (Some("always"), _) | (Some("on_miss"), None) => json!(1),
+        _ => Value::Null,
+    };
+    match entry {
+        Some(v) => Json(json!({"value": v, "found": true, "lease": lease})),
+        None => Json(json!({"value": null, "found": false, "lease": lease})),
     }
 }
 
@@ -346,8 +357,11 @@ async fn cache_put(
     Path(key): Path<String>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
-    c.entries.lock().unwrap().insert(key, body["value"].clone());
-    Json(json!({"stored": true}))
+    c.entries
+        .lock()
+        .unwrap()
+        .insert(key.clone(), body["value"].clone());
+    Json(json!({"stored": true, "key": key, "ttl": body["ttl"].as_u64().unwrap_or(30)}))
 }
 
 async fn cache_delete(State(c): State<CacheService>, Path(key): Path<String>) -> Json<Value> {
