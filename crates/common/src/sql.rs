@@ -252,6 +252,28 @@ impl Db {
         Ok(&self.pool)
     }
 
+    /// PostgreSQL: a second pool on the same database, for the statements of one store that
+    /// must run under other settings than the rest (the queue's claims and lease renewals, which
+    /// commit with `synchronous_commit = off`). Its connections get this pool's settings, then
+    /// `options.pg_settings`; `options.max_connections` and `options.acquire_timeout` size it
+    /// (`options.replica` is not used). It connects on first use, like this pool, but creates no
+    /// schema: run its statements only once [`Db::pool`] has answered. `None` on SQLite, where
+    /// every connection of a file runs with the same settings.
+    pub fn sibling_pool(&self, options: Options) -> Option<PgPool> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return None;
+        };
+        let connect = (*pool.connect_options())
+            .clone()
+            .options(options.pg_settings.iter().copied());
+        Some(
+            PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_lazy_with(connect),
+        )
+    }
+
     /// Runs a statement; the number of rows it changed.
     pub async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
         Ok(match self.pool().await? {

@@ -9,6 +9,12 @@
 //!
 //! A PostgreSQL pool connects on first use and the table is created then: a gateway starts while
 //! the database is down, answers `503 queue_unavailable`, and works as soon as it is back.
+//!
+//! On PostgreSQL the commits whose loss in a database crash the lease already covers (claims from
+//! the store, lease renewals, the `NOTIFY` hint) go through a second small pool whose connections
+//! run with `synchronous_commit = off` ([`SqlQueue`]'s `lax`); everything a caller is told it can
+//! rely on (submissions, results, failures, dead tasks, cancels, re-queues, releases) commits
+//! synchronously through the main pool. docs/queue.md, "Durability", has the list and the why.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -91,6 +97,17 @@ ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_
 #[derive(Debug)]
 pub struct SqlQueue {
     db: Db,
+    /// PostgreSQL: a small second pool on the same database whose connections commit with
+    /// `synchronous_commit = off` (no wait for the log flush), for the statements whose loss in
+    /// a database crash leaves a state the lease already covers: a claim lost makes its task
+    /// claimable again once the lease lapses (its holder is refused as `lease_lost`, the task
+    /// runs again: at least once), a renewal lost lets a lease lapse early (the same). A later
+    /// synchronous commit (a completion) flushes the log up to itself, so it makes every earlier
+    /// lax commit durable with it: nothing acknowledged ever rests on a lost one. A second pool
+    /// rather than `SET LOCAL synchronous_commit = off`: that needs an explicit transaction,
+    /// three more round trips per statement (sqlx does not pipeline), on the hottest path.
+    /// `None` on SQLite, whose commits stay as they are (`synchronous = NORMAL`).
+    lax: Option<sqlx::PgPool>,
     /// Default attempts and the backoff.
     config: Config,
     /// The claim statements, built once with the engine's locking clause.
@@ -130,10 +147,25 @@ const CHANNEL: &str = "scalelab_tasks";
 /// leases; one task by id).
 #[derive(Debug)]
 struct Claims {
+    /// Lax on PostgreSQL.
     any: String,
+    /// Lax on PostgreSQL.
     due: String,
-    /// With `$IDS` standing for the list of parameters `$5, $6, ...`.
+    /// With `$IDS` standing for the list of parameters `$5, $6, ...`. Synchronous: the broker's
+    /// delivery of a task claimed this way is acked when its holder is told `lease_lost`, and
+    /// the RabbitMQ backend never hands out a `queued` task from the store, so a lost claim
+    /// would leave its task `queued` for ever.
     by_ids: String,
+}
+
+/// How a claim commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Through the main pool: the claim's commit is on disk before it is answered.
+    Synchronous,
+    /// PostgreSQL: through the lax pool (`synchronous_commit = off`); the reap of lapsed last
+    /// attempts, whose `dead` is final, runs first on its own through the main pool.
+    Lax,
 }
 
 impl SqlQueue {
@@ -159,20 +191,22 @@ impl SqlQueue {
             Engine::Sqlite => "",
             Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         };
-        let claim = |candidate: &str| {
+        let claim = |candidate: &str, commit: Commit| {
             let claim = st::claim(&format!("{candidate}{lock}"));
-            match db.engine() {
-                // SQLite reaps in the claim's transaction (`Claim::run`).
-                Engine::Sqlite => claim,
-                Engine::Postgres => st::reap_then(&claim),
+            match (db.engine(), commit) {
+                // SQLite reaps in the claim's transaction, PostgreSQL's lax claims before it,
+                // durably (`Claim::run`).
+                (Engine::Sqlite, _) | (Engine::Postgres, Commit::Lax) => claim,
+                (Engine::Postgres, Commit::Synchronous) => st::reap_then(&claim),
             }
         };
         Self {
             claims: Claims {
-                any: claim(st::CANDIDATE),
-                due: claim(st::CANDIDATE_DUE),
-                by_ids: claim(st::CANDIDATE_IDS),
+                any: claim(st::CANDIDATE, Commit::Lax),
+                due: claim(st::CANDIDATE_DUE, Commit::Lax),
+                by_ids: claim(st::CANDIDATE_IDS, Commit::Synchronous),
             },
+            lax: db.sibling_pool(lax_options()),
             db,
             config: config.clone(),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -206,6 +240,16 @@ impl SqlQueue {
         self.db.engine()
     }
 
+    /// The pool for the commits whose loss the lease covers, once the schema exists: the lax
+    /// pool on PostgreSQL (`synchronous_commit = off`), the one pool on SQLite.
+    async fn lax_pool(&self) -> Result<Pool, Error> {
+        let pool = self.db.pool().await?;
+        Ok(match &self.lax {
+            Some(lax) => Pool::Postgres(lax.clone()),
+            None => pool.clone(),
+        })
+    }
+
     /// Marks dead the lapsed last attempts, then runs the claim statement `sql` for at most
     /// `limit` tasks; the tasks in claim order (priority, then submission).
     ///
@@ -215,16 +259,27 @@ impl SqlQueue {
     /// pooled connection (on SQLite, one such connection holds the file's write lock and every
     /// other process waits on it), and the tasks a caller was not there to receive are released
     /// at once rather than left to their lease.
+    ///
+    /// `commit` says through which pool the claim commits (the statement `sql` was built for it:
+    /// [`Claims`]).
     async fn claim_with(
         &self,
         sql: &str,
+        commit: Commit,
         worker_id: &str,
         lease: Duration,
         ids: &[String],
         limit: usize,
     ) -> Result<Vec<Task>, Error> {
+        let durable = self.db.pool().await?.clone();
+        let (pool, reap_first) = match (commit, &self.lax) {
+            (Commit::Lax, Some(lax)) => (Pool::Postgres(lax.clone()), true),
+            _ => (durable.clone(), false),
+        };
         let claim = Claim {
-            pool: self.db.pool().await?.clone(),
+            pool,
+            durable,
+            reap_first,
             sql: sql.to_string(),
             worker_id: worker_id.to_string(),
             lease,
@@ -249,7 +304,7 @@ impl SqlQueue {
         lease: Duration,
         n: usize,
     ) -> Result<Vec<Task>, Error> {
-        self.claim_with(&self.claims.due, worker_id, lease, &[], n)
+        self.claim_with(&self.claims.due, Commit::Lax, worker_id, lease, &[], n)
             .await
     }
 
@@ -268,7 +323,7 @@ impl SqlQueue {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = self.claims.by_ids.replace("$IDS", &list);
-        self.claim_with(&sql, worker_id, lease, ids, ids.len())
+        self.claim_with(&sql, Commit::Synchronous, worker_id, lease, ids, ids.len())
             .await
     }
 
@@ -319,10 +374,13 @@ impl SqlQueue {
     /// starts, however many: PostgreSQL serialises the commits of notifying transactions (one
     /// lock on its notification queue, held through the commit's log flush), so one `NOTIFY`
     /// per submission, let alone one inside the submission's own transaction (measured: every
-    /// insert queued on that lock, ~300 submissions/s), would cap the submission rate.
+    /// insert queued on that lock, ~300 submissions/s), would cap the submission rate. It
+    /// commits through the lax pool, so that the lock is not held through a log flush: the
+    /// submission it announces committed durably before, and a `NOTIFY` lost in a crash is a
+    /// hint lost (every listener loses its connection then, and polls).
     pub(crate) async fn announce(&self) {
         self.wake.notify_one();
-        if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
+        if let Ok(Pool::Postgres(pool)) = self.lax_pool().await {
             self.notifying.get_or_init(|| {
                 let (pool, submitted) = (pool.clone(), self.submitted.clone());
                 tokio::spawn(async move {
@@ -359,7 +417,15 @@ impl SqlQueue {
 
 /// One claim, owned, so that it can run in a task of its own (see [`SqlQueue::claim_with`]).
 struct Claim {
+    /// The pool the claim commits through (the lax one for a lax claim on PostgreSQL).
     pool: Pool,
+    /// The main pool: the reap before a lax claim, and the release of tasks claimed for a
+    /// caller that left, commit through it.
+    durable: Pool,
+    /// PostgreSQL, a lax claim: the reap of lapsed last attempts runs first, on its own, through
+    /// the main pool, since the `dead` it writes is final. A reap that finds nothing writes
+    /// nothing and waits for no flush.
+    reap_first: bool,
     sql: String,
     worker_id: String,
     lease: Duration,
@@ -400,9 +466,13 @@ impl Claim {
                 tx.commit().await?;
                 rows.into_iter().map(sql::Row::Sqlite).collect()
             }
-            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself and
-            // reaps in the same statement (`st::reap_then`): one transaction.
+            // PostgreSQL's statement locks its rows (`FOR UPDATE SKIP LOCKED`) by itself. A
+            // synchronous claim reaps in the same statement (`st::reap_then`: one transaction);
+            // a lax one reaps first through the main pool. The two never touch the same row.
             Pool::Postgres(pool) => {
+                if self.reap_first {
+                    execute(&self.durable, st::REAP, &[now_ms().into()]).await?;
+                }
                 let args = args(now_ms());
                 sql::query(&self.sql, &args)
                     .fetch_all(pool)
@@ -428,14 +498,21 @@ impl Claim {
                 self.worker_id.as_str().into(),
                 now_ms().into(),
             ];
-            let done = match &self.pool {
-                Pool::Sqlite(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
-                Pool::Postgres(p) => sql::query(st::RELEASE, &args).execute(p).await.map(|_| ()),
-            };
+            let done = execute(&self.durable, st::RELEASE, &args).await;
             if let Err(e) = done {
                 tracing::warn!(error = %e, task = %t.id, "could not give back a task claimed for a caller that left; its lease will lapse");
             }
         }
+    }
+}
+
+/// The lax pool's (PostgreSQL): small, since only claims and lease renewals use it, and with
+/// commits that do not wait for the log flush (see [`SqlQueue`]'s `lax`).
+fn lax_options() -> sql::Options {
+    sql::Options {
+        max_connections: 4,
+        pg_settings: &[("synchronous_commit", "off")],
+        ..options()
     }
 }
 
@@ -471,7 +548,7 @@ impl Queue for SqlQueue {
 
     async fn claim(&self, worker_id: &str, lease: Duration) -> Result<Option<Task>, Error> {
         let mut tasks = self
-            .claim_with(&self.claims.any, worker_id, lease, &[], 1)
+            .claim_with(&self.claims.any, Commit::Lax, worker_id, lease, &[], 1)
             .await?;
         Ok(tasks.pop())
     }
@@ -482,7 +559,7 @@ impl Queue for SqlQueue {
         lease: Duration,
         n: usize,
     ) -> Result<Vec<Task>, Error> {
-        self.claim_with(&self.claims.any, worker_id, lease, &[], n)
+        self.claim_with(&self.claims.any, Commit::Lax, worker_id, lease, &[], n)
             .await
     }
 
@@ -515,11 +592,14 @@ impl Queue for SqlQueue {
     }
 
     async fn heartbeat(&self, id: &str, worker_id: &str, lease: Duration) -> Result<(), Error> {
+        // Lax: a renewal lost in a crash at worst lets the lease lapse early.
         let until = now_ms() + ms(lease);
-        let rows = self
-            .db
-            .execute(st::HEARTBEAT, &[id.into(), worker_id.into(), until.into()])
-            .await?;
+        let rows = execute(
+            &self.lax_pool().await?,
+            st::HEARTBEAT,
+            &[id.into(), worker_id.into(), until.into()],
+        )
+        .await?;
         held(rows, id, worker_id)
     }
 
@@ -530,20 +610,21 @@ impl Queue for SqlQueue {
         progress: Value,
         lease: Duration,
     ) -> Result<(), Error> {
+        // Lax, as a heartbeat: the progress lost with it is a report, and the next one replaces
+        // it anyway.
         let until = now_ms() + ms(lease);
         let progress = progress.to_string();
-        let rows = self
-            .db
-            .execute(
-                st::PROGRESS,
-                &[
-                    id.into(),
-                    worker_id.into(),
-                    until.into(),
-                    (&progress).into(),
-                ],
-            )
-            .await?;
+        let rows = execute(
+            &self.lax_pool().await?,
+            st::PROGRESS,
+            &[
+                id.into(),
+                worker_id.into(),
+                until.into(),
+                (&progress).into(),
+            ],
+        )
+        .await?;
         held(rows, id, worker_id)
     }
 
@@ -701,6 +782,14 @@ impl Queue for SqlQueue {
     async fn ping(&self) -> Result<(), Error> {
         Ok(self.db.ping().await?)
     }
+}
+
+/// Runs a statement on `pool`; the number of rows it changed.
+async fn execute(pool: &Pool, sql: &str, args: &[Arg<'_>]) -> Result<u64, Error> {
+    Ok(match pool {
+        Pool::Sqlite(p) => sql::query(sql, args).execute(p).await?.rows_affected(),
+        Pool::Postgres(p) => sql::query(sql, args).execute(p).await?.rows_affected(),
+    })
 }
 
 /// Wakes `wake` at every notification on [`CHANNEL`] until the listening connection fails;
@@ -913,6 +1002,154 @@ mod tests {
             );
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
         }
+    }
+
+    /// PostgreSQL: every change commits as docs/queue.md ("Durability") says. A trigger on
+    /// `tasks` records, inside the changing statement's own transaction, the
+    /// `synchronous_commit` that transaction commits with: `off` only for the claims from the
+    /// store and the lease renewals, `on` for everything a caller is told it can rely on (a
+    /// submission, a result, a failure, a dead task, a release, a cancel, a re-queue) and for
+    /// the RabbitMQ backend's claims by id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_only_claims_and_lease_renewals_commit_without_waiting_for_the_log() {
+        let Some(db) = common::testing::fresh_postgres("queue_commit").await else {
+            return;
+        };
+        let q = SqlQueue::open(&db.url, &Config::default())
+            .await
+            .expect("open");
+        q.ping().await.expect("the schema");
+        // The test's own connection, with the server's default (`on`).
+        let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+        sqlx::raw_sql(
+            "CREATE TABLE commits (n BIGSERIAL PRIMARY KEY, change TEXT, mode TEXT);
+             CREATE FUNCTION note_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO commits (change, mode) VALUES (
+                     CASE TG_OP WHEN 'INSERT' THEN 'new>' || NEW.status
+                                WHEN 'UPDATE' THEN OLD.status || '>' || NEW.status
+                                ELSE OLD.status || '>gone' END,
+                     current_setting('synchronous_commit'));
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER note_commit AFTER INSERT OR UPDATE OR DELETE ON tasks
+                 FOR EACH ROW EXECUTE FUNCTION note_commit();",
+        )
+        .execute(&pool)
+        .await
+        .expect("the trigger");
+        // The changes recorded since the last call, in order, as `from>to mode`.
+        let seen = || async {
+            sqlx::query_scalar::<_, String>(
+                "WITH d AS (DELETE FROM commits RETURNING n, change, mode) \
+                 SELECT change || ' ' || mode FROM d ORDER BY n",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("the recorded commits")
+        };
+        let set = |sql: &'static str| async {
+            sqlx::query(sql).execute(&pool).await.expect(sql);
+            seen().await
+        };
+        let new = |max_attempts: u32| NewTask {
+            max_attempts: Some(max_attempts),
+            ..NewTask::new("add", serde_json::json!({"a": 1, "b": 2}), "alice")
+        };
+        let (w, lease) = ("worker-1/1", Duration::from_secs(30));
+
+        // A submission, then its repeat with the same key (which writes nothing).
+        let keyed = || NewTask {
+            idempotency_key: Some("k".into()),
+            ..new(3)
+        };
+        let first = q.submit(keyed()).await.expect("submit");
+        assert_eq!(seen().await, ["new>queued on"]);
+        assert_eq!(q.submit(keyed()).await.expect("again").id, first.id);
+        assert!(seen().await.is_empty());
+
+        // A claim and the renewals are lax; the result is not.
+        let t = q.claim(w, lease).await.expect("claim").expect("a task");
+        assert_eq!(seen().await, ["queued>running off"]);
+        q.heartbeat(&t.id, w, lease).await.expect("heartbeat");
+        assert_eq!(seen().await, ["running>running off"]);
+        q.progress(&t.id, w, serde_json::json!(0.5), lease)
+            .await
+            .expect("progress");
+        assert_eq!(seen().await, ["running>running off"]);
+        q.complete(&t.id, w, serde_json::json!(3))
+            .await
+            .expect("complete");
+        assert_eq!(seen().await, ["running>succeeded on"]);
+
+        // The same in batches.
+        for _ in 0..2 {
+            q.submit(new(3)).await.expect("submit");
+        }
+        seen().await;
+        let batch = q.claim_batch(w, lease, 2).await.expect("claim a batch");
+        assert_eq!(seen().await, ["queued>running off"; 2]);
+        let results = batch
+            .iter()
+            .map(|t| (t.id.clone(), serde_json::json!(3)))
+            .collect();
+        for done in q.complete_batch(w, results).await.expect("complete") {
+            done.expect("stored");
+        }
+        assert_eq!(seen().await, ["running>succeeded on"; 2]);
+
+        // A failure with attempts left, its retry's claim (due at once), the last failure, a
+        // re-queue, a release and a cancel.
+        let t = q.submit(new(2)).await.expect("submit");
+        q.claim(w, lease).await.expect("claim").expect("a task");
+        seen().await;
+        q.fail(&t.id, w, "boom").await.expect("fail");
+        assert_eq!(seen().await, ["running>failed on"]);
+        set("UPDATE tasks SET not_before = 0 WHERE status = 'failed'").await;
+        assert_eq!(q.claim_due(w, lease, 1).await.expect("claim").len(), 1);
+        assert_eq!(seen().await, ["failed>running off"]);
+        q.fail(&t.id, w, "boom").await.expect("fail");
+        assert_eq!(seen().await, ["running>dead on"]);
+        q.requeue(&t.id).await.expect("requeue");
+        assert_eq!(seen().await, ["dead>queued on"]);
+        q.claim(w, lease).await.expect("claim").expect("a task");
+        seen().await;
+        q.release(&t.id, w).await.expect("release");
+        assert_eq!(seen().await, ["running>queued on"]);
+        q.cancel(&t.id).await.expect("cancel");
+        assert_eq!(seen().await, ["queued>cancelled on"]);
+
+        // A last attempt whose lease lapsed is made dead by the next claim, durably, before
+        // that claim takes another task laxly.
+        let last = q.submit(new(1)).await.expect("submit");
+        q.claim(w, lease).await.expect("claim").expect("a task");
+        set("UPDATE tasks SET lease_until = 0 WHERE status = 'running'").await;
+        q.submit(new(3)).await.expect("submit");
+        seen().await;
+        let t = q.claim(w, lease).await.expect("claim").expect("a task");
+        assert_ne!(t.id, last.id);
+        assert_eq!(seen().await, ["running>dead on", "queued>running off"]);
+
+        // The RabbitMQ backend's claim of delivered tasks, and its undone submission.
+        let t = q.submit(new(3)).await.expect("submit");
+        seen().await;
+        assert_eq!(
+            q.claim_ids(&[t.id], w, lease).await.expect("claim").len(),
+            1
+        );
+        assert_eq!(seen().await, ["queued>running on"]);
+        let t = q.submit(new(3)).await.expect("submit");
+        seen().await;
+        q.delete(&t.id).await.expect("delete");
+        assert_eq!(seen().await, ["queued>gone on"]);
+
+        // Retention.
+        set("UPDATE tasks SET finished_at = 0 WHERE status IN ('succeeded', 'cancelled')").await;
+        assert_eq!(q.prune(Duration::ZERO, 100).await.expect("prune"), 4);
+        let pruned = seen().await;
+        assert_eq!(pruned.len(), 4, "{pruned:?}");
+        assert!(pruned.iter().all(|c| c.ends_with(">gone on")), "{pruned:?}");
+        pool.close().await;
     }
 
     /// PostgreSQL: after a drain has left dead entries in `tasks_claim`, a claim still walks

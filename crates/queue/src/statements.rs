@@ -5,6 +5,10 @@
 //! (`status = 'running' AND worker_id = $2` for a holder's calls), so that a late worker, a
 //! concurrent cancel or a second gateway can never half-apply a change: the statement matches,
 //! or it changes nothing and the caller is told why.
+//!
+//! On PostgreSQL the claims from the store, [`HEARTBEAT`] and [`PROGRESS`] commit without waiting
+//! for the log flush (`sql.rs`, `SqlQueue`'s `lax` pool), every other statement synchronously:
+//! docs/queue.md, "Durability", gives the reason for each.
 
 /// The columns a task is read from, in order, for `SELECT` and `RETURNING`.
 pub(crate) const COLUMNS: &str = "id, kind, payload, status, priority, attempts, max_attempts, \
@@ -30,8 +34,10 @@ pub(crate) const REAP: &str = "UPDATE tasks SET status = 'dead', finished_at = $
     WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts";
 
 /// PostgreSQL: [`REAP`] and a claim (whose `$3` is the time) in one statement, one round trip
-/// and one commit instead of two. The two never touch the same row: `REAP` takes running tasks
-/// on their last attempt, a claim only tasks with attempts left.
+/// and one commit instead of two, for the claims that commit synchronously (the RabbitMQ
+/// backend's claim by id); a claim that commits laxly runs [`REAP`] first on its own, since the
+/// `dead` it writes must be durable. The two never touch the same row: `REAP` takes running
+/// tasks on their last attempt, a claim only tasks with attempts left.
 pub(crate) fn reap_then(claim: &str) -> String {
     format!("WITH reaped AS ({}) {claim}", REAP.replace("$1", "$3"))
 }
@@ -80,9 +86,12 @@ pub(crate) fn claim(candidate: &str) -> String {
     )
 }
 
+/// Renews the lease of a task the caller holds (lax on PostgreSQL: a lost renewal at worst lets
+/// the lease lapse early).
 pub(crate) const HEARTBEAT: &str = "UPDATE tasks SET lease_until = $3 \
     WHERE id = $1 AND status = 'running' AND worker_id = $2";
 
+/// [`HEARTBEAT`] with the handler's latest progress (lax on PostgreSQL, like it).
 pub(crate) const PROGRESS: &str = "UPDATE tasks SET lease_until = $3, progress = $4 \
     WHERE id = $1 AND status = 'running' AND worker_id = $2";
 

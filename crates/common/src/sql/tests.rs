@@ -181,6 +181,55 @@ async fn postgres_two_processes_create_the_schema_together() {
     }
 }
 
+/// A sibling pool keeps its parent's settings and adds its own; the parent's connections are
+/// untouched. SQLite has none.
+#[tokio::test]
+async fn postgres_a_sibling_pool_adds_its_settings_to_its_parents() {
+    let Some(test) = crate::testing::fresh_postgres("common_sql_sibling").await else {
+        return;
+    };
+    let parent = Options {
+        pg_settings: &[("enable_bitmapscan", "off")],
+        ..Options::default()
+    };
+    let db = Db::open(&test.url, SCHEMA, parent).await.expect("open");
+    db.ping().await.expect("schema");
+    let sibling = db
+        .sibling_pool(Options {
+            max_connections: 2,
+            pg_settings: &[("synchronous_commit", "off")],
+            ..Options::default()
+        })
+        .expect("a PostgreSQL database has a sibling pool");
+    let show = |pool: PgPool, name: &'static str| async move {
+        sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+            .fetch_one(&pool)
+            .await
+            .expect(name)
+    };
+    let Pool::Postgres(own) = db.pool().await.expect("pool").clone() else {
+        panic!("a PostgreSQL pool")
+    };
+    assert_eq!(show(sibling.clone(), "synchronous_commit").await, "off");
+    assert_eq!(show(sibling.clone(), "enable_bitmapscan").await, "off");
+    assert_eq!(show(own.clone(), "synchronous_commit").await, "on");
+    assert_eq!(show(own, "enable_bitmapscan").await, "off");
+    // The sibling reads the parent's schema.
+    round_trip(&db).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+        .fetch_one(&sibling)
+        .await
+        .expect("the parent's table");
+    assert!(n > 0);
+    sibling.close().await;
+    db.close().await;
+
+    let file = Db::open("sqlite::memory:", SCHEMA, Options::default())
+        .await
+        .expect("sqlite");
+    assert!(file.sibling_pool(Options::default()).is_none());
+}
+
 #[test]
 fn pool_failures_are_unavailable_and_refusals_are_not() {
     assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
