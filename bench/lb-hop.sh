@@ -85,6 +85,7 @@ PS=$(free_port)
 cat > "$WORK/scalelab.toml" <<CONF
 [lb]
 backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
+${LB_EXTRA:-}
 CONF
 SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-1 --port "$PS" --config "$WORK/scalelab.toml" --data-dir "$WORK/data" > "$WORK/lb.log" 2>&1 & PIDS+=($!)
 PY=$(free_port)
@@ -92,6 +93,7 @@ cat > "$WORK/scalelab-hyper.toml" <<CONF
 [lb]
 engine = "hyper"
 backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
+${LB_EXTRA:-}
 CONF
 SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-2 --port "$PY" --config "$WORK/scalelab-hyper.toml" --data-dir "$WORK/data-hyper" > "$WORK/lb-hyper.log" 2>&1 & PIDS+=($!)
 for p in "$PN" "$PH" "$PS" "$PY"; do wait_port "$p"; done

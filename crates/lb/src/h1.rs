@@ -153,6 +153,9 @@ struct Hop<'a> {
     back: Vec<u8>,
     /// This request's id (the client's or a new one).
     rid: Vec<u8>,
+    /// The metric handles of the last answer (backend, status): most connections see one
+    /// backend pair and one status over and over, so the per-thread table is rarely read.
+    last_handles: Option<(usize, u16, metrics::Counter, metrics::Histogram)>,
     /// One timer per connection, reset for each exchange (cheaper than a new one per request).
     timer: Pin<Box<tokio::time::Sleep>>,
 }
@@ -170,6 +173,23 @@ impl<'a> Hop<'a> {
             back: Vec::with_capacity(512),
             rid: Vec::with_capacity(64),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            last_handles: None,
+        }
+    }
+
+    /// Counts an answer of `backend` with `status` that took `ns` to its head.
+    fn count(&mut self, backend: &Arc<Backend>, status: u16, ns: u64) {
+        // The address is only compared; the table behind `proxy::handles` keeps each
+        // backend's allocation, so no other backend can take its address.
+        let key = Arc::as_ptr(backend) as usize;
+        let fresh = !matches!(&self.last_handles, Some((b, s, ..)) if *b == key && *s == status);
+        if fresh {
+            let (requests, duration) = crate::proxy::handles(backend, status);
+            self.last_handles = Some((key, status, requests, duration));
+        }
+        if let Some((_, _, requests, duration)) = &self.last_handles {
+            requests.increment(1);
+            duration.record(ns as f64 / 1e9);
         }
     }
 
@@ -358,7 +378,7 @@ impl<'a> Hop<'a> {
     /// Sends the request (head consumed, body next in `inbuf` or on the socket) to a backend and
     /// relays the answer. Returns whether the client connection may carry another request.
     async fn forward(&mut self, client: &mut TcpStream, head: &Head) -> bool {
-        let started = std::time::Instant::now();
+        let started = clock::now_ns();
         // The body bytes already read go with the head, in one write.
         let buffered = usize::try_from(head.body)
             .unwrap_or(usize::MAX)
@@ -490,9 +510,7 @@ impl<'a> Hop<'a> {
                 // The answer is dropped unread: its connection closes.
                 continue;
             }
-            let (requests, duration) = crate::proxy::handles(backend, answer.status);
-            requests.increment(1);
-            duration.record(started.elapsed().as_secs_f64());
+            self.count(backend, answer.status, now.saturating_sub(started));
             // A body the backend did not read to its end is still on the client socket.
             let keep_client = unread == 0
                 && !head.close
