@@ -4,7 +4,7 @@
 //! whether a request left: `try_send_request` hands the request back when it was never written, which
 //! is what lets [`crate::Pool`] retry it on another backend without buffering the body.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,9 +49,9 @@ pub struct ConnPool {
     /// Set when the backend drains: no connection is kept or given back any more, so each one
     /// closes after its current response.
     closing: Arc<AtomicBool>,
-    /// Idle plain TCP connections of callers that speak HTTP/1 themselves (the balancer's hop,
-    /// `lb::h1`): the same limits, drain and clearing as the hyper connections above.
-    raw: Mutex<Vec<TcpStream>>,
+    /// Bumped each time the idle connections are cleared (a backend marked down or draining):
+    /// a plain connection kept under an older epoch is closed instead of used.
+    epoch: AtomicU64,
 }
 
 /// A connection lent to one response: back to the idle list when the response body has been
@@ -88,37 +88,26 @@ impl ConnPool {
             idle: Arc::new(Mutex::new(Vec::new())),
             max_idle,
             closing: Arc::new(AtomicBool::new(false)),
-            raw: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    /// An idle plain connection that still looks open, most recently used first. One that the
-    /// backend closed meanwhile (its end of stream already arrived), or that holds bytes nobody
-    /// asked for, is dropped. A close still on its way is the caller's to survive (see
-    /// `lb::h1`: a reused connection that ends before any answer byte is retried once on a
-    /// fresh one when the request can be replayed).
-    pub fn take_raw(&self) -> Option<TcpStream> {
-        loop {
-            let stream = self.raw.lock().ok()?.pop()?;
-            let mut probe = [0u8; 1];
-            match stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
-                _ => continue,
-            }
-        }
+    /// The epoch a plain connection kept by a caller that speaks HTTP/1 itself (the balancer's
+    /// hop, `lb::h1`) must have been kept under to be used: one kept under another was kept
+    /// before the backend was marked down or started draining, and must be closed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
-    /// Keeps a plain connection whose last exchange ended cleanly for the next request, unless
-    /// the backend drains or enough are kept already (then it closes).
-    pub fn give_back_raw(&self, stream: TcpStream) {
-        if self.closing.load(Ordering::Acquire) {
-            return;
-        }
-        if let Ok(mut raw) = self.raw.lock()
-            && raw.len() < self.max_idle
-        {
-            raw.push(stream);
-        }
+    /// Whether a connection to this backend may be kept after its answer: not while the
+    /// backend drains.
+    pub fn keeps_connections(&self) -> bool {
+        !self.closing.load(Ordering::Acquire)
+    }
+
+    /// How many idle connections to this backend may be kept.
+    pub fn max_idle(&self) -> usize {
+        self.max_idle
     }
 
     /// A new plain connection (`TCP_NODELAY` set), within `timeout`.
@@ -132,9 +121,7 @@ impl ConnPool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
-        if let Ok(mut raw) = self.raw.lock() {
-            raw.clear();
-        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// From now on (`true`) every connection closes after its current response and the idle ones

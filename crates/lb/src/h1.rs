@@ -50,6 +50,93 @@ const MAX_HEADERS: usize = 100;
 /// Read buffer size, each way.
 const BUFFER: usize = 16 * 1024;
 
+/// Idle upstream connections, one list per thread: a connection is driven by the reactor of
+/// the runtime it was made on, and each of the balancer's worker threads runs its own runtime
+/// (`crate::workers`), so a connection stays with the thread that made it. The backend's
+/// connection epoch says which kept connections are still good (marking a backend down or
+/// draining it bumps it).
+mod idle {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Weak};
+
+    use balance::Backend;
+    use tokio::net::TcpStream;
+
+    /// One backend's kept connections on this thread, each with the epoch it was kept under.
+    struct Kept {
+        /// Keeps the backend's allocation, so that no other backend takes its address.
+        backend: Weak<Backend>,
+        streams: Vec<(u64, TcpStream)>,
+    }
+
+    thread_local! {
+        /// One entry per backend this thread has kept connections to; most recent last.
+        static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A kept connection to `backend` that still looks open, most recent first. One the backend
+    /// closed meanwhile (its end of stream already here), or holding bytes nobody asked for, or
+    /// kept under an older epoch, is closed. A close still on its way is the caller's to survive
+    /// (a reused connection that ends before any answer byte).
+    pub(super) fn take(backend: &Arc<Backend>) -> Option<TcpStream> {
+        let epoch = backend.conns.epoch();
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let list = kept
+                .iter_mut()
+                .find(|k| std::ptr::eq(k.backend.as_ptr(), Arc::as_ptr(backend)))?;
+            while let Some((kept_at, stream)) = list.streams.pop() {
+                if kept_at != epoch {
+                    // Everything kept before it is older still.
+                    list.streams.clear();
+                    return None;
+                }
+                let mut probe = [0u8; 1];
+                match stream.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                    _ => continue,
+                }
+            }
+            None
+        })
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly, unless the backend drains or this
+    /// thread keeps `max_idle` for it already (then it closes). The connections of backends that
+    /// left the pool are closed here.
+    pub(super) fn give_back(backend: &Arc<Backend>, stream: TcpStream) {
+        if !backend.conns.keeps_connections() {
+            return;
+        }
+        let epoch = backend.conns.epoch();
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let at = match kept
+                .iter()
+                .position(|k| std::ptr::eq(k.backend.as_ptr(), Arc::as_ptr(backend)))
+            {
+                Some(at) => at,
+                None => {
+                    kept.retain(|k| k.backend.strong_count() > 0);
+                    kept.push(Kept {
+                        backend: Arc::downgrade(backend),
+                        streams: Vec::new(),
+                    });
+                    kept.len() - 1
+                }
+            };
+            let list = &mut kept[at].streams;
+            if list.first().is_some_and(|(e, _)| *e != epoch) {
+                // Kept before a clear: none of them is good any more.
+                list.clear();
+            }
+            if list.len() < backend.conns.max_idle() {
+                list.push((epoch, stream));
+            }
+        });
+    }
+}
+
 /// Serves one client connection until it closes (or the server stops), handing it to hyper and
 /// `app` when a request needs what only that path does.
 pub async fn connection(
@@ -409,7 +496,7 @@ impl<'a> Hop<'a> {
             let sent_at = clock::now_ns();
             let mut fresh = false;
             let outcome = loop {
-                let (mut up, reused) = match backend.conns.take_raw() {
+                let (mut up, reused) = match idle::take(backend) {
                     Some(up) if !fresh => (up, true),
                     _ => match backend.conns.connect_raw(connect_timeout).await {
                         Ok(up) => (up, false),
@@ -610,7 +697,7 @@ impl<'a> Hop<'a> {
         drop(guard);
         // Clean only if the backend sent nothing past the answer and keeps the connection.
         if answer.keep_alive && self.upbuf.is_empty() {
-            backend.conns.give_back_raw(up);
+            idle::give_back(backend, up);
         }
         keep_client
     }

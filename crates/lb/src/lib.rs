@@ -14,6 +14,7 @@ pub mod chunked;
 pub mod edge;
 pub mod h1;
 pub mod proxy;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +57,10 @@ pub struct Config {
     /// connection that needs anything else, h2c included, goes on with hyper) or `hyper` (every
     /// connection through hyper and [`proxy::forward`]). Both give the same answers.
     pub engine: Engine,
+    /// Worker threads of the `direct` engine, each with its own single-threaded runtime and its
+    /// share of the client connections (nginx's `worker_processes`); 0: one per core this
+    /// process may run on.
+    pub workers: usize,
 }
 
 /// How the balancer serves its client connections (`[lb] engine`).
@@ -80,6 +85,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             membership_url: String::new(),
             engine: Engine::Direct,
+            workers: 0,
         }
     }
 }
@@ -201,6 +207,10 @@ pub async fn serve(
         )
     });
     let engine = config.engine;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     let state = AppState::new(config, instance)?;
     let _checks = state.pool.spawn_health_checks();
     let _membership = state.pool.spawn_membership(&backends, supervisor);
@@ -215,10 +225,23 @@ pub async fn serve(
     match engine {
         Engine::Hyper => common::serve(listener, app, shutdown).await?,
         Engine::Direct => {
+            let workers = std::sync::Arc::new(workers::Workers::start(workers)?);
+            tracing::info!(workers = workers.len(), "direct HTTP/1 engine");
+            let dealer = workers.clone();
             common::serve_connections(listener, shutdown, move |stream, peer, closing| {
-                h1::connection(stream, peer, state.clone(), app.clone(), closing)
+                let (state, app) = (state.clone(), app.clone());
+                // The connection moves to its worker's reactor.
+                let stream = stream.into_std();
+                dealer.run(async move {
+                    let Ok(stream) = stream.and_then(tokio::net::TcpStream::from_std) else {
+                        return;
+                    };
+                    h1::connection(stream, peer, state, app, closing).await;
+                })
             })
-            .await?
+            .await?;
+            // Every connection has ended: the workers stop (off the runtime: joining blocks).
+            let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
         }
     }
     Ok(())

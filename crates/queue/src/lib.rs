@@ -14,6 +14,7 @@
 //! `tests/conformance.rs` runs the same tests against every backend.
 
 mod config;
+mod doorbell;
 mod error;
 mod rabbitmq;
 mod sql;

@@ -127,6 +127,11 @@ pub struct SqlQueue {
     submitted: Arc<tokio::sync::Notify>,
     /// The notifier task, once started (by the first submission); stopped with the queue.
     notifying: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// SQLite in a file: the other processes' bells, rung by the notifier task
+    /// (`doorbell.rs`, SQLite's `NOTIFY`).
+    doorbells: Option<crate::doorbell::Doorbells>,
+    /// This process's bell, once bound (by the first wait for work): SQLite's `LISTEN`.
+    bell: std::sync::OnceLock<Option<crate::doorbell::Bell>>,
 }
 
 impl Drop for SqlQueue {
@@ -173,16 +178,25 @@ impl SqlQueue {
     /// its table if needed (on first use for PostgreSQL).
     pub async fn open(url: &str, config: &Config) -> Result<Self, Error> {
         config.check()?;
-        Ok(Self::new(Db::open(url, SCHEMA, options()).await?, config))
+        let mut queue = Self::new(Db::open(url, SCHEMA, options()).await?, config);
+        // `sqlite:PATH` (or `sqlite://PATH`), options after `?`; not `sqlite::memory:`.
+        if let Some(path) = url
+            .strip_prefix("sqlite:")
+            .map(|p| p.trim_start_matches("//"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'))
+        {
+            queue.doorbells = Some(crate::doorbell::Doorbells::of(Path::new(path)));
+        }
+        Ok(queue)
     }
 
     /// Opens (creating if needed) the queue file at `path`.
     pub async fn open_file(path: &Path, config: &Config) -> Result<Self, Error> {
         config.check()?;
-        Ok(Self::new(
-            Db::open_file(path, SCHEMA, options()).await?,
-            config,
-        ))
+        let mut queue = Self::new(Db::open_file(path, SCHEMA, options()).await?, config);
+        queue.doorbells = Some(crate::doorbell::Doorbells::of(path));
+        Ok(queue)
     }
 
     fn new(db: Db, config: &Config) -> Self {
@@ -213,6 +227,8 @@ impl SqlQueue {
             listening: std::sync::OnceLock::new(),
             submitted: Arc::new(tokio::sync::Notify::new()),
             notifying: std::sync::OnceLock::new(),
+            doorbells: None,
+            bell: std::sync::OnceLock::new(),
         }
     }
 
@@ -380,6 +396,28 @@ impl SqlQueue {
     /// hint lost (every listener loses its connection then, and polls).
     pub(crate) async fn announce(&self) {
         self.wake.notify_one();
+        if let Some(doorbells) = &self.doorbells {
+            self.notifying.get_or_init(|| {
+                let (doorbells, submitted) = (doorbells.clone(), self.submitted.clone());
+                let own = self
+                    .bell
+                    .get()
+                    .and_then(|b| b.as_ref().map(|b| b.path().to_path_buf()));
+                tokio::spawn(async move {
+                    loop {
+                        // As the NOTIFY task below: a submission signalled while the last ring
+                        // was being sent left a permit, and gets a ring after its commit.
+                        submitted.notified().await;
+                        let (doorbells, own) = (doorbells.clone(), own.clone());
+                        // A few file-system calls: off the runtime's threads.
+                        let _ = tokio::task::spawn_blocking(move || doorbells.ring(own.as_deref()))
+                            .await;
+                    }
+                })
+                .abort_handle()
+            });
+            self.submitted.notify_one();
+        }
         if let Ok(Pool::Postgres(pool)) = self.lax_pool().await {
             self.notifying.get_or_init(|| {
                 let (pool, submitted) = (pool.clone(), self.submitted.clone());
@@ -581,6 +619,10 @@ impl Queue for SqlQueue {
         // A wake-up that came since this claimer's last claim is kept as the `Notify`'s permit,
         // and this returns at once.
         let woken = self.wake.notified();
+        if let Some(doorbells) = &self.doorbells {
+            self.bell
+                .get_or_init(|| doorbells.listen(self.wake.clone()));
+        }
         if let Ok(Pool::Postgres(pool)) = self.db.pool().await {
             self.listen(pool);
         }

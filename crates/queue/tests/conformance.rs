@@ -923,6 +923,45 @@ async fn postgres_a_submission_elsewhere_wakes_a_waiting_claimer() {
     .expect("a notification that came before the wait was missed");
 }
 
+/// SQLite only: a claimer waiting in one process is woken by a submission made by another (two
+/// queues on one file, as a gateway and a worker are): the doorbells, SQLite's `NOTIFY`. Without
+/// them the wait lasts its whole timeout (the poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_submission_elsewhere_wakes_a_waiting_claimer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..config()
+    };
+    let worker = queue::open(&config).await.expect("worker's queue");
+    let gateway = queue::open(&config).await.expect("gateway's queue");
+    let waiter = worker.clone();
+    let waiting = tokio::spawn(async move { waiter.wait_for_work(Duration::from_secs(600)).await });
+    submit_until_woken(&*gateway, waiting).await;
+    // Now that the worker's bell is bound: a submission made between its empty claim and its
+    // wait, from the other process, still ends the wait (the ring is kept, not lost).
+    while !worker
+        .claim_batch("w", LEASE, 100)
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    gateway
+        .submit(task("sleep", Priority::Normal, 1))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.wait_for_work(Duration::from_secs(600)),
+    )
+    .await
+    .expect("a ring that came before the wait was missed");
+    // The bell goes with the queue that bound it.
+    drop(worker);
+    let bells = dir.path().join("queue.sqlite.doorbells");
+    assert_eq!(std::fs::read_dir(&bells).unwrap().count(), 0, "{bells:?}");
+}
+
 /// RabbitMQ only: a task that dies is dead-lettered into `<name>.dead` through the work queue's
 /// dead-letter exchange, and the work queue is empty afterwards (its delivery was settled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
