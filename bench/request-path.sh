@@ -20,7 +20,8 @@ export SCALELAB_ADMIN_PASSWORD=bench-password-$RANDOM
 "$BIN" up --free-ports ${SCALELAB_CONFIG:+--config "$SCALELAB_CONFIG"} --data-dir "$WORK/data" > "$WORK/up.log" 2>&1 &
 UP=$!
 NGINX=
-cleanup() { [ -n "$NGINX" ] && kill "$NGINX" 2>/dev/null; kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null; rm -rf "$WORK"; }
+STATIC_PID=
+cleanup() { [ -n "$NGINX" ] && kill "$NGINX" 2>/dev/null; [ -n "$STATIC_PID" ] && kill "$STATIC_PID" 2>/dev/null; kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 for _ in $(seq 1 300); do [ -s "$WORK/data/instances.json" ] && break; sleep 0.1; done
 port() { python3 -c "import json,sys; print([i['port'] for i in json.load(open('$WORK/data/instances.json')) if i['id']=='$1'][0])"; }
@@ -37,8 +38,17 @@ nginx -c "$WORK/nginx.conf" -p "$WORK" &
 NGINX=$!
 for _ in $(seq 1 50); do curl -s "127.0.0.1:$NGX/data" -H "Authorization: Bearer $TOKEN" | grep -q cached && break; sleep 0.1; done
 
+# The ceiling issue 14 measures against: nginx serving a small static file (one worker), same wrk.
+STATIC=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/static/www" "$WORK/static/tmp"
+printf '{"value": "cached"}\n' > "$WORK/static/www/data"
+sed -e "s|__DIR__|$WORK/static|g" -e "s|__PORT__|$STATIC|" bench/nginx-static.conf > "$WORK/static/nginx.conf"
+nginx -c "$WORK/static/nginx.conf" -p "$WORK/static" &
+STATIC_PID=$!
+for _ in $(seq 1 50); do curl -fs -o /dev/null "127.0.0.1:$STATIC/data" && break; sleep 0.1; done
+
 echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d$DUR --latency, GET /data (cache hits)"
-for target in "scalelab lb (2 gateways):$LB" "one gateway, direct:$G1" "nginx round robin (2 gateways):$NGX"; do
+for target in "scalelab lb (2 gateways):$LB" "one gateway, direct:$G1" "nginx round robin (2 gateways):$NGX" "nginx static file (the ceiling):$STATIC"; do
   name=${target%%:*}; p=${target##*:}
   echo "== $name"
   wrk -t2 -c"$CONNS" -d"$DUR" --latency -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$p/data" \

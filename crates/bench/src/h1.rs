@@ -12,6 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use framing::{Chunked as ChunkedBody, parse_length};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -215,9 +216,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn read_chunked(&mut self, mut out: Option<&mut Vec<u8>>) -> Result<(), Failure> {
-        let mut decoder = Chunked::default();
+        let mut decoder = ChunkedBody::default();
         loop {
-            let (used, done) = decoder.decode(&self.buf[self.pos..self.len], out.as_deref_mut())?;
+            let (used, done) = decoder
+                .decode(&self.buf[self.pos..self.len], out.as_deref_mut())
+                .map_err(|_| Failure::Other)?;
             self.pos += used;
             if done {
                 return Ok(());
@@ -264,7 +267,7 @@ fn parse_head(input: &[u8], head: bool) -> Result<Option<(Response, Framing, usi
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(h.value)?;
+            let n = parse_length(h.value).map_err(|_| Failure::Other)?;
             if length.is_some_and(|l| l != n) {
                 return Err(Failure::Other);
             }
@@ -315,157 +318,6 @@ fn parse_head(input: &[u8], head: bool) -> Result<Option<(Response, Framing, usi
         response.close = true;
     }
     Ok(Some((response, framing, consumed)))
-}
-
-fn parse_length(value: &[u8]) -> Result<u64, Failure> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(Failure::Other);
-    }
-    Ok(value
-        .iter()
-        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Where the chunked decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum ChunkState {
-    /// Reading the hex size of a chunk (`digits` so far).
-    #[default]
-    Size,
-    /// Whitespace after the size, before `;` or CRLF.
-    SizeSpace,
-    /// A chunk extension: skipped to the end of the line.
-    Extension,
-    /// The LF ending the size line.
-    SizeLf,
-    /// Chunk data, `left` bytes to go.
-    Data,
-    /// The CRLF after chunk data.
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final empty line).
-    TrailerStart,
-    /// Inside a trailer field line: skipped.
-    Trailer,
-    /// The LF of the final empty line.
-    EndLf,
-    Done,
-}
-
-/// An incremental `Transfer-Encoding: chunked` decoder: feed it whatever bytes have arrived.
-#[derive(Debug, Default)]
-struct Chunked {
-    state: ChunkState,
-    size: u64,
-    digits: u32,
-    left: u64,
-}
-
-impl Chunked {
-    /// Decodes from `input`, appending data to `out` when given. Returns the bytes used and
-    /// whether the body (with its trailers) is complete; bytes after the end are not used.
-    fn decode(
-        &mut self,
-        input: &[u8],
-        mut out: Option<&mut Vec<u8>>,
-    ) -> Result<(usize, bool), Failure> {
-        let mut i = 0;
-        while i < input.len() {
-            if self.state == ChunkState::Data {
-                let take = (input.len() - i).min(usize::try_from(self.left).unwrap_or(usize::MAX));
-                if let Some(out) = out.as_deref_mut() {
-                    out.extend_from_slice(&input[i..i + take]);
-                }
-                i += take;
-                self.left -= take as u64;
-                if self.left == 0 {
-                    self.state = ChunkState::DataCr;
-                }
-                continue;
-            }
-            let b = input[i];
-            i += 1;
-            self.state = match self.state {
-                ChunkState::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        // Up to 15 hex digits: no overflow, and no chunk is that large anyway.
-                        if self.digits >= 15 {
-                            return Err(Failure::Other);
-                        }
-                        let d = (b as char).to_digit(16).unwrap_or(0);
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                        ChunkState::Size
-                    }
-                    _ if self.digits == 0 => return Err(Failure::Other),
-                    b' ' | b'\t' => ChunkState::SizeSpace,
-                    b';' => ChunkState::Extension,
-                    b'\r' => ChunkState::SizeLf,
-                    b'\n' => self.end_of_size_line(),
-                    _ => return Err(Failure::Other),
-                },
-                ChunkState::SizeSpace => match b {
-                    b' ' | b'\t' => ChunkState::SizeSpace,
-                    b';' => ChunkState::Extension,
-                    b'\r' => ChunkState::SizeLf,
-                    b'\n' => self.end_of_size_line(),
-                    _ => return Err(Failure::Other),
-                },
-                ChunkState::Extension => match b {
-                    b'\r' => ChunkState::SizeLf,
-                    b'\n' => self.end_of_size_line(),
-                    _ => ChunkState::Extension,
-                },
-                ChunkState::SizeLf => match b {
-                    b'\n' => self.end_of_size_line(),
-                    _ => return Err(Failure::Other),
-                },
-                ChunkState::DataCr => match b {
-                    b'\r' => ChunkState::DataLf,
-                    b'\n' => ChunkState::Size,
-                    _ => return Err(Failure::Other),
-                },
-                ChunkState::DataLf => match b {
-                    b'\n' => ChunkState::Size,
-                    _ => return Err(Failure::Other),
-                },
-                ChunkState::TrailerStart => match b {
-                    b'\r' => ChunkState::EndLf,
-                    b'\n' => ChunkState::Done,
-                    _ => ChunkState::Trailer,
-                },
-                ChunkState::Trailer => match b {
-                    b'\n' => ChunkState::TrailerStart,
-                    _ => ChunkState::Trailer,
-                },
-                ChunkState::EndLf => match b {
-                    b'\n' => ChunkState::Done,
-                    _ => return Err(Failure::Other),
-                },
-                // Data is handled above; nothing is read after the end.
-                ChunkState::Data => return Err(Failure::Other),
-                ChunkState::Done => return Ok((i - 1, true)),
-            };
-            if self.state == ChunkState::Done {
-                return Ok((i, true));
-            }
-        }
-        Ok((i, self.state == ChunkState::Done))
-    }
-
-    /// The size line is complete: data follows, or (size 0) the trailers.
-    fn end_of_size_line(&mut self) -> ChunkState {
-        let size = self.size;
-        self.size = 0;
-        self.digits = 0;
-        if size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            self.left = size;
-            ChunkState::Data
-        }
-    }
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::chunked::Chunked;
 use crate::{ADMIN_PREFIX, AppState};
+use framing::{Chunked, parse_length};
 
 /// The longest request or response head read (hyper's default buffer limit is about this).
 const MAX_HEAD: usize = 64 * 1024;
@@ -376,7 +376,7 @@ impl<'a> Hop<'a> {
                     rid = Some(h.value);
                 }
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    let Some(n) = parse_length(h.value) else {
+                    let Ok(n) = parse_length(h.value) else {
                         return Parsed::HandOff;
                     };
                     if body.is_some_and(|seen| seen != n) {
@@ -645,8 +645,8 @@ impl<'a> Hop<'a> {
                 *n -= here as u64;
                 (here, *n == 0)
             }
-            Framing::Chunked(c) => match c.feed(&self.upbuf) {
-                Ok(here) => (here, c.is_done()),
+            Framing::Chunked(c) => match c.decode(&self.upbuf, None) {
+                Ok((here, done)) => (here, done),
                 Err(_) => return false,
             },
             Framing::UntilClose => (self.upbuf.len(), false),
@@ -680,9 +680,9 @@ impl<'a> Hop<'a> {
                     done = *left == 0;
                     take
                 }
-                Framing::Chunked(c) => match c.feed(&self.upbuf) {
-                    Ok(take) => {
-                        done = c.is_done();
+                Framing::Chunked(c) => match c.decode(&self.upbuf, None) {
+                    Ok((take, end)) => {
+                        done = end;
                         take
                     }
                     Err(_) => return false,
@@ -881,7 +881,7 @@ fn parse_answer(
             }
             12 if name.eq_ignore_ascii_case(b"x-request-id") => has_rid = true,
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let n = parse_length(h.value).ok_or("bad content-length")?;
+                let n = parse_length(h.value).map_err(|_| "bad content-length")?;
                 if length.is_some_and(|seen| seen != n) {
                     return Err("conflicting content-length".into());
                 }
@@ -962,15 +962,6 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1) or `Proxy-Connection`, in any case:
@@ -1154,22 +1145,6 @@ mod tests {
         }
         for t in ["/", "/_lbx", "/x/_lb", "/_l"] {
             assert!(!is_admin(t), "{t}");
-        }
-    }
-
-    #[test]
-    fn content_lengths() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"1,2",
-            b"+3",
-            b"0x10",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(parse_length(bad), None, "{bad:?}");
         }
     }
 }

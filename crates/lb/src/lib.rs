@@ -10,7 +10,6 @@
 //! Start reading at [`router`].
 
 pub mod admin;
-pub mod chunked;
 pub mod edge;
 pub mod h1;
 pub mod proxy;

@@ -900,11 +900,19 @@ async fn postgres_a_submission_elsewhere_wakes_a_waiting_claimer() {
     };
     let worker = queue::open(&config).await.expect("worker's queue");
     let gateway = queue::open(&config).await.expect("gateway's queue");
+    a_submission_elsewhere_wakes_a_waiting_claimer(&worker, &*gateway).await;
+}
+
+/// A claimer of `worker` waiting for work is woken by a submission through `gateway`, another
+/// queue on the same store (another process, as far as wake-ups go); then a submission made
+/// between its empty claim and its wait still ends the wait (the wake-up is kept, not lost).
+async fn a_submission_elsewhere_wakes_a_waiting_claimer(
+    worker: &Arc<dyn Queue>,
+    gateway: &dyn Queue,
+) {
     let waiter = worker.clone();
     let waiting = tokio::spawn(async move { waiter.wait_for_work(Duration::from_secs(600)).await });
-    submit_until_woken(&*gateway, waiting).await;
-    // Now that the worker listens: a submission made between its empty claim and its wait,
-    // from the other process, still ends the wait (the notification is kept, not lost).
+    submit_until_woken(gateway, waiting).await;
     while !worker
         .claim_batch("w", LEASE, 100)
         .await
@@ -920,7 +928,7 @@ async fn postgres_a_submission_elsewhere_wakes_a_waiting_claimer() {
         worker.wait_for_work(Duration::from_secs(600)),
     )
     .await
-    .expect("a notification that came before the wait was missed");
+    .expect("a wake-up that came before the wait was missed");
 }
 
 /// SQLite only: a claimer waiting in one process is woken by a submission made by another (two
@@ -935,27 +943,7 @@ async fn sqlite_a_submission_elsewhere_wakes_a_waiting_claimer() {
     };
     let worker = queue::open(&config).await.expect("worker's queue");
     let gateway = queue::open(&config).await.expect("gateway's queue");
-    let waiter = worker.clone();
-    let waiting = tokio::spawn(async move { waiter.wait_for_work(Duration::from_secs(600)).await });
-    submit_until_woken(&*gateway, waiting).await;
-    // Now that the worker's bell is bound: a submission made between its empty claim and its
-    // wait, from the other process, still ends the wait (the ring is kept, not lost).
-    while !worker
-        .claim_batch("w", LEASE, 100)
-        .await
-        .unwrap()
-        .is_empty()
-    {}
-    gateway
-        .submit(task("sleep", Priority::Normal, 1))
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        worker.wait_for_work(Duration::from_secs(600)),
-    )
-    .await
-    .expect("a ring that came before the wait was missed");
+    a_submission_elsewhere_wakes_a_waiting_claimer(&worker, &*gateway).await;
     // The bell goes with the queue that bound it.
     drop(worker);
     let bells = dir.path().join("queue.sqlite.doorbells");
