@@ -63,7 +63,12 @@ TOKEN=$(curl -fsS "$LB/login" -H 'Content-Type: application/json' \
 # One worker: with two, hypothesis parses lambda sources from two threads at once and CPython
 # 3.11 (before 3.11.8) fails with "AST constructor recursion depth mismatch" (CI, session 6); the
 # rate limit, not the worker count, sets the pace anyway.
-# Every check on. `--url` is the balancer: the document has no `servers` (a page served by a
+# Every check on but `use_after_free`, which is wrong for this API's one non-deleting DELETE and
+# which schemathesis (4.32) applies in its stateful phase whatever the per-operation settings say
+# (deploy/contract/schemathesis.toml). The one DELETE that deletes, `DELETE /users/me`, is
+# checked for use after free by crates/cli/tests/it/users.rs (the profile answers 404, the name
+# is free again).
+# `--url` is the balancer: the document has no `servers` (a page served by a
 # gateway calls the origin it came from). At most 40 requests a second: a topology may limit each
 # address at the balancer (the Casitas preset: 50/s), and a fuzzer answered 429 tests nothing.
 say "schemathesis: every check, $MAX_EXAMPLES examples per operation"
@@ -71,6 +76,7 @@ set +e
 schemathesis --config-file deploy/contract/schemathesis.toml run "$W/openapi.json" \
   --url "$LB" \
   --checks all \
+  --exclude-checks use_after_free \
   --header "Authorization: Bearer $TOKEN" \
   --max-examples "$MAX_EXAMPLES" \
   --rate-limit 40/s \
