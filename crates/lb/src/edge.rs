@@ -105,7 +105,7 @@ impl Edge {
 }
 
 /// IPv4 clients that reach a dual-stack socket appear as `::ffff:a.b.c.d`; compare them as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

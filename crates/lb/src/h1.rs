@@ -252,7 +252,7 @@ impl<'a> Hop<'a> {
         Self {
             state,
             peer,
-            peer_text: canonical(peer.ip()).to_string(),
+            peer_text: crate::edge::canonical(peer.ip()).to_string(),
             closing,
             inbuf: BytesMut::with_capacity(BUFFER),
             upbuf: BytesMut::with_capacity(BUFFER),
@@ -314,7 +314,6 @@ impl<'a> Hop<'a> {
             };
             if self.state.edge.over_limit(self.peer.ip()) {
                 // The 429 with its headers is the hyper path's; the head is still unconsumed.
-                self.out.clear();
                 return Outcome::HandOff;
             }
             self.inbuf.advance(head.len);
@@ -920,7 +919,12 @@ fn parse_answer(
     }
     back.clear();
     back.extend_from_slice(b"HTTP/1.1 ");
-    back.extend_from_slice(itoa_status(status).as_bytes());
+    // Three digits: httparse reads exactly three (100..=999), no allocation.
+    back.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
     back.push(b' ');
     back.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     back.extend_from_slice(b"\r\n");
@@ -950,12 +954,6 @@ fn parse_answer(
     }))
 }
 
-/// A status code's three digits.
-fn itoa_status(status: u16) -> String {
-    // Every status here is 100..=999 (httparse reads exactly three digits).
-    status.to_string()
-}
-
 /// Writes `name: value\r\n`.
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -966,7 +964,7 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1) or `Proxy-Connection`, in any case:
 /// never forwarded.
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     match name.len() {
         2 => is("te"),
@@ -996,14 +994,6 @@ fn is_admin(target: &str) -> bool {
     target
         .strip_prefix(ADMIN_PREFIX)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
-}
-
-/// IPv4 clients of a dual-stack socket appear as `::ffff:a.b.c.d`: shown and limited as IPv4.
-fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 fn retried(pool: &str) {

@@ -18,22 +18,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 
-/// Whether `name` describes one hop's connection, never to be forwarded (RFC 9110 §7.6.1), or is
-/// `Proxy-Connection` (not standard, but some clients send it): one length-and-bytes match on the (lower-case) name, cheaper than
-/// comparing it with each of the nine names in turn.
+/// Whether `name` describes one hop's connection, never to be forwarded: the one list, in
+/// [`crate::h1::is_hop_by_hop`].
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-connection"
-    )
+    crate::h1::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
