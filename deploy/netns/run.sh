@@ -9,7 +9,7 @@
 # `tc netem` and `ip link`, then prints what it injected and what clients saw. Exits non-zero if a
 # request that should have failed over did not, or a task was lost.
 # Needs root, PostgreSQL's server binaries, redis-server, openssl, iptables (where the kernel has
-# no netem). Usage: deploy/netns/run.sh [scalelab binary]
+# no netem). Usage: deploy/netns/run.sh [scalelab binary]; KEEP_W=1 keeps the work directory (logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-target/debug/scalelab}")
@@ -32,7 +32,7 @@ cleanup() {
     ip netns del "$n" 2>/dev/null; ip link del "v-$n" 2>/dev/null; rm -rf "/etc/netns/$n"
   done
   ip link del br-sl 2>/dev/null
-  rm -rf "$W"
+  [ -n "${KEEP_W:-}" ] && echo "kept $W" || rm -rf "$W"
 }
 trap cleanup EXIT
 
@@ -272,7 +272,12 @@ done
 curl -fs "$LB/_lb/stats" > "$W/stats-rejoin.json"
 read -r ok bad p99 a1 a2 <<< "$(bench 4s)"
 row "3. app1's link back: rejoined" "$ok" "$bad" "$p99" "$a1%" "$a2%"
-awk -v a="$a1" 'BEGIN { exit !(a > 0) }' || { echo "[netns] the balancer before the rejoin run:" >&2; cat "$W/stats-rejoin.json" >&2; curl -fs "$LB/_lb/stats" >&2; echo >&2; }
+awk -v a="$a1" 'BEGIN { exit !(a > 0) }' || {
+  echo "[netns] the balancer before the rejoin run:" >&2; cat "$W/stats-rejoin.json" >&2; curl -fs "$LB/_lb/stats" >&2; echo >&2
+  for log in sl-edge-lb sl-app1-gateway sl-app1-db; do
+    echo "[netns] the last warnings of $log:" >&2; grep -E "WARN|ERROR" "$W/$log.log" | tail -15 >&2 || true
+  done
+}
 awk -v a="$a1" 'BEGIN { exit !(a > 0) }' || FAIL=1
 
 # 4. 1% packet loss on the edge, both ways: reported (TCP retransmits; no failure expected). With

@@ -69,6 +69,11 @@ pub struct Config {
     /// Prefix of every Redis key this gateway writes (cache entries under `<prefix>cache:`, rate
     /// limit state under `<prefix>rl:`); gateways sharing a prefix share the cache and the limits.
     pub redis_prefix: String,
+    /// Longest wait for one Redis command, in milliseconds (redis-rs' own default). A cache read
+    /// that takes longer is read from the db instead, a limiter check falls back to this
+    /// instance's limits, and the connection is replaced: one a partition left waiting on TCP's
+    /// retransmission backoff may stay silent for seconds after the network is back.
+    pub redis_timeout_ms: u64,
     /// Longest wait for `auth`, `cache` and `db`, in milliseconds (then `504`).
     pub upstream_timeout_ms: u64,
     /// Largest request body accepted, in bytes (`413 payload_too_large` beyond).
@@ -111,6 +116,7 @@ impl Default for Config {
             near_cache_ttl_ms: 5000,
             redis_url: None,
             redis_prefix: "scalelab:".into(),
+            redis_timeout_ms: 500,
             upstream_timeout_ms: 3000,
             max_body_bytes: 64 * 1024,
             services: balance::PoolConfig::default(),
@@ -283,6 +289,9 @@ impl Config {
         if self.upstream_timeout_ms == 0 {
             problem("upstream_timeout_ms: must be at least 1".into());
         }
+        if self.redis_timeout_ms == 0 {
+            problem("redis_timeout_ms: must be at least 1".into());
+        }
         if self.max_body_bytes == 0 {
             problem("max_body_bytes: must be at least 1".into());
         }
@@ -352,6 +361,7 @@ near_cache_entries = 1000
 near_cache_ttl_ms = 5000
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "scalelab:"
+redis_timeout_ms = 500
 upstream_timeout_ms = 3000
 max_body_bytes = 65536
 

@@ -160,7 +160,10 @@ impl AppState {
         };
 
         let redis = match config.redis_url.as_deref() {
-            Some(url) if !url.is_empty() => Some(RedisConn::new(url, upstream_timeout)?),
+            Some(url) if !url.is_empty() => Some(RedisConn::new(
+                url,
+                Duration::from_millis(config.redis_timeout_ms),
+            )?),
             _ => None,
         };
         let need_redis = || {
