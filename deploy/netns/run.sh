@@ -23,11 +23,14 @@ TOKEN=$(openssl rand -hex 24)
 ADMIN=$(openssl rand -hex 12)
 FAIL=0
 
+# Every process in the namespaces: $! of a backgrounded `in_ns` is a subshell, not the role's
+# process, so the namespaces are asked who runs in them.
+ns_pids() { for n in "${NETS[@]}"; do ip netns pids "$n" 2>/dev/null; done; }
 cleanup() {
   set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 1
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}" $(ns_pids); do kill "$p" 2>/dev/null; done
+  for _ in $(seq 1 50); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
+  for p in $(ns_pids); do kill -9 "$p" 2>/dev/null; done
   for n in "${NETS[@]}"; do
     ip netns del "$n" 2>/dev/null; ip link del "v-$n" 2>/dev/null; rm -rf "/etc/netns/$n"
   done
