@@ -87,6 +87,8 @@ CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
     WHERE status IN ('succeeded', 'cancelled');
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running';
+-- The RabbitMQ backend's claim of due retries (statements::CANDIDATE_DUE).
+CREATE INDEX IF NOT EXISTS tasks_retry ON tasks (not_before) WHERE status = 'failed';
 -- Vacuumed once 1% of the rows (at least 1,000) are dead, not the default 20%: a claim walks the
 -- dead entries of tasks_claim until then, and a queue's table is mostly finished tasks.
 ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
@@ -1230,5 +1232,68 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
         assert!(!plan.contains("Bitmap"), "{plan}");
+    }
+
+    /// PostgreSQL: the RabbitMQ backend's claim of due retries and lapsed leases, run before
+    /// every claim of delivered tasks, reads a few pages however many tasks wait for their
+    /// messages (it read all of them, about 300 pages for 20,000, and made the server the
+    /// backend's bottleneck). With the plan PostgreSQL picks for the statement as sqlx runs it
+    /// (prepared, then generic) and with a custom one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_due_claim_reads_a_few_pages_behind_any_backlog() {
+        let Some(db) = common::testing::fresh_postgres("queue_due").await else {
+            return;
+        };
+        let q = SqlQueue::open(&db.url, &Config::default())
+            .await
+            .expect("open");
+        q.ping().await.expect("the schema");
+        let Pool::Postgres(pool) = q.db.pool().await.expect("pool") else {
+            panic!("a PostgreSQL queue")
+        };
+        let mut conn = pool.acquire().await.expect("a connection");
+        for sql in [
+            // The backlog: queued, each waiting for its broker message.
+            "INSERT INTO tasks (id, kind, payload, status, priority, attempts, max_attempts, owner, \
+             created_at, not_before) SELECT 'q' || n, 'add', '{}', 'queued', 1, 0, 3, 'o', n, 0 \
+             FROM generate_series(1, 20000) AS n",
+            // Running under live leases, and one retry not due yet.
+            "INSERT INTO tasks (id, kind, payload, status, priority, attempts, max_attempts, owner, \
+             created_at, not_before, lease_until) SELECT 'r' || n, 'add', '{}', 'running', 1, 1, \
+             3, 'o', n, 0, 5000 FROM generate_series(1, 64) AS n",
+            "INSERT INTO tasks (id, kind, payload, status, priority, attempts, max_attempts, owner, \
+             created_at, not_before) VALUES ('f', 'add', '{}', 'failed', 1, 1, 3, 'o', 1, 5000)",
+            "ANALYZE tasks",
+        ] {
+            sqlx::query(sql).execute(&mut *conn).await.expect(sql);
+        }
+        let due = st::CANDIDATE_DUE.replace("$3", "$1").replace("$4", "$2");
+        sqlx::raw_sql(&format!("PREPARE due(bigint, bigint) AS {due} FOR UPDATE SKIP LOCKED"))
+            .execute(&mut *conn)
+            .await
+            .expect("prepare");
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *conn)
+                .await
+                .expect("set");
+            // Nothing due at 1,000: a few pages. At 6,000 the retry and every lease are due
+            // (the pages then grow with the tasks due, not with the backlog).
+            for (now, found) in [(1000, 0), (6000, 16)] {
+                let explain: Value = sqlx::query_scalar(&format!(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE due({now}, 16)"
+                ))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("explain");
+                let top = &explain[0]["Plan"];
+                let pages = top["Shared Hit Blocks"].as_u64().unwrap_or(0)
+                    + top["Shared Read Blocks"].as_u64().unwrap_or(0);
+                assert_eq!(top["Actual Rows"].as_u64(), Some(found), "{mode} {now}: {explain}");
+                if found == 0 {
+                    assert!(pages < 60, "{mode} at {now}: {pages} pages\n{explain:#}");
+                }
+            }
+        }
     }
 }

@@ -56,10 +56,22 @@ pub(crate) const CANDIDATE: &str = "SELECT id FROM tasks \
     ORDER BY priority, seq LIMIT $4";
 
 /// What the RabbitMQ backend claims from the store rather than from the broker: retries whose
-/// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). The
-/// leading term is there for the index, as in [`CANDIDATE`].
+/// backoff is over and tasks whose lease lapsed (fresh tasks come through the broker). Most
+/// urgent first, then oldest.
+///
+/// The ids come from two range scans of partial indexes, failed tasks by `not_before`
+/// (`tasks_retry`) and running ones by `lease_until` (`tasks_lease`), each of which stops at the
+/// first task not due yet, so a claim costs the same with any backlog. Walking `tasks_claim` in
+/// claim order instead (as [`CANDIDATE`] does, and as this did) reads every queued task before
+/// it finds none due: with 20,000 tasks waiting for their messages, about 300 pages and 6 to 8
+/// ms of the server's time per claim, which made PostgreSQL the RabbitMQ backend's bottleneck.
+/// The outer conditions repeat the inner ones so that a row changed under the claim is checked
+/// again on its new version before it is locked.
 pub(crate) const CANDIDATE_DUE: &str = "SELECT id FROM tasks \
-    WHERE status IN ('queued', 'failed', 'running') \
+    WHERE id IN (SELECT id FROM tasks WHERE status = 'failed' AND not_before <= $3 \
+                 UNION ALL \
+                 SELECT id FROM tasks WHERE status = 'running' AND lease_until < $3 \
+                                         AND attempts < max_attempts) \
       AND ((status = 'failed' AND not_before <= $3) \
        OR (status = 'running' AND lease_until < $3 AND attempts < max_attempts)) \
     ORDER BY priority, seq LIMIT $4";
