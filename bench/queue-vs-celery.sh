@@ -91,8 +91,27 @@ EOF
   pids=$(python3 -c "import json; print(' '.join(str(i['pid']) for i in json.load(open('$dir/data/instances.json')) if i['role']=='worker'))")
   token=$(curl -s -X POST "$gw/login" -H 'content-type: application/json' \
     -d "{\"username\":\"admin\",\"password\":\"$SCALELAB_ADMIN_PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-  # shellcheck disable=SC2086
-  kill -STOP $pids
+  # Paused, but never inside a write to the SQLite file: a worker stopped holding its write lock
+  # (an idle slot's claim every poll_ms) would refuse every submission until it is resumed.
+  local paused=0
+  for _ in $(seq 1 100); do
+    # shellcheck disable=SC2086
+    kill -STOP $pids
+    [ -z "$queue" ] || { paused=1; break; }
+    python3 - "$dir/data/queue.sqlite" <<'PY' && { paused=1; break; }
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=0.05, isolation_level=None)
+try:
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ROLLBACK")
+except sqlite3.OperationalError:
+    sys.exit(1)
+PY
+    # shellcheck disable=SC2086
+    kill -CONT $pids
+    sleep 0.05
+  done
+  [ "$paused" = 1 ] || { echo "$name: could not pause the workers outside a write" >&2; exit 1; }
   "$BIN" bench "$gw/tasks" -m POST --body '{"type":"add","payload":{"a":1,"b":2}}' --token "$token" \
     -c "$C" -n "$N" --json "$dir/submit.json" > "$dir/bench.txt" 2>&1
   local submit drain

@@ -1268,10 +1268,12 @@ mod tests {
             sqlx::query(sql).execute(&mut *conn).await.expect(sql);
         }
         let due = st::CANDIDATE_DUE.replace("$3", "$1").replace("$4", "$2");
-        sqlx::raw_sql(&format!("PREPARE due(bigint, bigint) AS {due} FOR UPDATE SKIP LOCKED"))
-            .execute(&mut *conn)
-            .await
-            .expect("prepare");
+        sqlx::raw_sql(&format!(
+            "PREPARE due(bigint, bigint) AS {due} FOR UPDATE SKIP LOCKED"
+        ))
+        .execute(&mut *conn)
+        .await
+        .expect("prepare");
         for mode in ["force_custom_plan", "force_generic_plan"] {
             sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
                 .execute(&mut *conn)
@@ -1289,7 +1291,11 @@ mod tests {
                 let top = &explain[0]["Plan"];
                 let pages = top["Shared Hit Blocks"].as_u64().unwrap_or(0)
                     + top["Shared Read Blocks"].as_u64().unwrap_or(0);
-                assert_eq!(top["Actual Rows"].as_u64(), Some(found), "{mode} {now}: {explain}");
+                assert_eq!(
+                    top["Actual Rows"].as_u64(),
+                    Some(found),
+                    "{mode} {now}: {explain}"
+                );
                 if found == 0 {
                     assert!(pages < 60, "{mode} at {now}: {pages} pages\n{explain:#}");
                 }
