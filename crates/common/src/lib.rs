@@ -10,6 +10,7 @@
 //! adds `/health`, `/metrics`, the JSON `404`/`405` fallbacks and the middleware every instance has.
 
 pub mod error;
+pub mod handoff;
 pub mod linger;
 pub mod metrics;
 pub mod sql;

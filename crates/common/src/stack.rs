@@ -86,12 +86,17 @@ impl MakeRequestId for FastRequestId {
         &mut self,
         _: &axum::http::Request<B>,
     ) -> Option<tower_http::request_id::RequestId> {
-        let id = uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid();
-        let mut buf = uuid::Uuid::encode_buffer();
-        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
-            .ok()
-            .map(tower_http::request_id::RequestId::new)
+        Some(tower_http::request_id::RequestId::new(new_request_id()))
     }
+}
+
+/// A new request id: a random version-4 UUID from the thread's userspace generator.
+pub fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = id.hyphenated().encode_lower(&mut buf);
+    // A UUID's text is always a valid header value.
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Limits of the standard stack.
@@ -228,10 +233,11 @@ async fn record(instance: Instance, req: Request, next: Next) -> Response {
 
 /// One request in `scalelab_http_in_flight{role,id}` until dropped (also when the client goes away
 /// and the handler is cancelled).
-struct InFlight(metrics::Gauge);
+pub struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn start(instance: &Instance) -> Self {
+    /// Counts one request of `instance` in flight until the value is dropped.
+    pub fn start(instance: &Instance) -> Self {
         thread_local! {
             /// The gauge by instance id address (an instance's id is made once).
             static GAUGES: std::cell::RefCell<std::collections::HashMap<usize, (Arc<str>, metrics::Gauge)>> =
@@ -264,7 +270,7 @@ impl Drop for InFlight {
 }
 
 /// A route's request counter (by status) and duration histogram.
-type HttpHandles = (metrics::Counter, metrics::Histogram);
+pub type HttpHandles = (metrics::Counter, metrics::Histogram);
 
 /// One entry of [`HTTP_HANDLES`]: the handles, and the instance id and route whose addresses are
 /// its key, kept alive so that no other instance or route can take those addresses while the
@@ -299,21 +305,11 @@ fn http_handles(
         if let Some(found) = h.get(&key) {
             return found.handles.clone();
         }
-        let labels = [
-            ("role", instance.role.to_string()),
-            ("id", instance.id.to_string()),
-            (
-                "route",
-                route
-                    .as_ref()
-                    .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string()),
-            ),
-            ("method", key.2.to_string()),
-            ("status", status.to_string()),
-        ];
-        let handles = (
-            metrics::counter!("scalelab_http_requests_total", &labels),
-            metrics::histogram!("scalelab_http_request_duration_seconds", &labels[..4]),
+        let handles = route_handles(
+            instance,
+            route.as_ref().map_or("unmatched", |p| p.as_str()),
+            &key.2,
+            status,
         );
         h.insert(
             key,
@@ -325,6 +321,29 @@ fn http_handles(
         );
         handles
     })
+}
+
+/// The request counter and duration histogram of `route` (the router's pattern, `/data/{key}`),
+/// `method` and `status` of `instance`: what [`wrap`]'s metrics layer records, for a server that
+/// answers some requests without the stack (the gateway's front path). Registering formats and
+/// hashes five labels: make the handles once, then use them.
+pub fn route_handles(
+    instance: &Instance,
+    route: &str,
+    method: &axum::http::Method,
+    status: u16,
+) -> HttpHandles {
+    let labels = [
+        ("role", instance.role.to_string()),
+        ("id", instance.id.to_string()),
+        ("route", route.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    (
+        metrics::counter!("scalelab_http_requests_total", &labels),
+        metrics::histogram!("scalelab_http_request_duration_seconds", &labels[..4]),
+    )
 }
 
 /// The JSON `404` every service answers for an unknown route.

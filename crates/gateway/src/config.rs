@@ -78,6 +78,10 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Largest request body accepted, in bytes (`413 payload_too_large` beyond).
     pub max_body_bytes: usize,
+    /// Answer `GET /data` over HTTP/1.1 with the gateway's own engine (`front.rs`: the same
+    /// admission, read, headers and metrics without the middleware stack and the router); every
+    /// other request goes to the router either way. `false` serves everything with the router.
+    pub front_path: bool,
     /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks,
     /// outlier ejection and retry budget (the `auth` pool takes its outlier and budget settings).
     pub services: balance::PoolConfig,
@@ -119,6 +123,7 @@ impl Default for Config {
             redis_timeout_ms: 500,
             upstream_timeout_ms: 3000,
             max_body_bytes: 64 * 1024,
+            front_path: true,
             services: balance::PoolConfig::default(),
             breaker: balance::BreakerConfig::default(),
             auth: AuthConfig::default(),
@@ -364,6 +369,7 @@ redis_prefix = "scalelab:"
 redis_timeout_ms = 500
 upstream_timeout_ms = 3000
 max_body_bytes = 65536
+front_path = true
 
 [services]
 strategy = "round_robin"

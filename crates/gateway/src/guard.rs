@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use common::RequestId;
 
 use crate::policy::{GUEST, LOGIN_BUCKET, Resolved, RoleScope, TokenRule};
-use crate::rate_limit::client_ip;
+use crate::rate_limit::{Decision, client_ip};
 use crate::tokens::{Caller, token_from};
 use crate::{AppState, Error};
 
@@ -37,13 +37,66 @@ pub(crate) async fn guard(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The path parameter naming the resource, for a route whose role is waived for its owner.
+    let named = match route.policy.scope {
+        RoleScope::Always => None,
+        RoleScope::UnlessSelf(param) => {
+            let (mut parts, body) = req.into_parts();
+            let named = RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .ok()
+                .and_then(|params| {
+                    params
+                        .iter()
+                        .find(|(name, _)| *name == param)
+                        .map(|(_, value)| value.to_string())
+                });
+            req = Request::from_parts(parts, body);
+            named
+        }
+    };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (caller, decision) =
+        match admit(&state, &route, req.headers(), peer, &rid, named.as_deref()).await {
+            Ok(admitted) => admitted,
+            Err(e) => return e.into_response(),
+        };
+    req.extensions_mut().insert(caller);
+    let mut resp = next.run(req).await;
+    if let Some(d) = decision {
+        for (name, value) in d.headers() {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
+/// The request headers [`admit`] reads (the token's, and the client address behind a trusted
+/// proxy): all the front path (`front.rs`) copies from a request it answers itself.
+pub(crate) const ADMIT_HEADERS: [&str; 3] = ["authorization", "x-token", "x-forwarded-for"];
+
+/// Steps 1 to 4 for one request of `route`: the caller and the rate limit's decision (whose
+/// headers go on the answer), or the refusal. `owner` is the path parameter a
+/// [`RoleScope::UnlessSelf`] route waives its role for. Also what the front path
+/// (`front.rs`) runs for the requests it answers itself, so both paths admit the same requests.
+pub(crate) async fn admit(
+    state: &AppState,
+    route: &Resolved,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    rid: &str,
+    owner: Option<&str>,
+) -> Result<(Caller, Option<Decision>), Error> {
     let policy = route.policy;
     let strict = policy.token == TokenRule::Required && state.inner.config.auth.required;
     let caller = match policy.token {
         TokenRule::None => Caller::Anonymous,
-        _ => match identify(&state, req.headers(), &rid).await {
+        _ => match identify(state, headers, rid).await {
             Ok(caller) => caller,
-            Err(e) if strict => return e.into_response(),
+            Err(e) if strict => return Err(e),
             Err(e) => {
                 tracing::debug!(error = %e, route = policy.path, "ignoring a bad token on a route that does not need one");
                 Caller::Anonymous
@@ -51,29 +104,24 @@ pub(crate) async fn guard(
         },
     };
     if strict && caller == Caller::Anonymous {
-        return Error::MissingToken.into_response();
+        return Err(Error::MissingToken);
     }
     if policy.token == TokenRule::Required && !policy.guests && caller.has_role(GUEST) {
-        return Error::Forbidden(format!(
+        return Err(Error::Forbidden(format!(
             "guest tokens are read-only: {} {} writes; log in with an account",
             policy.method, policy.path
-        ))
-        .into_response();
+        )));
     }
 
     let decision = match &route.limit {
         None => None,
         Some((bucket, rule)) => {
-            let peer = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
             let client = match caller.user_id() {
                 // Logins are limited per IP: the point is to slow down password guessing.
                 Some(id) if bucket != LOGIN_BUCKET => format!("user:{id}"),
                 _ => match client_ip(
                     peer,
-                    req.headers(),
+                    headers,
                     &state.inner.config.rate_limit.trusted_proxies,
                 ) {
                     Some(ip) => format!("ip:{ip}"),
@@ -89,45 +137,20 @@ pub(crate) async fn guard(
                 )
                 .increment(1);
                 tracing::info!(route = policy.path, %client, "rate limited");
-                return Error::RateLimited {
+                return Err(Error::RateLimited {
                     route: policy.path.to_string(),
                     decision,
-                }
-                .into_response();
+                });
             }
             Some(decision)
         }
     };
 
-    let own = match policy.scope {
-        RoleScope::Always => false,
-        RoleScope::UnlessSelf(param) => {
-            let (mut parts, body) = req.into_parts();
-            let named = RawPathParams::from_request_parts(&mut parts, &())
-                .await
-                .ok()
-                .and_then(|params| {
-                    params
-                        .iter()
-                        .find(|(name, _)| *name == param)
-                        .map(|(_, value)| value.to_string())
-                });
-            req = Request::from_parts(parts, body);
-            named.is_some() && caller.user_id() == named.as_deref()
-        }
-    };
-    if !own && let Err(e) = route.require(&caller, &format!("{} {}", policy.method, policy.path)) {
-        return e.into_response();
+    let own = owner.is_some() && caller.user_id() == owner;
+    if !own && !route.admits(&caller) {
+        route.require(&caller, &format!("{} {}", policy.method, policy.path))?;
     }
-
-    req.extensions_mut().insert(caller);
-    let mut resp = next.run(req).await;
-    if let Some(d) = decision {
-        for (name, value) in d.headers() {
-            resp.headers_mut().insert(name, value);
-        }
-    }
-    resp
+    Ok((caller, decision))
 }
 
 /// The caller of `req`: a user when a valid token is present, anonymous when none is.
@@ -137,7 +160,7 @@ async fn identify(state: &AppState, headers: &HeaderMap, rid: &str) -> Result<Ca
         Some(token) => state
             .inner
             .verifier
-            .verify(&token, rid)
+            .verify(token, rid)
             .await
             .map(Caller::User),
     }

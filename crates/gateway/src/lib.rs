@@ -3,7 +3,9 @@
 //! sends `GET /process` to the business services through a balanced pool, and forwards logins and
 //! registrations to `auth`.
 //!
-//! Start reading at [`router`], then `policy.rs` (the route table: token rule, role, guest rule and
+//! Start reading at [`router`] (and [`serve`], which puts the front path of `front.rs` before it:
+//! `GET /data` answered by the gateway's own HTTP/1.1 engine with the router's own admission and
+//! read, everything else handed to the router), then `policy.rs` (the route table: token rule, role, guest rule and
 //! rate limit bucket of every route, the only place that decides access), `guard.rs` (the
 //! middleware that applies one route's entry), `features/` (the handlers, one module per feature),
 //! `openapi.rs` (the OpenAPI document, from the handlers' annotations and the route table),
@@ -62,6 +64,7 @@ mod config;
 mod error;
 mod features;
 pub mod fence;
+mod front;
 mod guard;
 pub mod openapi;
 pub mod policy;
@@ -127,8 +130,17 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let state = AppState::new(config, instance).await?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, id = %state.instance().id, cache = state.cache().name(), "gateway listening");
+        tracing::info!(%addr, id = %state.instance().id, cache = state.cache().name(), front_path = state.config().front_path, "gateway listening");
     }
-    common::serve(listener, router(state), shutdown).await?;
+    let app = router(state.clone());
+    if !state.config().front_path {
+        common::serve(listener, app, shutdown).await?;
+        return Ok(());
+    }
+    let front = front::Front::new(state, app)?;
+    common::serve_connections(listener, shutdown, move |stream, peer, closing| {
+        front.clone().connection(stream, peer, closing)
+    })
+    .await?;
     Ok(())
 }

@@ -329,10 +329,18 @@ impl Resolved {
     /// action in the 403).
     pub(crate) fn require(&self, caller: &Caller, what: &str) -> Result<(), Error> {
         match &self.role {
-            Some(role) if !caller.has_role(role) && !caller.has_role(ADMIN) => {
+            Some(role) if !self.admits(caller) => {
                 Err(Error::Forbidden(format!("{what} needs the {role} role")))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Whether `caller` holds this route's role (or is an admin), without naming the action.
+    pub(crate) fn admits(&self, caller: &Caller) -> bool {
+        match &self.role {
+            Some(role) => caller.has_role(role) || caller.has_role(ADMIN),
+            None => true,
         }
     }
 }

@@ -37,7 +37,7 @@ use api::client::AuthClient;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// A valid token was presented.
-    User(Claims),
+    User(Arc<Claims>),
     /// No token (public routes, or `auth.required = false`).
     Anonymous,
 }
@@ -62,7 +62,7 @@ impl Caller {
 
 /// The token of a request: `Authorization: Bearer <jwt>`, a bare `Authorization: <jwt>`, or
 /// `X-Token: <jwt>` (in that order). `Ok(None)` when there is none.
-pub fn token_from(headers: &HeaderMap) -> Result<Option<String>, Error> {
+pub fn token_from(headers: &HeaderMap) -> Result<Option<&str>, Error> {
     let (name, value) = match headers.get(header::AUTHORIZATION) {
         Some(v) => ("Authorization", v),
         None => match headers.get(api::headers::X_TOKEN) {
@@ -92,7 +92,7 @@ pub fn token_from(headers: &HeaderMap) -> Result<Option<String>, Error> {
             "the {name} header holds no token"
         )));
     }
-    Ok(Some(token.to_string()))
+    Ok(Some(token))
 }
 
 /// A scheduled fetch is skipped when another fetch started less than this long ago.
@@ -127,8 +127,64 @@ struct Verified {
     generation: u64,
 }
 
+/// The last token each thread took from the cache of verified tokens, in front of it: a
+/// keep-alive client sends the same token request after request, and comparing it with the last
+/// one costs less than hashing it for the cache. An entry is served under exactly the cache's
+/// rules (same key set generation, before `exp`), so it accepts nothing the cache would not.
+mod last {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use api::wire::auth::Claims;
+
+    use super::Verified;
+
+    struct Memo {
+        /// `Verifier::id` of the verifier whose cache had it.
+        verifier: u64,
+        token: Box<str>,
+        verified: Verified,
+    }
+
+    thread_local! {
+        static LAST: RefCell<Option<Memo>> = const { RefCell::new(None) };
+    }
+
+    /// The claims of `token` if it is this thread's last one for `verifier`, still of
+    /// `generation` and before its `exp` at `now_ms`.
+    pub(super) fn get(
+        verifier: u64,
+        token: &str,
+        generation: u64,
+        now_ms: u64,
+    ) -> Option<Arc<Claims>> {
+        LAST.with(|last| {
+            let last = last.borrow();
+            let memo = last.as_ref()?;
+            (memo.verifier == verifier
+                && memo.verified.generation == generation
+                && now_ms < memo.verified.claims.exp.saturating_mul(1000)
+                && *memo.token == *token)
+                .then(|| memo.verified.claims.clone())
+        })
+    }
+
+    /// Remembers `token`, just taken from `verifier`'s cache.
+    pub(super) fn set(verifier: u64, token: &str, verified: &Verified) {
+        LAST.with(|last| {
+            *last.borrow_mut() = Some(Memo {
+                verifier,
+                token: token.into(),
+                verified: verified.clone(),
+            });
+        });
+    }
+}
+
 /// Verifies tokens against auth's published keys.
 pub(crate) struct Verifier {
+    /// Tells this verifier's entries in the per-thread memo (`last`) from another's.
+    id: u64,
     config: AuthConfig,
     /// Tokens that verified, by the whole token; `None` when `auth.verified_cache_entries = 0`.
     verified: Option<common::ttl_cache::TtlCache<Verified>>,
@@ -174,7 +230,9 @@ impl Verifier {
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
         let verified = (config.verified_cache_entries > 0)
             .then(|| common::ttl_cache::TtlCache::new(config.verified_cache_entries));
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             config,
             verified,
             generation: AtomicU64::new(0),
@@ -288,18 +346,23 @@ impl Verifier {
 
     /// The claims of a valid `token`: from the cache of verified tokens when it holds the token
     /// under the current key set and before its `exp`, else by checking its signature.
-    pub(crate) async fn verify(&self, token: &str, rid: &str) -> Result<Claims, Error> {
+    pub(crate) async fn verify(&self, token: &str, rid: &str) -> Result<Arc<Claims>, Error> {
         let Some(cache) = &self.verified else {
-            return self.check_signature(token, rid).await;
+            return self.check_signature(token, rid).await.map(Arc::new);
         };
         let generation = self.generation.load(Ordering::Acquire);
+        let now_ms = common::now_ms();
+        if let Some(claims) = last::get(self.id, token, generation, now_ms) {
+            return Ok(claims);
+        }
         if let Some(hit) = cache.get(token).await
             && hit.generation == generation
-            && common::now_ms() < hit.claims.exp.saturating_mul(1000)
+            && now_ms < hit.claims.exp.saturating_mul(1000)
         {
-            return Ok(Claims::clone(&hit.claims));
+            last::set(self.id, token, &hit);
+            return Ok(hit.claims);
         }
-        let claims = self.check_signature(token, rid).await?;
+        let claims = Arc::new(self.check_signature(token, rid).await?);
         // Kept until `exp` at most (never within the leeway past it).
         let left_ms = claims
             .exp
@@ -307,7 +370,7 @@ impl Verifier {
             .saturating_sub(common::now_ms());
         if left_ms > 0 {
             let entry = Verified {
-                claims: Arc::new(claims.clone()),
+                claims: claims.clone(),
                 generation,
             };
             cache
@@ -440,9 +503,10 @@ mod tests {
             (&[("x-token", "a b")], Err("invalid")),
         ];
         for (h, want) in cases {
-            let got = token_from(&headers(h));
+            let map = headers(h);
+            let got = token_from(&map);
             match (got, want) {
-                (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), *want, "{h:?}"),
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{h:?}"),
                 (Err(Error::InvalidToken(_)), Err(_)) => {}
                 (got, want) => panic!("{h:?}: got {got:?}, want {want:?}"),
             }

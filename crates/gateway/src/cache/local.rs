@@ -9,14 +9,15 @@ use async_trait::async_trait;
 use common::ttl_cache::TtlCache;
 use serde_json::Value;
 
-use super::Cache;
+use super::{Cache, CacheLayer, Cached, Lookup};
 use crate::Error;
 
 /// The `local` backend: bounded by entry count (least recently used evicted beyond it), with a
 /// TTL per entry; nothing is shared between gateway instances.
 #[derive(Debug, Clone)]
 pub struct LocalCache {
-    entries: TtlCache<Value>,
+    /// Values as their JSON text: a hit shares it (see [`Cached`]).
+    entries: TtlCache<Cached>,
 }
 
 impl LocalCache {
@@ -35,12 +36,22 @@ impl Cache for LocalCache {
     }
 
     async fn get(&self, key: &str, _: &str) -> Result<Option<Value>, Error> {
-        Ok(self.entries.get(key).await)
+        Ok(self.entries.get(key).await.map(|c| c.value()))
+    }
+
+    async fn lookup(&self, key: &str, _: &str) -> Result<Lookup, Error> {
+        Ok(match self.entries.get(key).await {
+            Some(value) => Lookup::Hit {
+                value,
+                layer: CacheLayer::Shared,
+            },
+            None => Lookup::Miss { lease: None },
+        })
     }
 
     async fn set(&self, key: &str, value: &Value, ttl: Duration, _: &str) -> Result<(), Error> {
         self.entries
-            .insert(key.to_string(), value.clone(), ttl)
+            .insert(key.to_string(), Cached::from_value(value), ttl)
             .await;
         Ok(())
     }

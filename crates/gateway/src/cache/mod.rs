@@ -19,11 +19,13 @@ mod redis;
 mod service;
 mod subscription;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::wire::cache::CacheStats;
 use async_trait::async_trait;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::Error;
 
@@ -32,13 +34,57 @@ pub use local::LocalCache;
 pub use redis::RedisCache;
 pub use service::{NearSettings, ServiceCache};
 
+/// A cached value as a hit hands it out: its JSON text, made once when the value is stored and
+/// shared by every hit, so that answering a hit copies text instead of cloning a tree of values
+/// and encoding it again.
+#[derive(Debug, Clone)]
+pub struct Cached(Arc<RawValue>);
+
+impl Cached {
+    /// `value`'s JSON text.
+    pub fn from_value(value: &Value) -> Self {
+        // A `Value` always serializes (its map keys are strings).
+        let raw =
+            serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        Self(Arc::from(raw))
+    }
+
+    /// `text`, if it is one JSON value.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(|raw| Self(Arc::from(raw)))
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed from its text.
+    pub fn value(&self) -> Value {
+        // The text is valid JSON: it was made from a value or checked when stored.
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Cached {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl serde::Serialize for Cached {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 /// What a cache-aside lookup found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
     /// The value, and the layer that had it.
     Hit {
         /// The stored value.
-        value: Value,
+        value: Cached,
         /// `Near` (this gateway's near cache) or `Shared` (the backend).
         layer: CacheLayer,
     },
@@ -70,7 +116,7 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     async fn lookup(&self, key: &str, rid: &str) -> Result<Lookup, Error> {
         Ok(match self.get(key, rid).await? {
             Some(value) => Lookup::Hit {
-                value,
+                value: Cached::from_value(&value),
                 layer: CacheLayer::Shared,
             },
             None => Lookup::Miss { lease: None },

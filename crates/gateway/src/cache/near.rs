@@ -18,11 +18,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::time::Instant;
+
+use super::Cached;
 
 /// Generation stripes: an invalidation of one key refuses the in-flight fills of the keys that
 /// share its stripe (one more shared read each, never a wrong answer).
@@ -63,7 +64,7 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    value: Arc<Value>,
+    value: Cached,
     expires: Instant,
     stamp: u64,
 }
@@ -112,7 +113,7 @@ impl NearCache {
     }
 
     /// The value of `key`, if live and held.
-    pub(crate) fn get(&self, key: &str, now: Instant) -> Result<Value, Bypass> {
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Result<Cached, Bypass> {
         let value = {
             let mut s = self.lock();
             if !live(&s, now) {
@@ -127,8 +128,7 @@ impl NearCache {
                 None => return Err(Bypass::Absent),
             }
         };
-        // Cloned outside the lock: values may be large.
-        Ok(Value::clone(&value))
+        Ok(value)
     }
 
     /// What a fill notes before its shared read; `None` when there is no subscription (then there
@@ -143,7 +143,7 @@ impl NearCache {
     }
 
     /// Stores `value` under `key` if nothing dropped it since `ticket` was taken; whether it did.
-    pub(crate) fn insert(&self, key: &str, value: Value, ticket: Ticket, now: Instant) -> bool {
+    pub(crate) fn insert(&self, key: &str, value: Cached, ticket: Ticket, now: Instant) -> bool {
         let stripe = self.stripe(key);
         let mut s = self.lock();
         if s.connection.is_none()
@@ -155,7 +155,7 @@ impl NearCache {
         let stamp = s.next_stamp;
         s.next_stamp += 1;
         let entry = Entry {
-            value: Arc::new(value),
+            value,
             expires: now + self.ttl,
             stamp,
         };
@@ -256,16 +256,20 @@ mod tests {
         (near, connection, now)
     }
 
-    fn fill(near: &NearCache, key: &str, value: Value, now: Instant) -> bool {
+    fn fill(near: &NearCache, key: &str, value: serde_json::Value, now: Instant) -> bool {
         let ticket = near.ticket(key).expect("subscribed");
-        near.insert(key, value, ticket, now)
+        near.insert(key, Cached::from_value(&value), ticket, now)
     }
 
     #[test]
     fn serves_only_while_subscribed_and_within_the_lease() {
         let near = NearCache::new(10, TTL);
         let now = Instant::now();
-        assert_eq!(near.get("k", now), Err(Bypass::NotLive), "never subscribed");
+        assert_eq!(
+            near.get("k", now).map(|c| c.value()),
+            Err(Bypass::NotLive),
+            "never subscribed"
+        );
         assert!(
             near.ticket("k").is_none(),
             "nothing to fill without a subscription"
@@ -273,24 +277,30 @@ mod tests {
         let connection = near.connected();
         assert!(fill(&near, "k", json!(1), now));
         assert_eq!(
-            near.get("k", now),
+            near.get("k", now).map(|c| c.value()),
             Err(Bypass::NotLive),
             "subscribed, but no acknowledgement answered yet"
         );
         near.renewed(connection, now, LEASE);
-        assert_eq!(near.get("k", now), Ok(json!(1)));
+        assert_eq!(near.get("k", now).map(|c| c.value()), Ok(json!(1)));
         // The lease lapses without a renewal: not served, though still held.
-        assert_eq!(near.get("k", now + LEASE), Err(Bypass::NotLive));
+        assert_eq!(
+            near.get("k", now + LEASE).map(|c| c.value()),
+            Err(Bypass::NotLive)
+        );
         near.renewed(connection, now + LEASE, LEASE);
-        assert_eq!(near.get("k", now + LEASE), Ok(json!(1)));
+        assert_eq!(near.get("k", now + LEASE).map(|c| c.value()), Ok(json!(1)));
         // A renewal of an older connection does not count.
         near.disconnected();
         let newer = near.connected();
         near.renewed(connection, now + LEASE, LEASE);
-        assert_eq!(near.get("k", now + LEASE), Err(Bypass::NotLive));
+        assert_eq!(
+            near.get("k", now + LEASE).map(|c| c.value()),
+            Err(Bypass::NotLive)
+        );
         near.renewed(newer, now + LEASE, LEASE);
         assert_eq!(
-            near.get("k", now + LEASE),
+            near.get("k", now + LEASE).map(|c| c.value()),
             Err(Bypass::Absent),
             "a new subscription starts empty"
         );
@@ -304,13 +314,17 @@ mod tests {
         // ...the invalidation of a write comes first...
         near.invalidate(&["k".to_string()]);
         // ...and the old value that comes back is not stored.
-        assert!(!near.insert("k", json!("old"), ticket, now));
-        assert_eq!(near.get("k", now), Err(Bypass::Absent));
+        assert!(!near.insert("k", Cached::from_value(&json!("old")), ticket, now));
+        assert_eq!(near.get("k", now).map(|c| c.value()), Err(Bypass::Absent));
         // A fill that starts after the invalidation stores.
         assert!(fill(&near, "k", json!("new"), now));
-        assert_eq!(near.get("k", now), Ok(json!("new")));
+        assert_eq!(near.get("k", now).map(|c| c.value()), Ok(json!("new")));
         near.invalidate(&["k".to_string()]);
-        assert_eq!(near.get("k", now), Err(Bypass::Absent), "dropped");
+        assert_eq!(
+            near.get("k", now).map(|c| c.value()),
+            Err(Bypass::Absent),
+            "dropped"
+        );
     }
 
     #[test]
@@ -319,14 +333,14 @@ mod tests {
         assert!(fill(&near, "a", json!(1), now));
         let ticket = near.ticket("b").unwrap();
         near.clear();
-        assert_eq!(near.get("a", now), Err(Bypass::Absent));
-        assert!(!near.insert("b", json!(2), ticket, now));
+        assert_eq!(near.get("a", now).map(|c| c.value()), Err(Bypass::Absent));
+        assert!(!near.insert("b", Cached::from_value(&json!(2)), ticket, now));
         let ticket = near.ticket("b").unwrap();
         // Invalidations missed while disconnected cannot leave an old value behind.
         near.disconnected();
         let connection = near.connected();
         near.renewed(connection, now, LEASE);
-        assert!(!near.insert("b", json!(2), ticket, now));
+        assert!(!near.insert("b", Cached::from_value(&json!(2)), ticket, now));
         assert_eq!(near.len(), 0);
     }
 
@@ -337,21 +351,28 @@ mod tests {
             assert!(fill(&near, &format!("k{i}"), json!(i), now));
         }
         assert_eq!(near.len(), 3);
-        assert_eq!(near.get("k0", now), Err(Bypass::Absent), "oldest evicted");
-        assert_eq!(near.get("k4", now), Ok(json!(4)));
+        assert_eq!(
+            near.get("k0", now).map(|c| c.value()),
+            Err(Bypass::Absent),
+            "oldest evicted"
+        );
+        assert_eq!(near.get("k4", now).map(|c| c.value()), Ok(json!(4)));
         // Rewriting a key does not grow the cache, nor evict a live key.
         assert!(fill(&near, "k4", json!(40), now));
         assert_eq!(near.len(), 3);
-        assert_eq!(near.get("k2", now), Ok(json!(2)));
+        assert_eq!(near.get("k2", now).map(|c| c.value()), Ok(json!(2)));
         // An entry does not outlive its TTL, even with a fresh lease.
         let later = now + TTL;
         near.renewed(connection, later, LEASE);
-        assert_eq!(near.get("k4", later), Err(Bypass::Absent));
+        assert_eq!(
+            near.get("k4", later).map(|c| c.value()),
+            Err(Bypass::Absent)
+        );
         // Many rewrites leave the order queue bounded.
         for i in 0..1000 {
             assert!(fill(&near, "hot", json!(i), later));
         }
         assert!(near.lock().order.len() <= 2 * 3 + 16 + 1);
-        assert_eq!(near.get("hot", later), Ok(json!(999)));
+        assert_eq!(near.get("hot", later).map(|c| c.value()), Ok(json!(999)));
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::near::{Bypass, NearCache};
 use super::subscription::{self, Follower};
-use super::{Cache, CacheLayer, Lookup};
+use super::{Cache, CacheLayer, Cached, Lookup};
 use crate::Error;
 use crate::error::from_client;
 
@@ -113,7 +113,7 @@ impl ServiceCache {
     }
 
     /// The near cache's value of `key`, counted.
-    fn near_get(&self, key: &str) -> Option<Value> {
+    fn near_get(&self, key: &str) -> Option<Cached> {
         let near = self.near.as_ref()?;
         match near.cache.get(key, Instant::now()) {
             Ok(value) => {
@@ -138,18 +138,19 @@ impl ServiceCache {
         key: &str,
         mode: Option<LeaseMode>,
         rid: &str,
-    ) -> Result<api::wire::cache::CacheEntry, Error> {
+    ) -> Result<(api::wire::cache::CacheEntry, Option<Cached>), Error> {
         let ticket = self.near.as_ref().and_then(|n| n.cache.ticket(key));
         let entry = match mode {
             Some(mode) => self.client.lookup(key, mode, rid).await,
             None => self.client.get(key, rid).await,
         }
         .map_err(from_client)?;
-        if let (true, Some(near), Some(ticket)) = (entry.found, &self.near, ticket) {
+        let cached = entry.found.then(|| Cached::from_value(&entry.value));
+        if let (Some(cached), Some(near), Some(ticket)) = (&cached, &self.near, ticket) {
             near.cache
-                .insert(key, entry.value.clone(), ticket, Instant::now());
+                .insert(key, cached.clone(), ticket, Instant::now());
         }
-        Ok(entry)
+        Ok((entry, cached))
     }
 }
 
@@ -161,9 +162,9 @@ impl Cache for ServiceCache {
 
     async fn get(&self, key: &str, rid: &str) -> Result<Option<Value>, Error> {
         if let Some(value) = self.near_get(key) {
-            return Ok(Some(value));
+            return Ok(Some(value.value()));
         }
-        let entry = self.shared_get(key, None, rid).await?;
+        let (entry, _) = self.shared_get(key, None, rid).await?;
         Ok(entry.found.then_some(entry.value))
     }
 
@@ -174,14 +175,13 @@ impl Cache for ServiceCache {
                 layer: CacheLayer::Near,
             });
         }
-        let entry = self.shared_get(key, Some(LeaseMode::OnMiss), rid).await?;
-        Ok(if entry.found {
-            Lookup::Hit {
-                value: entry.value,
+        let (entry, cached) = self.shared_get(key, Some(LeaseMode::OnMiss), rid).await?;
+        Ok(match cached {
+            Some(value) => Lookup::Hit {
+                value,
                 layer: CacheLayer::Shared,
-            }
-        } else {
-            Lookup::Miss { lease: entry.lease }
+            },
+            None => Lookup::Miss { lease: entry.lease },
         })
     }
 

@@ -20,7 +20,7 @@ use api::wire::db::PutRecord;
 use api::wire::gateway::{CacheStatsAnswer, DataQuery, DataResponse, DataWritten, Flushed};
 
 use super::{cache_error, x_cache, x_cache_layer};
-use crate::cache::{CacheLayer, Lookup};
+use crate::cache::{CacheLayer, Cached, Lookup};
 use crate::error::from_client;
 use crate::policy::Endpoint;
 use crate::single_flight::Aborted;
@@ -51,7 +51,13 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 fn valid_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS || key.chars().any(char::is_control) {
+    let bad = if key.is_ascii() {
+        // The common case, in one pass over bytes (an ASCII control is a control character).
+        key.len() > MAX_KEY_CHARS || key.bytes().any(|b| b.is_ascii_control())
+    } else {
+        key.chars().count() > MAX_KEY_CHARS || key.chars().any(char::is_control)
+    };
+    if key.is_empty() || bad {
         return Err(Error::InvalidKey(format!(
             "a key is 1 to {MAX_KEY_CHARS} characters without control characters"
         )));
@@ -66,7 +72,7 @@ fn valid_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn truthy(s: Option<&str>) -> Result<bool, Error> {
+pub(crate) fn truthy(s: Option<&str>) -> Result<bool, Error> {
     match s.map(str::to_ascii_lowercase).as_deref() {
         None | Some("false" | "0" | "no" | "") => Ok(false),
         Some("true" | "1" | "yes") => Ok(true),
@@ -168,7 +174,7 @@ async fn get_data_path(
 }
 
 /// Every `/data` answer carries `X-Cache`; errors never came from the cache.
-fn with_miss_header(result: Result<Response, Error>) -> Response {
+pub(crate) fn with_miss_header(result: Result<Response, Error>) -> Response {
     match result {
         Ok(r) => r,
         Err(e) => {
@@ -226,6 +232,52 @@ fn count(state: &AppState, hit: Option<CacheLayer>, started: std::time::Instant)
     }
 }
 
+/// `GET /data`'s answer as the gateway writes it: [`DataResponse`]'s fields, in its order and
+/// with its rules (the tests compare the two byte for byte), with the value as the cache's JSON
+/// text ([`Cached`]): a hit is answered without cloning or encoding the value again.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DataAnswer {
+    pub(crate) cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cache_layer: Option<CacheLayer>,
+    pub(crate) key: String,
+    pub(crate) data: Cached,
+    #[serde(serialize_with = "text")]
+    pub(crate) gateway_id: std::sync::Arc<str>,
+}
+
+impl DataAnswer {
+    /// Appends the answer's JSON, exactly as serde writes it (`tests::front` compares the two),
+    /// with `gateway_id` given already encoded: the hit path's encoder, which writes the field
+    /// names as constants and copies the value's text.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>, gateway_id_json: &[u8]) {
+        out.extend_from_slice(if self.cached {
+            b"{\"cached\":true"
+        } else {
+            b"{\"cached\":false"
+        });
+        if let Some(layer) = self.cache_layer {
+            out.extend_from_slice(b",\"cache_layer\":\"");
+            out.extend_from_slice(layer.as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"key\":");
+        if serde_json::to_writer(&mut *out, &self.key).is_err() {
+            // Writing a string into a `Vec` cannot fail.
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(self.data.json().as_bytes());
+        out.extend_from_slice(b",\"gateway_id\":");
+        out.extend_from_slice(gateway_id_json);
+        out.push(b'}');
+    }
+}
+
+fn text<S: serde::Serializer>(s: &std::sync::Arc<str>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(s)
+}
+
 /// Cache, then (on a miss, a cache outage or `refresh`) one shared db read that refills the cache.
 async fn read_through(
     state: &AppState,
@@ -233,9 +285,25 @@ async fn read_through(
     refresh: bool,
     rid: &str,
 ) -> Result<Response, Error> {
+    let read = read(state, key, refresh, rid).await?;
+    Ok(match read.cache_layer {
+        Some(layer) => ([x_cache(true), x_cache_layer(layer)], Json(read)).into_response(),
+        None => ([x_cache(false)], Json(read)).into_response(),
+    })
+}
+
+/// `key`'s answer: from the cache (`cached`, and the layer that had it), else (on a miss, a cache
+/// outage or `refresh`) from one shared db read that refills the cache. What both the router's
+/// handlers and the front path (`front.rs`) answer with.
+pub(crate) async fn read(
+    state: &AppState,
+    key: String,
+    refresh: bool,
+    rid: &str,
+) -> Result<DataAnswer, Error> {
     let started = std::time::Instant::now();
     valid_key(&key)?;
-    let gateway_id = state.inner.instance.id.to_string();
+    let gateway_id = state.inner.instance.id.clone();
     let cache = &state.inner.cache;
     let lease = if refresh {
         // The fill below replaces whatever is cached; it still needs a lease, so that a write
@@ -252,14 +320,13 @@ async fn read_through(
         match cache.lookup(&key, rid).await {
             Ok(Lookup::Hit { value, layer }) => {
                 count(state, Some(layer), started);
-                let body = DataResponse {
+                return Ok(DataAnswer {
                     cached: true,
                     cache_layer: Some(layer),
                     key,
                     data: value,
                     gateway_id,
-                };
-                return Ok(([x_cache(true), x_cache_layer(layer)], Json(body)).into_response());
+                });
             }
             Ok(Lookup::Miss { lease }) => lease,
             Err(e) => {
@@ -284,16 +351,13 @@ async fn read_through(
         .map_err(|Aborted| Error::Internal("the shared db read ended without a result".into()))?;
     count(state, None, started);
     match read {
-        Ok(Some(data)) => {
-            let body = DataResponse {
-                cached: false,
-                cache_layer: None,
-                key,
-                data,
-                gateway_id,
-            };
-            Ok(([x_cache(false)], Json(body)).into_response())
-        }
+        Ok(Some(data)) => Ok(DataAnswer {
+            cached: false,
+            cache_layer: None,
+            key,
+            data: Cached::from_value(&data),
+            gateway_id,
+        }),
         Ok(None) => Err(Error::NotFound(format!("no record for key {key:?}"))),
         Err(e) => Err(Error::Shared(e)),
     }

@@ -229,7 +229,7 @@ where
     let mut lease = None;
     if let Some(key) = &key {
         match cache.lookup(key, rid).await {
-            Ok(Lookup::Hit { value, .. }) => match serde_json::from_value::<T>(value) {
+            Ok(Lookup::Hit { value, .. }) => match serde_json::from_str::<T>(value.json()) {
                 Ok(hit) => return Ok(([x_cache(true)], Json(hit)).into_response()),
                 Err(e) => tracing::warn!(error = %e, %key, "unreadable cached value; reloading"),
             },

@@ -287,7 +287,7 @@ async fn get_user(
     let mut lease = None;
     match state.inner.cache.lookup(&key, &rid).await {
         Ok(Lookup::Hit { value, .. }) => {
-            if let Ok(profile) = serde_json::from_value::<Profile>(value) {
+            if let Ok(profile) = serde_json::from_str::<Profile>(value.json()) {
                 return Ok(([x_cache(true)], Json(profile)).into_response());
             }
         }

@@ -5,6 +5,7 @@
 mod contract;
 mod data;
 mod fakes;
+mod front;
 mod fuses;
 mod limits;
 mod policy;
