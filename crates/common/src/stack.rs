@@ -92,11 +92,18 @@ impl MakeRequestId for FastRequestId {
 
 /// A new request id: a random version-4 UUID from the thread's userspace generator.
 pub fn new_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid();
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = id.hyphenated().encode_lower(&mut buf);
+    let mut buf = [0u8; REQUEST_ID_LEN];
     // A UUID's text is always a valid header value.
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(request_id_text(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Length of a made request id.
+pub const REQUEST_ID_LEN: usize = 36;
+
+/// A new request id ([`new_request_id`]'s kind), written into `buf`.
+pub fn request_id_text(buf: &mut [u8; REQUEST_ID_LEN]) -> &str {
+    let id = uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid();
+    id.hyphenated().encode_lower(buf)
 }
 
 /// Limits of the standard stack.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
 use common::Closing;
@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 use crate::features::data;
 use crate::guard;
 use crate::policy::Resolved;
+use crate::tokens::HeaderSource;
 use crate::{AppState, Error};
 
 /// The longest request head read here; a longer one is hyper's.
@@ -116,7 +117,8 @@ impl Front {
             inbuf: BytesMut::with_capacity(BUFFER),
             out: Vec::with_capacity(1024),
             body: Vec::with_capacity(512),
-            headers: HeaderMap::new(),
+            headers: Admitted::default(),
+            rid: Vec::with_capacity(64),
             last_handles: None,
         };
         if let Outcome::HandOff = conn.serve(&mut client).await {
@@ -144,8 +146,8 @@ struct DataRequest {
     route: usize,
     key: String,
     refresh: Option<String>,
-    /// The client's `X-Request-Id`.
-    rid: Option<HeaderValue>,
+    /// Whether the client sent an `X-Request-Id` (then in `Conn::rid`).
+    rid_given: bool,
     /// The client asked to close after this answer.
     close: bool,
 }
@@ -171,7 +173,9 @@ struct Conn<'a, F> {
     /// The answer's body, serialized.
     body: Vec<u8>,
     /// The request headers `guard::admit` reads (`guard::ADMIT_HEADERS`), refilled per request.
-    headers: HeaderMap,
+    headers: Admitted,
+    /// This request's id: the client's `X-Request-Id`, else a new one.
+    rid: Vec<u8>,
     /// The metric handles of the last answer (route, status): a connection sees the same pair
     /// over and over.
     last_handles: Option<(usize, u16, HttpHandles)>,
@@ -241,7 +245,8 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
             return Parsed::HandOff;
         };
         self.headers.clear();
-        let mut rid = None;
+        self.rid.clear();
+        let mut rid_given = false;
         let mut close = false;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
@@ -263,11 +268,10 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
                     continue;
                 }
                 12 if name.eq_ignore_ascii_case(b"x-request-id") => {
-                    if rid.is_none() {
-                        match HeaderValue::from_bytes(h.value) {
-                            Ok(v) => rid = Some(v),
-                            Err(_) => return Parsed::HandOff,
-                        }
+                    // The first one, as the router's request id layer takes it.
+                    if !rid_given {
+                        rid_given = true;
+                        self.rid.extend_from_slice(h.value);
                     }
                     continue;
                 }
@@ -283,18 +287,14 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
                 _ => continue,
             };
             debug_assert!(guard::ADMIT_HEADERS.contains(&admitted));
-            let Ok(value) = HeaderValue::from_bytes(h.value) else {
-                return Parsed::HandOff;
-            };
-            self.headers
-                .append(HeaderName::from_static(admitted), value);
+            self.headers.push(admitted, h.value);
         }
         Parsed::Data(DataRequest {
             len,
             route,
             key,
             refresh,
-            rid,
+            rid_given,
             close,
         })
     }
@@ -305,10 +305,16 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         let state = &front.state;
         let started = Instant::now();
         let _in_flight = InFlight::start(state.instance());
-        let rid = request.rid.unwrap_or_else(common::stack::new_request_id);
+        if !request.rid_given {
+            let mut made = [0u8; common::stack::REQUEST_ID_LEN];
+            self.rid
+                .extend_from_slice(common::stack::request_id_text(&mut made).as_bytes());
+        }
         let route = &front.routes[request.route];
+        let rid = &self.rid;
         let work = async {
-            let rid_text = rid.to_str().unwrap_or("-");
+            // As the router's `RequestId` extractor reads it.
+            let rid_text = crate::tokens::visible_text(rid).unwrap_or("-");
             let (_caller, decision) =
                 guard::admit(state, route, &self.headers, Some(self.peer), rid_text, None)
                     .await
@@ -331,13 +337,13 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         };
         let status = match AssertUnwindSafe(work).catch_unwind().await {
             Ok(Ok((read, extra))) => {
-                self.write_read(&read, &extra, &rid, request.close);
+                self.write_read(&read, &extra, request.close);
                 200
             }
-            Ok(Err(resp)) => self.write_response(resp, &rid, request.close).await,
+            Ok(Err(resp)) => self.write_response(resp, request.close).await,
             Err(_) => {
                 let resp = common::ApiError::internal("handler panicked").into_response();
-                self.write_response(resp, &rid, request.close).await
+                self.write_response(resp, request.close).await
             }
         };
         let key = (request.route, status);
@@ -362,7 +368,6 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         &mut self,
         read: &data::DataAnswer,
         extra: &[(HeaderName, HeaderValue)],
-        rid: &HeaderValue,
         close: bool,
     ) {
         self.body.clear();
@@ -381,11 +386,11 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         for (name, value) in extra {
             header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        self.finish(rid, close);
+        self.finish(close);
     }
 
     /// Any other answer (an error), as the router would send it.
-    async fn write_response(&mut self, resp: Response, rid: &HeaderValue, close: bool) -> u16 {
+    async fn write_response(&mut self, resp: Response, close: bool) -> u16 {
         let (parts, body) = resp.into_parts();
         // Errors are small JSON bodies, complete at once.
         let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -417,15 +422,15 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
             }
             header(out, name.as_bytes(), value.as_bytes());
         }
-        self.finish(rid, close);
+        self.finish(close);
         parts.status.as_u16()
     }
 
     /// The headers every answer ends with, and the body after them.
-    fn finish(&mut self, rid: &HeaderValue, close: bool) {
+    fn finish(&mut self, close: bool) {
         let out = &mut self.out;
         out.extend_from_slice(&self.front.served_by);
-        header(out, b"x-request-id", rid.as_bytes());
+        header(out, b"x-request-id", &self.rid);
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -435,6 +440,46 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         date::write(out);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
+    }
+}
+
+/// The headers of one request that admission reads (`guard::ADMIT_HEADERS`), copied out of the
+/// head into buffers the connection keeps: httparse has checked their bytes as hyper would.
+#[derive(Default)]
+struct Admitted {
+    /// The values, one after the other.
+    bytes: Vec<u8>,
+    /// Name and range in `bytes` of each value, in the request's order.
+    spans: Vec<(&'static str, usize, usize)>,
+}
+
+impl Admitted {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn push(&mut self, name: &'static str, value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.spans.push((name, start, self.bytes.len()));
+    }
+}
+
+impl HeaderSource for Admitted {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.spans
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|&(_, start, end)| &self.bytes[start..end])
+    }
+
+    fn each<'a>(&'a self, name: &str, f: &mut dyn FnMut(&'a [u8])) {
+        for &(n, start, end) in &self.spans {
+            if n == name {
+                f(&self.bytes[start..end]);
+            }
+        }
     }
 }
 

@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -27,7 +26,7 @@ use common::RequestId;
 
 use crate::policy::{GUEST, LOGIN_BUCKET, Resolved, RoleScope, TokenRule};
 use crate::rate_limit::{Decision, client_ip};
-use crate::tokens::{Caller, token_from};
+use crate::tokens::{Caller, HeaderSource, token_from};
 use crate::{AppState, Error};
 
 /// Runs before one route's handler (installed by `policy::build` as that route's layer).
@@ -85,7 +84,7 @@ pub(crate) const ADMIT_HEADERS: [&str; 3] = ["authorization", "x-token", "x-forw
 pub(crate) async fn admit(
     state: &AppState,
     route: &Resolved,
-    headers: &HeaderMap,
+    headers: &(impl HeaderSource + ?Sized),
     peer: Option<SocketAddr>,
     rid: &str,
     owner: Option<&str>,
@@ -154,7 +153,11 @@ pub(crate) async fn admit(
 }
 
 /// The caller of `req`: a user when a valid token is present, anonymous when none is.
-async fn identify(state: &AppState, headers: &HeaderMap, rid: &str) -> Result<Caller, Error> {
+async fn identify(
+    state: &AppState,
+    headers: &(impl HeaderSource + ?Sized),
+    rid: &str,
+) -> Result<Caller, Error> {
     match token_from(headers)? {
         None => Ok(Caller::Anonymous),
         Some(token) => state

@@ -22,10 +22,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 
 use crate::config::Rule;
 use crate::redis_conn::RedisConn;
+use crate::tokens::{HeaderSource, visible_text};
 
 /// What the limiter said about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +270,7 @@ impl Limiter for RedisLimiter {
 /// a test without `ConnectInfo`).
 pub fn client_ip(
     peer: Option<SocketAddr>,
-    headers: &HeaderMap,
+    headers: &(impl HeaderSource + ?Sized),
     trusted: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
     let peer = peer?.ip();
@@ -280,13 +281,16 @@ pub fn client_ip(
     if !trusted.iter().any(|net| net.contains(&peer)) {
         return Some(peer);
     }
-    let forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|s| !s.is_empty());
+    let mut forwarded = None;
+    headers.each("x-forwarded-for", &mut |value| {
+        if let Some(text) = visible_text(value) {
+            for entry in text.split(',').map(str::trim) {
+                if !entry.is_empty() {
+                    forwarded = Some(entry);
+                }
+            }
+        }
+    });
     match forwarded {
         Some(s) => s.parse().ok().or(Some(peer)),
         None => Some(peer),
@@ -296,6 +300,7 @@ pub fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderMap;
 
     fn rule(per_minute: u32, burst: Option<u32>) -> Rule {
         Rule { per_minute, burst }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -60,19 +60,53 @@ impl Caller {
     }
 }
 
+/// Where admission reads a request's headers: a `HeaderMap` (the router's path) or the front
+/// path's parsed head (`front.rs`), so that both read the same bytes by the same rules.
+pub trait HeaderSource {
+    /// The first value of `name` (lower-case).
+    fn first(&self, name: &str) -> Option<&[u8]>;
+    /// Calls `f` with every value of `name` (lower-case), in order.
+    fn each<'a>(&'a self, name: &str, f: &mut dyn FnMut(&'a [u8]));
+}
+
+impl HeaderSource for HeaderMap {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+
+    fn each<'a>(&'a self, name: &str, f: &mut dyn FnMut(&'a [u8])) {
+        for value in self.get_all(name) {
+            f(value.as_bytes());
+        }
+    }
+}
+
+/// A header value as text if it is visible ASCII (tabs allowed): what `HeaderValue::to_str`
+/// accepts.
+pub(crate) fn visible_text(value: &[u8]) -> Option<&str> {
+    // Branch-free over the whole value, so that it vectorizes (tokens are hundreds of bytes).
+    let visible = value.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(0x20) < 0x5f) | (b == b'\t'))
+    });
+    if visible {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
 /// The token of a request: `Authorization: Bearer <jwt>`, a bare `Authorization: <jwt>`, or
 /// `X-Token: <jwt>` (in that order). `Ok(None)` when there is none.
-pub fn token_from(headers: &HeaderMap) -> Result<Option<&str>, Error> {
-    let (name, value) = match headers.get(header::AUTHORIZATION) {
+pub fn token_from(headers: &(impl HeaderSource + ?Sized)) -> Result<Option<&str>, Error> {
+    let (name, value) = match headers.first("authorization") {
         Some(v) => ("Authorization", v),
-        None => match headers.get(api::headers::X_TOKEN) {
+        None => match headers.first(api::headers::X_TOKEN) {
             Some(v) => ("X-Token", v),
             None => return Ok(None),
         },
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Error::InvalidToken(format!("the {name} header is not ASCII")))?
+    let value = visible_text(value)
+        .ok_or_else(|| Error::InvalidToken(format!("the {name} header is not ASCII")))?
         .trim();
     let token = match value.split_once(' ') {
         Some((scheme, rest)) if name == "Authorization" => {
@@ -509,6 +543,20 @@ mod tests {
                 (Ok(got), Ok(want)) => assert_eq!(got, *want, "{h:?}"),
                 (Err(Error::InvalidToken(_)), Err(_)) => {}
                 (got, want) => panic!("{h:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn visible_text_accepts_what_a_header_value_reads_as_text() {
+        for b in 0u8..=255 {
+            let bytes = [b'a', b, b'z'];
+            if let Ok(value) = axum::http::HeaderValue::from_bytes(&bytes) {
+                assert_eq!(
+                    visible_text(&bytes).is_some(),
+                    value.to_str().is_ok(),
+                    "{b:#x}"
+                );
             }
         }
     }
