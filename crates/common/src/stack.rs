@@ -243,6 +243,21 @@ async fn record(instance: Instance, req: Request, next: Next) -> Response {
 pub struct InFlight(metrics::Gauge);
 
 impl InFlight {
+    /// Counts one request in flight on `gauge` (from [`InFlight::gauge`]) until dropped.
+    pub fn on(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge.clone())
+    }
+
+    /// `instance`'s gauge, for [`InFlight::on`].
+    pub fn gauge(instance: &Instance) -> metrics::Gauge {
+        metrics::gauge!(
+            "scalelab_http_in_flight",
+            "role" => instance.role.to_string(),
+            "id" => instance.id.to_string()
+        )
+    }
+
     /// Counts one request of `instance` in flight until the value is dropped.
     pub fn start(instance: &Instance) -> Self {
         thread_local! {

@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use crate::features::data;
 use crate::guard;
 use crate::policy::Resolved;
-use crate::tokens::HeaderSource;
+use crate::tokens::{Caller, HeaderSource};
 use crate::{AppState, Error};
 
 /// The longest request head read here; a longer one is hyper's.
@@ -68,6 +68,20 @@ pub(crate) struct Front {
     /// handed to the router (each from one request on).
     answered: metrics::Counter,
     handed_off: metrics::Counter,
+    /// `scalelab_http_in_flight` of this gateway.
+    in_flight: metrics::Gauge,
+}
+
+/// The caller the last request's token header proved on this connection, by the header's exact
+/// bytes: a keep-alive client sends the same header request after request. Used only under the
+/// rules of the verifier's cache of verified tokens (`Verifier::still_valid`: that cache is on,
+/// the key set is the one it was verified under, before `exp`), so it accepts nothing the
+/// verifier would refuse; any other header verifies again.
+struct Known {
+    header: &'static str,
+    bytes: Vec<u8>,
+    claims: Arc<api::wire::auth::Claims>,
+    generation: u64,
 }
 
 /// The router's names of the two routes, as the metrics label them.
@@ -87,6 +101,7 @@ impl Front {
             .map_err(|e| Error::Internal(format!("the gateway id as JSON: {e}")))?;
         let outcome = |o: &'static str| metrics::counter!("scalelab_gateway_front_total", "outcome" => o, "id" => state.instance().id.to_string());
         Ok(Self {
+            in_flight: InFlight::gauge(state.instance()),
             answered: outcome("answered"),
             handed_off: outcome("handed_off"),
             state,
@@ -119,6 +134,7 @@ impl Front {
             body: Vec::with_capacity(512),
             headers: Admitted::default(),
             rid: Vec::with_capacity(64),
+            known: None,
             last_handles: None,
         };
         if let Outcome::HandOff = conn.serve(&mut client).await {
@@ -176,6 +192,8 @@ struct Conn<'a, F> {
     headers: Admitted,
     /// This request's id: the client's `X-Request-Id`, else a new one.
     rid: Vec<u8>,
+    /// What the last token header proved.
+    known: Option<Known>,
     /// The metric handles of the last answer (route, status): a connection sees the same pair
     /// over and over.
     last_handles: Option<(usize, u16, HttpHandles)>,
@@ -304,7 +322,7 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         let front = self.front;
         let state = &front.state;
         let started = Instant::now();
-        let _in_flight = InFlight::start(state.instance());
+        let _in_flight = InFlight::on(&front.in_flight);
         if !request.rid_given {
             let mut made = [0u8; common::stack::REQUEST_ID_LEN];
             self.rid
@@ -312,15 +330,51 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
         }
         let route = &front.routes[request.route];
         let rid = &self.rid;
+        let verifier = &state.inner.verifier;
+        // The token header as sent: `Authorization`, else `X-Token` (as `token_from` reads them).
+        let token_header = ["authorization", "x-token"]
+            .into_iter()
+            .find_map(|name| self.headers.first(name).map(|bytes| (name, bytes)));
+        let known = match (&self.known, token_header) {
+            (Some(k), Some((name, bytes)))
+                if k.header == name
+                    && k.bytes == bytes
+                    && verifier.still_valid(&k.claims, k.generation) =>
+            {
+                Some(Caller::User(k.claims.clone()))
+            }
+            _ => None,
+        };
+        let fresh = known.is_none();
+        let generation = verifier.generation();
+        let known_slot = &mut self.known;
         let work = async {
             // As the router's `RequestId` extractor reads it.
             let rid_text = crate::tokens::visible_text(rid).unwrap_or("-");
-            let (_caller, decision) =
-                guard::admit(state, route, &self.headers, Some(self.peer), rid_text, None)
-                    .await
-                    .map_err(IntoResponse::into_response)?;
+            let (caller, decision) = guard::admit(
+                state,
+                route,
+                &self.headers,
+                Some(self.peer),
+                rid_text,
+                None,
+                known,
+            )
+            .await
+            .map_err(IntoResponse::into_response)?;
+            if let (true, Caller::User(claims), Some((name, bytes))) =
+                (fresh, &caller, token_header)
+                && verifier.remembers()
+            {
+                *known_slot = Some(Known {
+                    header: name,
+                    bytes: bytes.to_vec(),
+                    claims: claims.clone(),
+                    generation,
+                });
+            }
             let read = match data::truthy(request.refresh.as_deref()) {
-                Ok(refresh) => data::read(state, request.key, refresh, rid_text).await,
+                Ok(refresh) => data::read(state, request.key, refresh, rid_text, started).await,
                 Err(e) => Err(e),
             };
             let headers = decision.map(|d| d.headers()).unwrap_or_default();

@@ -58,11 +58,20 @@ pub(crate) async fn guard(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let (caller, decision) =
-        match admit(&state, &route, req.headers(), peer, &rid, named.as_deref()).await {
-            Ok(admitted) => admitted,
-            Err(e) => return e.into_response(),
-        };
+    let (caller, decision) = match admit(
+        &state,
+        &route,
+        req.headers(),
+        peer,
+        &rid,
+        named.as_deref(),
+        None,
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     req.extensions_mut().insert(caller);
     let mut resp = next.run(req).await;
     if let Some(d) = decision {
@@ -80,7 +89,8 @@ pub(crate) const ADMIT_HEADERS: [&str; 3] = ["authorization", "x-token", "x-forw
 /// Steps 1 to 4 for one request of `route`: the caller and the rate limit's decision (whose
 /// headers go on the answer), or the refusal. `owner` is the path parameter a
 /// [`RoleScope::UnlessSelf`] route waives its role for. Also what the front path
-/// (`front.rs`) runs for the requests it answers itself, so both paths admit the same requests.
+/// (`front.rs`) runs for the requests it answers itself, so both paths admit the same requests;
+/// `known` is the caller the front path already knows these headers prove (see `front.rs`).
 pub(crate) async fn admit(
     state: &AppState,
     route: &Resolved,
@@ -88,11 +98,13 @@ pub(crate) async fn admit(
     peer: Option<SocketAddr>,
     rid: &str,
     owner: Option<&str>,
+    known: Option<Caller>,
 ) -> Result<(Caller, Option<Decision>), Error> {
     let policy = route.policy;
     let strict = policy.token == TokenRule::Required && state.inner.config.auth.required;
-    let caller = match policy.token {
-        TokenRule::None => Caller::Anonymous,
+    let caller = match (policy.token, known) {
+        (TokenRule::None, _) => Caller::Anonymous,
+        (_, Some(known)) => known,
         _ => match identify(state, headers, rid).await {
             Ok(caller) => caller,
             Err(e) if strict => return Err(e),

@@ -372,6 +372,24 @@ impl Verifier {
         self.fetch("jwks-refresh").await
     }
 
+    /// Whether verified tokens are remembered (`auth.verified_cache_entries > 0`).
+    pub(crate) fn remembers(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    /// The key set's generation now: what an entry remembered under it is checked against.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `claims`, verified under `generation`, may still be used without verifying again:
+    /// the rules of the cache of verified tokens (same key set, before `exp`).
+    pub(crate) fn still_valid(&self, claims: &Claims, generation: u64) -> bool {
+        self.remembers()
+            && generation == self.generation()
+            && common::now_ms() < claims.exp.saturating_mul(1000)
+    }
+
     /// How many signatures were checked (the cache's hits are not).
     #[cfg(test)]
     pub(crate) fn signature_checks(&self) -> u64 {

@@ -285,7 +285,7 @@ async fn read_through(
     refresh: bool,
     rid: &str,
 ) -> Result<Response, Error> {
-    let read = read(state, key, refresh, rid).await?;
+    let read = read(state, key, refresh, rid, std::time::Instant::now()).await?;
     Ok(match read.cache_layer {
         Some(layer) => ([x_cache(true), x_cache_layer(layer)], Json(read)).into_response(),
         None => ([x_cache(false)], Json(read)).into_response(),
@@ -294,14 +294,15 @@ async fn read_through(
 
 /// `key`'s answer: from the cache (`cached`, and the layer that had it), else (on a miss, a cache
 /// outage or `refresh`) from one shared db read that refills the cache. What both the router's
-/// handlers and the front path (`front.rs`) answer with.
+/// handlers and the front path (`front.rs`) answer with; `started` is when the request began (for
+/// the latency histogram).
 pub(crate) async fn read(
     state: &AppState,
     key: String,
     refresh: bool,
     rid: &str,
+    started: std::time::Instant,
 ) -> Result<DataAnswer, Error> {
-    let started = std::time::Instant::now();
     valid_key(&key)?;
     let gateway_id = state.inner.instance.id.clone();
     let cache = &state.inner.cache;

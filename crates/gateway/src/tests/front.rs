@@ -427,3 +427,67 @@ fn the_answer_is_encoded_byte_for_byte_as_the_documented_response() {
         assert_eq!(String::from_utf8(written).expect("UTF-8"), serde);
     }
 }
+
+/// One keep-alive connection: a request written, its answer read, the connection kept.
+struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn to(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, raw: &str) -> Wire {
+        self.stream.write_all(raw.as_bytes()).await.expect("write");
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some((wire, used)) = parse_answer(&self.buf) {
+                self.buf.drain(..used);
+                return wire;
+            }
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.stream.read(&mut chunk),
+            )
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+            assert!(read > 0, "the connection closed before an answer");
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_whose_key_was_withdrawn_is_refused_on_the_connection_that_used_it() {
+    let mut h = Harness::start().await;
+    h.config.auth.jwks_min_refresh_ms = 0;
+    let front = serve(h.config.clone(), "gateway-front-keys", true).await;
+    let old = format!("authorization: Bearer {}", h.user());
+    let mut conn = KeepAlive::to(front.addr).await;
+    for _ in 0..3 {
+        assert_eq!(conn.send(&get("/data", &[&old])).await.status, 200);
+    }
+    // Auth withdraws the key; a token of the new key makes the gateway fetch the new set.
+    let new_key = h.auth.rotate("key-2");
+    let fresh = new_key.sign(&claims("alice", &["user"], fakes::now() + 600));
+    let fresh = format!("authorization: Bearer {fresh}");
+    assert_eq!(
+        exchange(front.addr, get("/data", &[&fresh]).as_bytes(), 1).await[0].status,
+        200
+    );
+    // The connection that proved the old token a moment ago now gets it refused.
+    let refused = conn.send(&get("/data", &[&old])).await;
+    assert_eq!(
+        refused.status,
+        401,
+        "{:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(conn.send(&get("/data", &[&fresh])).await.status, 200);
+}
