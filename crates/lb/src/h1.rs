@@ -403,10 +403,9 @@ impl<'a> Hop<'a> {
                 false
             }
             None => {
-                let id = uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid();
-                let mut text = uuid::Uuid::encode_buffer();
+                let mut text = [0u8; common::stack::REQUEST_ID_LEN];
                 self.rid
-                    .extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+                    .extend_from_slice(common::stack::request_id_text(&mut text).as_bytes());
                 true
             }
         };
