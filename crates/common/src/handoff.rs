@@ -1,8 +1,8 @@
-//! Handing a connection over to hyper and a `Router` after some of its bytes were already read:
-//! what a server that speaks HTTP/1 itself for its common case (the balancer's hop `lb::h1`, the
-//! gateway's front path) does with a request it leaves to the full stack. The bytes already read
-//! are given back first ([`Prefixed`]), so hyper sees the connection from that request on as if
-//! it had read it from the start.
+//! What a server that speaks HTTP/1 itself for its common case (the balancer's hop `lb::h1`, the
+//! gateway's front path) shares: reading more of a request head ([`read_more`]), and handing the
+//! connection over to hyper and a `Router` when a request is one it leaves to the full stack
+//! ([`hand_off`]). The bytes already read are given back first ([`Prefixed`]), so hyper sees the
+//! connection from that request on as if it had read it from the start.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,6 +15,31 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::Closing;
+
+/// Reads more of the client's bytes into `buf` (growing it by `grow` when less than 1 KiB is
+/// free); whether the connection goes on. Between requests (`buf` empty) `stop` resolving ends an
+/// idle connection at once; a request already begun is read to its end.
+pub async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    grow: usize,
+    stop: impl std::future::Future<Output = ()>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(grow);
+    }
+    let read = if buf.is_empty() {
+        tokio::select! {
+            biased;
+            read = client.read_buf(buf) => read,
+            () = stop => return false,
+        }
+    } else {
+        client.read_buf(buf).await
+    };
+    matches!(read, Ok(n) if n > 0)
+}
 
 /// Serves the rest of the connection with hyper (HTTP/1 or HTTP/2, with upgrades) and `app`, the
 /// bytes in `buffered` first; the handlers see `ConnectInfo(peer)`. A stop (`closing`) shuts the

@@ -36,7 +36,7 @@ use bytes::{Buf, BytesMut};
 use common::Closing;
 use common::stack::{HttpHandles, InFlight};
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::features::data;
@@ -215,22 +215,10 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
                         Parsed::Partial => {}
                     }
                 }
-                if self.inbuf.capacity() - self.inbuf.len() < 1024 {
-                    self.inbuf.reserve(BUFFER);
-                }
-                let read = if self.inbuf.is_empty() {
-                    // Between requests: a stop closes the idle connection at once.
-                    tokio::select! {
-                        biased;
-                        read = client.read_buf(&mut self.inbuf) => read,
-                        () = self.fired.as_mut() => return Outcome::Close,
-                    }
-                } else {
-                    client.read_buf(&mut self.inbuf).await
-                };
-                match read {
-                    Ok(0) | Err(_) => return Outcome::Close,
-                    Ok(_) => {}
+                if !common::handoff::read_more(client, &mut self.inbuf, BUFFER, self.fired.as_mut())
+                    .await
+                {
+                    return Outcome::Close;
                 }
             };
             self.inbuf.advance(request.len);

@@ -292,21 +292,15 @@ impl<'a> Hop<'a> {
                         Parsed::Partial => {}
                     }
                 }
-                if self.inbuf.capacity() - self.inbuf.len() < 1024 {
-                    self.inbuf.reserve(BUFFER);
-                }
-                let read = if self.inbuf.is_empty() {
-                    // Between requests: a stop closes the idle connection at once.
-                    tokio::select! {
-                        read = client.read_buf(&mut self.inbuf) => read,
-                        () = self.closing.fired() => return Outcome::Close,
-                    }
-                } else {
-                    client.read_buf(&mut self.inbuf).await
-                };
-                match read {
-                    Ok(0) | Err(_) => return Outcome::Close,
-                    Ok(_) => {}
+                if !common::handoff::read_more(
+                    client,
+                    &mut self.inbuf,
+                    BUFFER,
+                    self.closing.fired(),
+                )
+                .await
+                {
+                    return Outcome::Close;
                 }
             };
             if self.state.edge.over_limit(self.peer.ip()) {
