@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use crate::features::data;
 use crate::guard;
 use crate::policy::Resolved;
-use crate::tokens::{Caller, HeaderSource};
+use crate::tokens::{Caller, HeaderSource, Verified};
 use crate::{AppState, Error};
 
 /// The longest request head read here; a longer one is hyper's.
@@ -80,8 +80,7 @@ pub(crate) struct Front {
 struct Known {
     header: &'static str,
     bytes: Vec<u8>,
-    claims: Arc<api::wire::auth::Claims>,
-    generation: u64,
+    verified: Verified,
 }
 
 /// The router's names of the two routes, as the metrics label them.
@@ -325,11 +324,9 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
             .find_map(|name| self.headers.first(name).map(|bytes| (name, bytes)));
         let known = match (&self.known, token_header) {
             (Some(k), Some((name, bytes)))
-                if k.header == name
-                    && k.bytes == bytes
-                    && verifier.still_valid(&k.claims, k.generation) =>
+                if k.header == name && k.bytes == bytes && verifier.still_valid(&k.verified) =>
             {
-                Some(Caller::User(k.claims.clone()))
+                Some(Caller::User(k.verified.claims.clone()))
             }
             _ => None,
         };
@@ -357,8 +354,7 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
                 *known_slot = Some(Known {
                     header: name,
                     bytes: bytes.to_vec(),
-                    claims: claims.clone(),
-                    generation,
+                    verified: Verified::new(claims.clone(), generation),
                 });
             }
             let read = match data::truthy(request.refresh.as_deref()) {

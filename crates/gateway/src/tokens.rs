@@ -155,10 +155,25 @@ fn accepted_key(jwk: &Jwk) -> Option<VerifyKey> {
 
 /// A token that verified, and under which key set.
 #[derive(Clone)]
-struct Verified {
-    claims: Arc<Claims>,
+pub(crate) struct Verified {
+    pub(crate) claims: Arc<Claims>,
     /// `Verifier::generation` when the verification started.
     generation: u64,
+}
+
+impl Verified {
+    /// `claims`, verified under the key set of `generation` (`Verifier::generation`, read before
+    /// the verification started).
+    pub(crate) fn new(claims: Arc<Claims>, generation: u64) -> Self {
+        Self { claims, generation }
+    }
+
+    /// Whether it may be used without verifying again at `now_ms` while the key set is of
+    /// `generation`: the one rule of every remembered token (the cache, the per-thread memo, the
+    /// front path's per-connection memo).
+    fn usable(&self, generation: u64, now_ms: u64) -> bool {
+        self.generation == generation && now_ms < self.claims.exp.saturating_mul(1000)
+    }
 }
 
 /// The last token each thread took from the cache of verified tokens, in front of it: a
@@ -196,8 +211,7 @@ mod last {
             let last = last.borrow();
             let memo = last.as_ref()?;
             (memo.verifier == verifier
-                && memo.verified.generation == generation
-                && now_ms < memo.verified.claims.exp.saturating_mul(1000)
+                && memo.verified.usable(generation, now_ms)
                 && *memo.token == *token)
                 .then(|| memo.verified.claims.clone())
         })
@@ -377,17 +391,16 @@ impl Verifier {
         self.verified.is_some()
     }
 
-    /// The key set's generation now: what an entry remembered under it is checked against.
+    /// The key set's generation now: read it before a verification, and remember what verified
+    /// under it (`Verified::new`), so that a key set changed meanwhile makes the entry stale.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Whether `claims`, verified under `generation`, may still be used without verifying again:
-    /// the rules of the cache of verified tokens (same key set, before `exp`).
-    pub(crate) fn still_valid(&self, claims: &Claims, generation: u64) -> bool {
-        self.remembers()
-            && generation == self.generation()
-            && common::now_ms() < claims.exp.saturating_mul(1000)
+    /// Whether `verified` may still be used without verifying again: the rules of the cache of
+    /// verified tokens (that cache on, same key set, before `exp`).
+    pub(crate) fn still_valid(&self, verified: &Verified) -> bool {
+        self.remembers() && verified.usable(self.generation(), common::now_ms())
     }
 
     /// How many signatures were checked (the cache's hits are not).
@@ -408,8 +421,7 @@ impl Verifier {
             return Ok(claims);
         }
         if let Some(hit) = cache.get(token).await
-            && hit.generation == generation
-            && now_ms < hit.claims.exp.saturating_mul(1000)
+            && hit.usable(generation, now_ms)
         {
             last::set(self.id, token, &hit);
             return Ok(hit.claims);

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use super::{Cache, hit_ratio};
+use super::{Cache, CacheLayer, Cached, Lookup, hit_ratio};
 use crate::Error;
 use crate::redis_conn::RedisConn;
 
@@ -64,6 +64,31 @@ impl RedisCache {
         format!("{}{}", self.prefix, key)
     }
 
+    /// The stored text of `key` (checked to be one JSON value), counting a hit or a miss: a hit
+    /// is handed out as stored, without parsing it into a `Value` and encoding it again.
+    async fn read(&self, key: &str) -> Result<Option<Cached>, Error> {
+        let mut conn = self.conn.get().await.map_err(unavailable)?;
+        let raw: Option<String> = conn.get(self.key(key)).await.map_err(unavailable)?;
+        let value = match raw {
+            None => None,
+            Some(text) => match Cached::from_json(text) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // Someone else wrote this key; treat it as absent so that the db is read.
+                    tracing::warn!(%key, error = %e, "redis cache entry is not JSON; ignoring it");
+                    None
+                }
+            },
+        };
+        let counter = if value.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(value)
+    }
+
     /// Every key of this cache (`SCAN`, never `KEYS`, so that Redis is not blocked).
     async fn keys(&self) -> Result<Vec<String>, Error> {
         let mut conn = self.conn.get().await.map_err(unavailable)?;
@@ -96,26 +121,17 @@ impl Cache for RedisCache {
     }
 
     async fn get(&self, key: &str, _: &str) -> Result<Option<Value>, Error> {
-        let mut conn = self.conn.get().await.map_err(unavailable)?;
-        let raw: Option<String> = conn.get(self.key(key)).await.map_err(unavailable)?;
-        let value = match raw {
-            None => None,
-            Some(text) => match serde_json::from_str(&text) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    // Someone else wrote this key; treat it as absent so that the db is read.
-                    tracing::warn!(%key, error = %e, "redis cache entry is not JSON; ignoring it");
-                    None
-                }
+        Ok(self.read(key).await?.map(|c| c.value()))
+    }
+
+    async fn lookup(&self, key: &str, _: &str) -> Result<Lookup, Error> {
+        Ok(match self.read(key).await? {
+            Some(value) => Lookup::Hit {
+                value,
+                layer: CacheLayer::Shared,
             },
-        };
-        let counter = if value.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(value)
+            None => Lookup::Miss { lease: None },
+        })
     }
 
     async fn set(&self, key: &str, value: &Value, ttl: Duration, _: &str) -> Result<(), Error> {
