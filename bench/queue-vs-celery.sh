@@ -14,6 +14,7 @@
 # Needs: PostgreSQL, RabbitMQ and Redis on 127.0.0.1 (root@postgres, guest@rabbitmq), and
 # `pip install celery redis packaging`. Usage: bench/queue-vs-celery.sh [N=20000] [C=8] [SLOTS=4]
 # SYSTEMS (default "sqlite postgresql rabbitmq celery") picks the systems run; the ratios need celery.
+# KEEP_WORK=1 keeps the run's directory (topologies, `up` logs, bench reports) and prints its path.
 # After each scalelab backend's burn-down, the steady state: RATES (500 1000 2000) submissions per
 # second for STEADY_SECS (10) each, open model, and the submission-to-start wait's p50/p99.
 # The burn-down table: the drain rate of each system beside Celery's with acks_late
@@ -44,7 +45,7 @@ cleanup() {
   for db in "${DBS[@]}"; do dropdb -h 127.0.0.1 -U root --if-exists "$db" 2>/dev/null || true; done
   [ -n "$REDIS_DB" ] && redis-cli -n "$REDIS_DB" flushdb >/dev/null
   $HELPER rabbit-cleanup "scalelab-bench-$TAG" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -118,7 +119,7 @@ PY
   submit=$($HELPER summary "$dir/submit.json")
   [ "$(field "$submit" accepted)" = "$N" ] || { echo "$name: not every submission was accepted: $submit" >&2; exit 1; }
   # shellcheck disable=SC2086
-  drain=$($HELPER scalelab-drain "$gw" "$token" "$N" $pids)
+  drain=$($HELPER scalelab-drain "$gw" "$token" "$N" "$(python3 -c "import json; print(','.join(i['url'] for i in json.load(open('$dir/data/instances.json')) if i['role']=='worker'))")" $pids)
   echo "$name: submit $submit; drain $drain" >&2
   DRAIN["scalelab $name"]=$(fmt "$drain" rate)
   case "$queue" in

@@ -23,16 +23,34 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgRow, Postgres};
 use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Database, Decode, Encode, Type};
+use sqlx::{Connection, Database, Decode, Encode, Type};
 use tokio::sync::OnceCell;
 
 /// How long opening a SQLite file keeps retrying while other processes hold it.
 const SQLITE_OPEN_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Pool options for `options`: size, acquire timeout, and the ping rule
+/// ([`Options::ping_if_idle_for`]).
+fn pool_options<DB: Database>(options: &Options) -> PoolOptions<DB> {
+    let ping_if_idle_for = options.ping_if_idle_for;
+    PoolOptions::<DB>::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ping_if_idle_for {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
 
 /// The advisory lock that serialises schema creation on PostgreSQL (an arbitrary constant, the
 /// same for every crate, so that crates sharing one database also take turns).
@@ -100,6 +118,17 @@ pub struct Options {
     /// PostgreSQL run-time parameters set on every connection of the pool when it opens
     /// (`options=-c name=value`), for a store whose statements need a planner setting.
     pub pg_settings: &'static [(&'static str, &'static str)],
+    /// A pooled connection idle for this long or longer is pinged before it is handed out (one
+    /// round trip, and a broken one is replaced); one used more recently is handed out as it is.
+    ///
+    /// sqlx pings every connection it hands out by default (`test_before_acquire`) and again
+    /// when it takes one back, so every statement cost three round trips to the server, each a
+    /// wake-up of its backend process. Pools made for hot paths check only connections that sat
+    /// idle for a while (HikariCP's 500 ms "alive bypass window"): a connection that answered a
+    /// moment ago is alive. One that broke since (a server restart) fails the next statement
+    /// instead, is closed with it, and the failure is reported like any store error (`503`, or
+    /// a worker's retry); the statements after it get a new connection.
+    pub ping_if_idle_for: Duration,
 }
 
 impl Default for Options {
@@ -109,6 +138,7 @@ impl Default for Options {
             acquire_timeout: Duration::from_secs(5),
             replica: false,
             pg_settings: &[],
+            ping_if_idle_for: Duration::from_millis(500),
         }
     }
 }
@@ -133,10 +163,7 @@ impl Db {
             let connect = PgConnectOptions::from_str(url)
                 .map_err(|e| configuration(format!("bad PostgreSQL URL: {e}")))?
                 .options(options.pg_settings.iter().copied());
-            let pool = PgPoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(options.acquire_timeout)
-                .connect_lazy_with(connect);
+            let pool = pool_options::<Postgres>(&options).connect_lazy_with(connect);
             let ready = OnceCell::new();
             if options.replica {
                 let _ = ready.set(());
@@ -194,9 +221,7 @@ impl Db {
         let mut delay = Duration::from_millis(10);
         loop {
             let attempt = async {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(options.acquire_timeout)
+                let pool = pool_options::<Sqlite>(&options)
                     .connect_with(connect.clone())
                     .await?;
                 sqlx::raw_sql(schema.sqlite).execute(&pool).await?;
@@ -266,12 +291,7 @@ impl Db {
         let connect = (*pool.connect_options())
             .clone()
             .options(options.pg_settings.iter().copied());
-        Some(
-            PgPoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(options.acquire_timeout)
-                .connect_lazy_with(connect),
-        )
+        Some(pool_options::<Postgres>(&options).connect_lazy_with(connect))
     }
 
     /// Runs a statement; the number of rows it changed.

@@ -39,7 +39,8 @@ fn unreachable(what: &str, err: impl std::fmt::Display) -> Option<()> {
 pub struct TestDb {
     /// Connection URL of the fresh database.
     pub url: String,
-    name: String,
+    /// The database's name (dropped with the value).
+    pub name: String,
 }
 
 /// Creates a fresh, empty PostgreSQL database named after `prefix` and a random suffix.

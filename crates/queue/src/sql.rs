@@ -785,22 +785,23 @@ impl Queue for SqlQueue {
             backend: self.backend().to_string(),
             ..Stats::default()
         };
-        for row in self.db.fetch_all(st::COUNT_BY_STATUS, &[]).await? {
+        let mut oldest: Option<i64> = None;
+        for row in self.db.fetch_all(st::STATS, &[]).await? {
             let status: String = row.get("status")?;
-            let n: i64 = row.get("n")?;
-            stats.by_status.insert(status, n.max(0) as u64);
+            let priority = Priority::from_rank(row.get("priority")?)?;
+            let n = row.get::<i64>("n")?.max(0) as u64;
+            if let Some(at) = row.get::<Option<i64>>("oldest")? {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+            *stats.by_status.entry(status.clone()).or_insert(0) += n;
+            if status == Status::Queued.as_str() || status == Status::Failed.as_str() {
+                *stats
+                    .depth_by_priority
+                    .entry(priority.as_str().to_string())
+                    .or_insert(0) += n;
+            }
         }
-        for row in self.db.fetch_all(st::DEPTH_BY_PRIORITY, &[]).await? {
-            let p = Priority::from_rank(row.get("priority")?)?;
-            let n: i64 = row.get("n")?;
-            stats
-                .depth_by_priority
-                .insert(p.as_str().to_string(), n.max(0) as u64);
-        }
-        if let Some(row) = self.db.fetch_all(st::OLDEST_QUEUED, &[]).await?.first() {
-            let oldest: Option<i64> = row.get("oldest")?;
-            stats.oldest_queued_ms = oldest.map(|at| (now_ms() - at).max(0) as u64);
-        }
+        stats.oldest_queued_ms = oldest.map(|at| (now_ms() - at).max(0) as u64);
         // Every status and priority is present, zero included.
         for s in Status::ALL {
             stats.by_status.entry(s.as_str().to_string()).or_insert(0);

@@ -240,8 +240,12 @@ async fn run_one(
         Some(handler) => {
             let work = handler.run(task.payload.clone(), &ctx);
             tokio::pin!(work);
-            let mut beat = tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms));
-            beat.tick().await;
+            // First tick one period from now. Not `interval` and its first tick awaited: that
+            // tick, "immediate", goes through the timer wheel, which fires it at the runtime's
+            // next millisecond tick, so every task waited about a millisecond before its handler
+            // ran (16 no-op tasks of a batch took 20 ms; docs/PERFORMANCE.md).
+            let every = Duration::from_millis(inner.config.heartbeat_ms);
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut grace: Option<tokio::time::Instant> = None;
             loop {
                 let deadline = grace.unwrap_or_else(|| tokio::time::Instant::now() + lease);

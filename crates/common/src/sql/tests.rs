@@ -230,6 +230,64 @@ async fn postgres_a_sibling_pool_adds_its_settings_to_its_parents() {
     assert!(file.sibling_pool(Options::default()).is_none());
 }
 
+/// A connection the server dropped (a restart, an administrator) is replaced: before the next
+/// statement when it sat idle for `ping_if_idle_for` (it is pinged), or after one statement
+/// that fails as unavailable when it was used more recently than that (it is not pinged).
+#[tokio::test]
+async fn postgres_a_connection_the_server_dropped_is_replaced() {
+    let Some(test) = crate::testing::fresh_postgres("common_sql_ping").await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(&crate::testing::pg_admin_url())
+        .await
+        .expect("admin connection");
+    for (ping_if_idle_for, first_fails) in
+        [(Duration::ZERO, false), (Duration::from_secs(3600), true)]
+    {
+        let options = Options {
+            max_connections: 1,
+            ping_if_idle_for,
+            ..Options::default()
+        };
+        let db = Db::open(&test.url, SCHEMA, options).await.expect("open");
+        db.execute(
+            "INSERT INTO items (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &["kept".into()],
+        )
+        .await
+        .expect("insert");
+        let pids: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(&test.name)
+                .fetch_all(&mut admin)
+                .await
+                .expect("the pool's connections");
+        assert_eq!(pids.len(), 1, "the pool's one connection");
+        // Waits (up to 5 s) until the backend is gone.
+        let gone: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pids[0])
+            .fetch_one(&mut admin)
+            .await
+            .expect("terminate");
+        assert!(gone);
+        let first = db.fetch_all("SELECT name FROM items", &[]).await;
+        assert_eq!(
+            first.is_err(),
+            first_fails,
+            "{ping_if_idle_for:?}: {first:?}"
+        );
+        if let Err(e) = first {
+            assert!(is_unavailable(&e), "{e}");
+        }
+        let rows = db
+            .fetch_all("SELECT name FROM items", &[])
+            .await
+            .expect("a new connection");
+        assert!(!rows.is_empty());
+        db.close().await;
+    }
+}
+
 #[test]
 fn pool_failures_are_unavailable_and_refusals_are_not() {
     assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
