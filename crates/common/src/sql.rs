@@ -120,14 +120,17 @@ pub struct Options {
     pub pg_settings: &'static [(&'static str, &'static str)],
     /// A pooled connection idle for this long or longer is pinged before it is handed out (one
     /// round trip, and a broken one is replaced); one used more recently is handed out as it is.
+    /// `ZERO` (the default) pings every time, as sqlx does by default.
     ///
-    /// sqlx pings every connection it hands out by default (`test_before_acquire`) and again
-    /// when it takes one back, so every statement cost three round trips to the server, each a
-    /// wake-up of its backend process. Pools made for hot paths check only connections that sat
-    /// idle for a while (HikariCP's 500 ms "alive bypass window"): a connection that answered a
-    /// moment ago is alive. One that broke since (a server restart) fails the next statement
-    /// instead, is closed with it, and the failure is reported like any store error (`503`, or
-    /// a worker's retry); the statements after it get a new connection.
+    /// sqlx pings a connection when it hands it out and again when it takes it back, so every
+    /// statement costs three round trips to the server, each a wake-up of its backend process.
+    /// A store on a hot path (the task queue) can skip the first ping for connections used a
+    /// moment ago (HikariCP's 500 ms "alive bypass window"): a connection that answered a moment
+    /// ago is alive. The price: one that broke since (a database restart) fails the next
+    /// statement instead of being replaced silently, is closed with it, and the failure is
+    /// reported like any store error (`503`, or a worker's retry); the statements after it get a
+    /// new connection. The other stores keep the default, so that a user's first request after
+    /// a database comes back succeeds (`users::a_shard_down_fails_only_its_own_users`).
     pub ping_if_idle_for: Duration,
 }
 
@@ -138,7 +141,7 @@ impl Default for Options {
             acquire_timeout: Duration::from_secs(5),
             replica: false,
             pg_settings: &[],
-            ping_if_idle_for: Duration::from_millis(500),
+            ping_if_idle_for: Duration::ZERO,
         }
     }
 }

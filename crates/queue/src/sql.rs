@@ -568,6 +568,12 @@ fn options() -> sql::Options {
         // 21 ms per claim after 20,000 tasks (0.6 ms by index scan; docs/PERFORMANCE.md), and a
         // burn-down slowed as it went. The queue's other statements lose nothing by it.
         pg_settings: &[("enable_bitmapscan", "off")],
+        // Claims, renewals and completions follow each other on the same few connections: a
+        // ping before each (sqlx's default) was one round trip more per statement, about 15%
+        // of PostgreSQL's CPU in a burn-down (docs/PERFORMANCE.md). A connection the database
+        // dropped within the last 500 ms fails one statement instead: a worker retries its
+        // claim, a submission answers `503` once.
+        ping_if_idle_for: Duration::from_millis(500),
         ..sql::Options::default()
     }
 }
