@@ -122,18 +122,18 @@ def celery_drain(n, pgids):
     sys.exit("celery did not drain within 600 s")
 
 
+def _metric_lines(urls):
+    """Every line of the workers' `/metrics` pages, one worker after another."""
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics") as resp:
+            yield from resp.read().decode().splitlines()
+
+
 def _succeeded_runs(urls):
     """How many tasks the workers ran to success, from their `scalelab_tasks_total` counters:
     cheap (each worker's memory), and ahead of the store by the results not stored yet."""
-    import re
-    total = 0.0
-    for url in urls:
-        with urllib.request.urlopen(f"{url}/metrics") as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
-            if line.startswith("scalelab_tasks_total{") and 'outcome="succeeded"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(float(line.rsplit(" ", 1)[1]) for line in _metric_lines(urls)
+               if line.startswith("scalelab_tasks_total{") and 'outcome="succeeded"' in line)
 
 
 def scalelab_drain(url, token, n, workers, pids):
@@ -192,13 +192,10 @@ def wait_buckets(urls):
     workers and task types: {le: count}."""
     import re
     out = {}
-    for url in urls:
-        with urllib.request.urlopen(f"{url}/metrics") as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
-            m = re.match(r'scalelab_task_wait_seconds_bucket\{.*le="([^"]+)".*\} ([0-9.e+-]+)', line)
-            if m:
-                out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    for line in _metric_lines(urls):
+        m = re.match(r'scalelab_task_wait_seconds_bucket\{.*le="([^"]+)".*\} ([0-9.e+-]+)', line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
     print(json.dumps(out))
 
 

@@ -799,13 +799,13 @@ impl Queue for SqlQueue {
             if let Some(at) = row.get::<Option<i64>>("oldest")? {
                 oldest = Some(oldest.map_or(at, |o| o.min(at)));
             }
-            *stats.by_status.entry(status.clone()).or_insert(0) += n;
             if status == Status::Queued.as_str() || status == Status::Failed.as_str() {
                 *stats
                     .depth_by_priority
                     .entry(priority.as_str().to_string())
                     .or_insert(0) += n;
             }
+            *stats.by_status.entry(status).or_insert(0) += n;
         }
         stats.oldest_queued_ms = oldest.map(|at| (now_ms() - at).max(0) as u64);
         // Every status and priority is present, zero included.
