@@ -256,6 +256,19 @@ async fn postgres_a_connection_the_server_dropped_is_replaced() {
         )
         .await
         .expect("insert");
+        // sqlx pings a connection on its way back to the pool in a task of its own; the backend
+        // must be terminated after that ping, or the ping finds it dead and the pool replaces
+        // it before the statement below (CI saw exactly that). Wait until it is idle again.
+        let Ok(Pool::Postgres(pool)) = db.pool().await else {
+            panic!("a PostgreSQL pool");
+        };
+        let back = tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.num_idle() < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(back.is_ok(), "the connection went back to the pool");
         let pids: Vec<i32> =
             sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
                 .bind(&test.name)
