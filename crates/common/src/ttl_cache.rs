@@ -458,7 +458,7 @@ mod tests {
                         return reads;
                     }
                     // Lets the writer run on a busy runtime now and then.
-                    if reads % 64 == 0 {
+                    if reads.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -467,7 +467,7 @@ mod tests {
         for v in 1..=WRITES {
             c.insert("k".into(), v, MINUTE).await;
             written.store(v, Ordering::SeqCst);
-            if v % 16 == 0 {
+            if v.is_multiple_of(16) {
                 tokio::task::yield_now().await;
             }
         }

@@ -1268,3 +1268,50 @@ async fn rabbitmq_a_prefetched_task_that_is_cancelled_never_runs() {
     drop(worker);
     env.wait_counts(0, 0).await;
 }
+
+/// RabbitMQ only: while fresh deliveries keep the buffer full, a claim looks for due retries in
+/// the store at most every 100 ms (`DUE_EVERY`), not never: a retry whose backoff ended is claimed
+/// behind a stream of fresh tasks, soon after its run-at and not before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_due_retry_is_claimed_while_fresh_deliveries_keep_coming() {
+    let Some(env) = Rabbit::new("queue_amqp_due").await else {
+        return;
+    };
+    let gateway = env.process().await;
+    let worker = env.process().await;
+    let retried = gateway
+        .submit(NewTask::new("fail", json!({}), "alice"))
+        .await
+        .unwrap();
+    let t = claim_soon(&worker, "w", LEASE).await;
+    assert_eq!(t.id, retried.id);
+    let failed = worker.fail(&t.id, "w", "boom").await.unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut fresh, mut ran) = (0, 0);
+    let again = loop {
+        // Two fresh tasks for each one claimed: deliveries always wait in the buffer.
+        for _ in 0..2 {
+            gateway
+                .submit(task("sleep", Priority::High, fresh))
+                .await
+                .unwrap();
+            fresh += 1;
+        }
+        if let Some(t) = worker.claim("w", LEASE).await.unwrap() {
+            if t.id == retried.id {
+                break t;
+            }
+            worker.complete(&t.id, "w", json!("ok")).await.unwrap();
+            ran += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retry was never claimed ({ran} fresh tasks ran)"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert_eq!(again.attempts, 2);
+    assert!(again.started_at.unwrap() >= failed.not_before, "{again:?}");
+    assert!(ran > 0, "fresh tasks ran before the retry was due");
+}
