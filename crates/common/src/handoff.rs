@@ -3,53 +3,129 @@
 //! connection over to hyper and a `Router` when a request is one it leaves to the full stack
 //! ([`hand_off`]). The bytes already read are given back first ([`Prefixed`]), so hyper sees the
 //! connection from that request on as if it had read it from the start.
+//!
+//! And how long a client may keep a connection without sending a request ([`ClientTimeouts`],
+//! nginx's `keepalive_timeout` and `client_header_timeout`): a connection idle between requests,
+//! or one whose request head has not all arrived, is closed when its time is up, so that clients
+//! that connect and say nothing (or trickle a head byte by byte) cannot hold connections and
+//! tasks for ever. hyper's side of a handed-over connection gets the head timeout too.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// How long a client connection may wait for its next request, and how long a request head may
+/// take to arrive once it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// Between requests (and before the first): nginx's `keepalive_timeout`.
+    pub idle: Duration,
+    /// From a head's first bytes to its end: nginx's `client_header_timeout`.
+    pub head: Duration,
+}
+
+/// A deadline moves forward only when it would move by this much (or an eighth of the idle
+/// timeout, when that is less) or more: a busy connection resets its timer about once a second,
+/// not once per request. The time a client gets is between its timeout less that and its timeout.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// One connection's deadline for the client's bytes ([`ClientTimeouts`]): one timer per
+/// connection, moved as requests come and go.
+#[derive(Debug)]
+pub struct ClientDeadline {
+    timer: Pin<Box<Sleep>>,
+    at: Instant,
+    timeouts: ClientTimeouts,
+    /// [`SLACK`], or less for short timeouts.
+    slack: Duration,
+    /// When the head being read began (`None` between requests).
+    head_began: Option<Instant>,
+}
+
+impl ClientDeadline {
+    /// The deadline of a new connection: its first request is due within the idle timeout.
+    pub fn new(timeouts: ClientTimeouts) -> Self {
+        let at = Instant::now() + timeouts.idle;
+        Self {
+            timer: Box::pin(tokio::time::sleep_until(at)),
+            at,
+            timeouts,
+            slack: SLACK.min(timeouts.idle / 8),
+            head_began: None,
+        }
+    }
+
+    /// Moves the deadline to `want`: at once when that is sooner, and only by the slack or more
+    /// when later.
+    fn set(&mut self, want: Instant) {
+        if want < self.at || want >= self.at + self.slack {
+            self.timer.as_mut().reset(want);
+            self.at = want;
+        }
+    }
+}
 
 use crate::Closing;
 
 /// Reads more of the client's bytes into `buf` (growing it by `grow` when less than 1 KiB is
 /// free); whether the connection goes on. Between requests (`buf` empty) `stop` resolving ends an
-/// idle connection at once; a request already begun is read to its end.
+/// idle connection at once; a request already begun is read to its end. The client's time
+/// (`deadline`) running out ends the connection either way: between requests after the idle
+/// timeout, within a head the head timeout after its first bytes came.
 pub async fn read_more(
     client: &mut TcpStream,
     buf: &mut bytes::BytesMut,
     grow: usize,
     stop: impl std::future::Future<Output = ()>,
+    deadline: &mut ClientDeadline,
 ) -> bool {
     use tokio::io::AsyncReadExt;
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(grow);
     }
+    let now = Instant::now();
     let read = if buf.is_empty() {
+        deadline.head_began = None;
+        deadline.set(now + deadline.timeouts.idle);
         tokio::select! {
             biased;
             read = client.read_buf(buf) => read,
             () = stop => return false,
+            () = deadline.timer.as_mut() => return false,
         }
     } else {
-        client.read_buf(buf).await
+        // A head came in part: it began about when the read that brought its first bytes ended.
+        let began = *deadline.head_began.get_or_insert(now);
+        deadline.set(began + deadline.timeouts.head);
+        tokio::select! {
+            biased;
+            read = client.read_buf(buf) => read,
+            () = deadline.timer.as_mut() => return false,
+        }
     };
     matches!(read, Ok(n) if n > 0)
 }
 
 /// Serves the rest of the connection with hyper (HTTP/1 or HTTP/2, with upgrades) and `app`, the
 /// bytes in `buffered` first; the handlers see `ConnectInfo(peer)`. A stop (`closing`) shuts the
-/// connection down gracefully: the request in flight is answered, then it closes.
+/// connection down gracefully: the request in flight is answered, then it closes. An HTTP/1
+/// request head must arrive within `head_timeout` (hyper's `header_read_timeout`).
 pub async fn hand_off(
     client: TcpStream,
     buffered: Bytes,
     peer: SocketAddr,
     app: Router,
     mut closing: Closing,
+    head_timeout: Duration,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
@@ -60,7 +136,11 @@ pub async fn hand_off(
         prefix: buffered,
         inner: client,
     });
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

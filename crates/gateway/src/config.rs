@@ -82,6 +82,13 @@ pub struct Config {
     /// admission, read, headers and metrics without the middleware stack and the router); every
     /// other request goes to the router either way. `false` serves everything with the router.
     pub front_path: bool,
+    /// A client connection idle this long between requests (or before its first) is closed, in
+    /// milliseconds (nginx's `keepalive_timeout`, 75 s). The front path's connections, and the
+    /// router's after a hand-over, keep to it and to `client_header_timeout_ms`.
+    pub keepalive_timeout_ms: u64,
+    /// A request head must arrive within this long of its first bytes, else the connection is
+    /// closed, in milliseconds (nginx's `client_header_timeout`, 60 s).
+    pub client_header_timeout_ms: u64,
     /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks,
     /// outlier ejection and retry budget (the `auth` pool takes its outlier and budget settings).
     pub services: balance::PoolConfig,
@@ -124,6 +131,8 @@ impl Default for Config {
             upstream_timeout_ms: 3000,
             max_body_bytes: 64 * 1024,
             front_path: true,
+            keepalive_timeout_ms: 75_000,
+            client_header_timeout_ms: 60_000,
             services: balance::PoolConfig::default(),
             breaker: balance::BreakerConfig::default(),
             auth: AuthConfig::default(),
@@ -299,6 +308,12 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             problem("max_body_bytes: must be at least 1".into());
+        }
+        if self.keepalive_timeout_ms == 0 {
+            problem("keepalive_timeout_ms: must be at least 1".into());
+        }
+        if self.client_header_timeout_ms == 0 {
+            problem("client_header_timeout_ms: must be at least 1".into());
         }
         if self.auth.hs256_secret.as_deref() == Some("") {
             problem("auth.hs256_secret: empty".into());

@@ -70,6 +70,8 @@ pub(crate) struct Front {
     handed_off: metrics::Counter,
     /// `scalelab_http_in_flight` of this gateway.
     in_flight: metrics::Gauge,
+    /// How long a client may be idle, or take to send a head.
+    timeouts: common::handoff::ClientTimeouts,
 }
 
 /// The caller the last request's token header proved on this connection, by the header's exact
@@ -99,7 +101,12 @@ impl Front {
         let gateway_id_json = serde_json::to_vec(&*state.instance().id)
             .map_err(|e| Error::Internal(format!("the gateway id as JSON: {e}")))?;
         let outcome = |o: &'static str| metrics::counter!("scalelab_gateway_front_total", "outcome" => o, "id" => state.instance().id.to_string());
+        let timeouts = common::handoff::ClientTimeouts {
+            idle: std::time::Duration::from_millis(state.inner.config.keepalive_timeout_ms),
+            head: std::time::Duration::from_millis(state.inner.config.client_header_timeout_ms),
+        };
         Ok(Self {
+            timeouts,
             in_flight: InFlight::gauge(state.instance()),
             answered: outcome("answered"),
             handed_off: outcome("handed_off"),
@@ -135,12 +142,15 @@ impl Front {
             rid: Vec::with_capacity(64),
             known: None,
             last_handles: None,
+            deadline: common::handoff::ClientDeadline::new(self.timeouts),
         };
         if let Outcome::HandOff = conn.serve(&mut client).await {
             let buffered = conn.inbuf.split().freeze();
             drop(conn);
             self.handed_off.increment(1);
-            common::handoff::hand_off(client, buffered, peer, self.app.clone(), closing).await;
+            let app = self.app.clone();
+            common::handoff::hand_off(client, buffered, peer, app, closing, self.timeouts.head)
+                .await;
         }
     }
 }
@@ -196,6 +206,8 @@ struct Conn<'a, F> {
     /// The metric handles of the last answer (route, status): a connection sees the same pair
     /// over and over.
     last_handles: Option<(usize, u16, HttpHandles)>,
+    /// The client's time to send its next request (idle and head timeouts).
+    deadline: common::handoff::ClientDeadline,
 }
 
 impl<F: Future<Output = ()>> Conn<'_, F> {
@@ -214,8 +226,14 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
                         Parsed::Partial => {}
                     }
                 }
-                if !common::handoff::read_more(client, &mut self.inbuf, BUFFER, self.fired.as_mut())
-                    .await
+                if !common::handoff::read_more(
+                    client,
+                    &mut self.inbuf,
+                    BUFFER,
+                    self.fired.as_mut(),
+                    &mut self.deadline,
+                )
+                .await
                 {
                     return Outcome::Close;
                 }

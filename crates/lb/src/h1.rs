@@ -154,7 +154,8 @@ pub async fn connection(
     if let Outcome::HandOff = outcome {
         let buffered = hop.inbuf.split().freeze();
         drop(hop);
-        common::handoff::hand_off(client, buffered, peer, app, closing).await;
+        let head_timeout = state.client_timeouts.head;
+        common::handoff::hand_off(client, buffered, peer, app, closing, head_timeout).await;
     }
 }
 
@@ -242,6 +243,8 @@ struct Hop<'a> {
     last_handles: Option<(usize, u16, metrics::Counter, metrics::Histogram)>,
     /// One timer per connection, reset for each exchange (cheaper than a new one per request).
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The client's time to send its next request (idle and head timeouts).
+    deadline: common::handoff::ClientDeadline,
 }
 
 impl<'a> Hop<'a> {
@@ -257,6 +260,7 @@ impl<'a> Hop<'a> {
             back: Vec::with_capacity(512),
             rid: Vec::with_capacity(64),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            deadline: common::handoff::ClientDeadline::new(state.client_timeouts),
             last_handles: None,
         }
     }
@@ -297,6 +301,7 @@ impl<'a> Hop<'a> {
                     &mut self.inbuf,
                     BUFFER,
                     self.closing.fired(),
+                    &mut self.deadline,
                 )
                 .await
                 {

@@ -17,6 +17,7 @@ pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -60,6 +61,12 @@ pub struct Config {
     /// share of the client connections (nginx's `worker_processes`); 0: one per core this
     /// process may run on.
     pub workers: usize,
+    /// A client connection idle this long between requests (or before its first) is closed, in
+    /// milliseconds (nginx's `keepalive_timeout`, 75 s).
+    pub keepalive_timeout_ms: u64,
+    /// A request head must arrive within this long of its first bytes, else the connection is
+    /// closed, in milliseconds (nginx's `client_header_timeout`, 60 s).
+    pub client_header_timeout_ms: u64,
 }
 
 /// How the balancer serves its client connections (`[lb] engine`).
@@ -85,6 +92,8 @@ impl Default for Config {
             membership_url: String::new(),
             engine: Engine::Direct,
             workers: 0,
+            keepalive_timeout_ms: 75_000,
+            client_header_timeout_ms: 60_000,
         }
     }
 }
@@ -117,6 +126,16 @@ impl Config {
             "max_body_bytes",
             "must be at least 1",
         );
+        p.check(
+            self.keepalive_timeout_ms > 0,
+            "keepalive_timeout_ms",
+            "must be at least 1",
+        );
+        p.check(
+            self.client_header_timeout_ms > 0,
+            "client_header_timeout_ms",
+            "must be at least 1",
+        );
         p.into_vec()
     }
 }
@@ -143,6 +162,9 @@ pub struct AppState {
     pub instance: common::Instance,
     /// Body size limit.
     pub max_body_bytes: u64,
+    /// How long a client may be idle, or take to send a head (the `direct` engine's connections
+    /// and hyper's after a hand-over).
+    pub client_timeouts: common::handoff::ClientTimeouts,
 }
 
 impl AppState {
@@ -156,6 +178,10 @@ impl AppState {
             edge: Arc::new(edge::Edge::new(&config)),
             instance,
             max_body_bytes: config.max_body_bytes,
+            client_timeouts: common::handoff::ClientTimeouts {
+                idle: Duration::from_millis(config.keepalive_timeout_ms),
+                head: Duration::from_millis(config.client_header_timeout_ms),
+            },
         })
     }
 }

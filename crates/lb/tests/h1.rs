@@ -457,3 +457,94 @@ async fn a_stop_finishes_the_request_in_hand_and_closes_idle_connections() {
     assert_eq!(headers["connection"], "close");
     stopped.await.unwrap();
 }
+
+/// Reads until the balancer closes `s`, at most 30 s; what it sent meanwhile.
+async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut seen))
+        .await
+        .expect("the balancer never closed the connection")
+        .expect("read");
+    seen
+}
+
+/// A client that connects and sends nothing, one that stops after a request, and one that
+/// trickles a head a byte at a time are all closed once their time is up (nginx's
+/// `keepalive_timeout` and `client_header_timeout`), and a connection that keeps sending
+/// requests within its time is served for longer than either timeout. Also after a hand-over to
+/// hyper (a request only hyper serves): its head must come within the head timeout too.
+#[tokio::test]
+async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
+    let (backend, _) = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
+    })
+    .await;
+    let mut cfg = config(&[&backend]);
+    cfg.keepalive_timeout_ms = 300;
+    cfg.client_header_timeout_ms = 300;
+    let lb = Lb::start(cfg).await;
+    let request = b"GET / HTTP/1.1\r\nhost: t\r\n\r\n";
+
+    // Says nothing.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(&lb.authority).await.unwrap();
+    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    // One request, then nothing: answered, then closed.
+    let mut once = TcpStream::connect(&lb.authority).await.unwrap();
+    once.write_all(request).await.unwrap();
+    let seen = until_closed(&mut once).await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // A head trickled a byte every 50 ms (each byte well within the idle timeout): the head
+    // timeout ends it before it is whole.
+    let mut slow = TcpStream::connect(&lb.authority).await.unwrap();
+    let trickle = async {
+        for b in request.iter() {
+            if slow.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), trickle).await;
+    assert!(
+        until_closed(&mut slow).await.is_empty(),
+        "a trickled head was answered"
+    );
+
+    // Requests every 100 ms for over a second: served throughout.
+    let mut busy = TcpStream::connect(&lb.authority).await.unwrap();
+    for _ in 0..12 {
+        busy.write_all(request).await.unwrap();
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"ok") {
+            let mut chunk = [0u8; 1024];
+            let n = busy.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed while in use");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Handed over to hyper (`Expect: 100-continue`), then silent in the next head.
+    let mut handed = TcpStream::connect(&lb.authority).await.unwrap();
+    handed
+        .write_all(b"GET /x HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\nGET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut handed).await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}
