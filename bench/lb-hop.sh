@@ -8,6 +8,9 @@
 #   body limit) with its own HTTP/1 hop (`engine = "direct"`, the default), then with hyper's.
 # Needs: nginx, haproxy, wrk (apt-get install -y nginx haproxy wrk); a release build of scalelab.
 # Usage: bench/lb-hop.sh [duration] [connections] [proxy cores, e.g. 0 or 0-1]
+# ROUNDS=N (default 1) measures the proxies in turn N times over (interleaved, so that the shared
+# machine's slow minutes fall on all of them) and ends with each proxy's median req/s and p99: a
+# single run's p99 swings by 2x on this machine with nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10s}
@@ -101,16 +104,45 @@ for p in "$PN" "$PH" "$PS" "$PY"; do wait_port "$p"; done
 echo "machine: $NCPU cores, $(uname -r); proxy on core(s) $PCORES ($NWORKERS worker(s)), backends and wrk on $OCORES"
 echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
 printf '%-34s %10s %9s %9s %8s\n' proxy "req/s" p50 p99 "vs nginx"
-NGINX_RPS=
-for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS" "scalelab lb, engine hyper:$PY"; do
-  name=${target%%:*}; p=${target##*:}
-  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
-  out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
-  [ -z "$NGINX_RPS" ] && NGINX_RPS=$rps
-  ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
-  printf '%-34s %10s %9s %9s %8s %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$errs"
+ROUNDS=${ROUNDS:-1}
+ALL="$WORK/rounds.txt"
+: > "$ALL"
+for round in $(seq 1 "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "# round $round of $ROUNDS"
+  NGINX_RPS=
+  for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS" "scalelab lb, engine hyper:$PY"; do
+    name=${target%%:*}; p=${target##*:}
+    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
+    out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+    [ -z "$NGINX_RPS" ] && NGINX_RPS=$rps
+    ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
+    printf '%-34s %10s %9s %9s %8s %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$errs"
+    printf '%s\t%s\t%s\n' "$name" "$rps" "$p99" >> "$ALL"
+  done
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "# medians over $ROUNDS rounds"
+  python3 - "$ALL" <<'PY'
+import statistics, sys
+def ms(t):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * f
+    return float(t)
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p99 = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(rps), ms(p99)))
+base = statistics.median(r for r, _ in rows["nginx"])
+base_p99 = statistics.median(p for _, p in rows["nginx"])
+print(f"{'proxy':34s} {'median req/s':>12s} {'median p99':>11s} {'vs nginx':>9s} {'p99 vs nginx':>13s}")
+for name, v in rows.items():
+    rps = statistics.median(r for r, _ in v)
+    p99 = statistics.median(p for _, p in v)
+    print(f"{name:34s} {rps:12.0f} {p99:9.2f}ms {rps / base:8.2f}x {p99 / base_p99:12.2f}x")
+PY
+fi
