@@ -116,6 +116,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // First, while this is the only thread: reading the handed-over sockets clears their variables.
+    let mut handed = listenfd::ListenFd::from_env();
     let cli = Cli::parse();
     common::telemetry::init(match cli.log_format {
         LogFormatArg::Text => common::telemetry::LogFormat::Text,
@@ -134,7 +136,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => match handed.take_tcp_listener(0) {
+                Ok(listener) => serve::run(args, listener).await,
+                Err(e) => Err(anyhow::anyhow!(
+                    "the socket handed over on descriptor 3 (LISTEN_FDS) is not a TCP listener: {e}"
+                )),
+            },
             Command::Config {
                 effective,
                 config,

@@ -82,7 +82,12 @@ pub(crate) struct ServeArgs {
 /// The deployment's credential for internal roles (`X-Service-Token`).
 pub(crate) const SERVICE_TOKEN_ENV: &str = "SCALELAB_SERVICE_TOKEN";
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// `handed`: the listening socket a supervisor bound for this instance (`scalelab up`, or systemd's
+/// socket activation: descriptor 3 with `LISTEN_FDS=1`); served instead of binding `--host`/`--port`.
+pub(crate) async fn run(
+    args: ServeArgs,
+    handed: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let mut topo = Topology::load(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
         topo.data_dir = d;
@@ -103,9 +108,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("give --port: the topology has no {role} instance"))?,
     };
     let host = args.host.unwrap_or_else(|| topo.instances.host.clone());
-    let listener = TcpListener::bind((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot listen on {host}:{port} for {role} {id}"))?;
+    let listener = match handed {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l).context("the handed-over listening socket")?
+        }
+        None => TcpListener::bind((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot listen on {host}:{port} for {role} {id}"))?,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, role, id, "starting");
     let token = std::env::var(SERVICE_TOKEN_ENV)

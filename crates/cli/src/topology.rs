@@ -577,7 +577,7 @@ impl Topology {
         let mut held = Vec::new();
         for ports in self.instances.ports.values_mut() {
             for p in ports.iter_mut() {
-                let l = std::net::TcpListener::bind((self.instances.host.as_str(), 0))
+                let l = supervisor::ports::bind_free(&self.instances.host)
                     .context("cannot find a free port")?;
                 *p = l.local_addr()?.port();
                 held.push(l);

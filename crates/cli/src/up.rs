@@ -218,6 +218,7 @@ fn spec(
         url: format!("http://{}:{port}", topo.instances.host),
         program: program.to_owned(),
         env: Vec::new(),
+        listen_host: Some(topo.instances.host.clone()),
     }
 }
 

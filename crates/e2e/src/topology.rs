@@ -249,7 +249,7 @@ impl Topology {
         for (role, count) in &self.counts {
             for n in 1..=*count {
                 let listener =
-                    std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
+                    supervisor::ports::bind_free("127.0.0.1").context("picking a free port")?;
                 let port = listener.local_addr()?.port();
                 listeners.push(listener);
                 instances.push(Instance {

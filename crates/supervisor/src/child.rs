@@ -5,6 +5,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -15,6 +16,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::output::{self, Tail};
 use super::{ChildSpec, Ctx};
 
+/// The descriptor a child is given its listening socket on (systemd's `SD_LISTEN_FDS_START`).
+const LISTEN_FD: i32 = 3;
+
 /// How long to wait for a dead child's last output lines before reporting its failure.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -24,10 +28,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 /// During start-up (before `ready` is sent) a failure is not retried: it is reported and the task
 /// ends, leaving it to [`super::run`] to stop the others.
 ///
+/// `listener` is the socket reserved for the first start of a child that takes its listener from
+/// the supervisor ([`ChildSpec::listen_host`]); each restart binds the port again.
+///
 /// Returns how the child's stop went wrong (it needed SIGKILL, or exited with another status
 /// than 0), or `None` for a clean stop or when there was no child left to stop.
 pub(super) async fn supervise(
     spec: ChildSpec,
+    mut listener: Option<std::net::TcpListener>,
     ctx: Arc<Ctx>,
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<Instant>,
@@ -40,13 +48,10 @@ pub(super) async fn supervise(
     let id = spec.id.as_str();
 
     loop {
-        let mut proc = match Proc::spawn(&spec, &ctx, &tail) {
+        let mut proc = match Proc::spawn(&spec, listener.take(), &ctx, &tail) {
             Ok(proc) => proc,
             Err(e) => {
-                let message = format!(
-                    "cannot start {id}: {} failed to run: {e}",
-                    spec.program.display()
-                );
+                let message = format!("cannot start {id}: {e}");
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(message));
                     return None;
@@ -224,8 +229,32 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(spec: &ChildSpec, ctx: &Ctx, tail: &Tail) -> std::io::Result<Self> {
+    /// Starts the child; with [`ChildSpec::listen_host`], hands it `listener` (or, on a restart, a
+    /// newly bound one) as descriptor 3. The supervisor's copy is closed once the child runs, so the
+    /// port closes when the child dies, as if the child had bound it itself.
+    fn spawn(
+        spec: &ChildSpec,
+        listener: Option<std::net::TcpListener>,
+        ctx: &Ctx,
+        tail: &Tail,
+    ) -> Result<Self, String> {
         let mut command = Command::new(&spec.program);
+        // Only the descriptor handed over below is this child's; not whatever `up` was given.
+        command.env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
+        if let Some(host) = &spec.listen_host {
+            let listener = match listener {
+                Some(l) => l,
+                None => std::net::TcpListener::bind((host.as_str(), spec.port))
+                    .map_err(|e| format!("cannot listen on {host}:{}: {e}", spec.port))?,
+            };
+            command
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: listener.into(),
+                    child_fd: LISTEN_FD,
+                }])
+                .map_err(|e| format!("cannot hand over its listener: {e}"))?;
+            command.env("LISTEN_FDS", "1");
+        }
         command
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -239,10 +268,12 @@ impl Proc {
             // shutdown (it would restart them) and they stop in order instead.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command.spawn()?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("{} failed to run: {e}", spec.program.display()))?;
         let pid = child
             .id()
-            .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+            .ok_or_else(|| "the child exited before its pid was read".to_owned())?;
         let mut output = Vec::with_capacity(2);
         if let Some(stdout) = child.stdout.take() {
             output.push(output::forward(

@@ -377,10 +377,10 @@ impl Fleet {
 
     /// Starts one more instance of `role` on a free port; returns its id.
     fn start_one(&self, role: &str, elastic: &Elastic) -> Result<String, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port for a new {role}: {e}"))?
-            .port();
+        let free = crate::ports::bind_free("127.0.0.1")
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .map_err(|e| format!("no free port for a new {role}: {e}"))?;
+        let port = free.0.port();
         let id = {
             let mut inner = self.lock();
             let n = inner.next.entry(role.to_string()).or_insert(1);
@@ -389,11 +389,20 @@ impl Fleet {
             id
         };
         let spec = (elastic.factory)(role, &id, port);
+        // The probe's socket is the child's listener when it binds the same address (it then
+        // cannot be taken before the child starts); otherwise the child's start binds its own.
+        let listener = spec
+            .listen_host
+            .as_deref()
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| *ip == free.0.ip())
+            .map(|_| free.1);
         self.ctx.registry.add(&spec);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(crate::child::supervise(
             spec.clone(),
+            listener,
             Arc::clone(&self.ctx),
             ready_tx,
             stop_rx,

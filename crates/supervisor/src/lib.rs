@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod guard;
 mod ops;
 mod output;
+pub mod ports;
 mod registry;
 pub mod scaler;
 #[cfg(test)]
@@ -73,6 +74,12 @@ pub struct ChildSpec {
     pub args: Vec<String>,
     /// Extra environment variables, on top of the inherited environment.
     pub env: Vec<(String, String)>,
+    /// `Some(host)`: the supervisor binds `host:port` itself and hands the listening socket to the
+    /// child (systemd's socket-activation protocol: descriptor 3, `LISTEN_FDS=1`). The port is then
+    /// held from the check before anything starts until the child serves on it, so no other
+    /// process (an outgoing connection's ephemeral port, a second `up`) can take it in between.
+    /// `None`: the child binds its own port.
+    pub listen_host: Option<String>,
 }
 
 impl ChildSpec {
@@ -179,9 +186,9 @@ pub async fn run(
     opts: SupervisorOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    check_ports(&specs)?;
+    let reserved = reserve_ports(&specs)?;
     let (log, printer) = output::logger(opts.log.clone());
-    let result = run_checked(specs, opts, shutdown, log).await;
+    let result = run_checked(specs, reserved, opts, shutdown, log).await;
     // Let the children's last lines reach stdout before the process exits.
     printer.finish(Duration::from_secs(2)).await;
     result
@@ -189,6 +196,7 @@ pub async fn run(
 
 async fn run_checked(
     specs: Vec<ChildSpec>,
+    mut reserved: HashMap<String, std::net::TcpListener>,
     opts: SupervisorOptions,
     shutdown: impl Future<Output = ()>,
     log: Logger,
@@ -241,6 +249,7 @@ async fn run_checked(
             let (stop_tx, stop_rx) = oneshot::channel();
             let task = tokio::spawn(child::supervise(
                 spec.clone(),
+                reserved.remove(&spec.id),
                 Arc::clone(&ctx),
                 ready_tx,
                 stop_rx,
@@ -334,8 +343,11 @@ fn verdict(unclean: Vec<String>) -> anyhow::Result<()> {
     bail!("not every instance stopped cleanly: {}", unclean.join("; "))
 }
 
-/// Fails with a message naming the port, role and id if a port is taken (or given twice).
-fn check_ports(specs: &[ChildSpec]) -> anyhow::Result<()> {
+/// Fails with a message naming the port, role and id if a port is taken (or given twice). Returns,
+/// by instance id, the listening sockets of the children that take theirs from the supervisor
+/// ([`ChildSpec::listen_host`]), held until each child's first start.
+fn reserve_ports(specs: &[ChildSpec]) -> anyhow::Result<HashMap<String, std::net::TcpListener>> {
+    let mut reserved = HashMap::new();
     let mut seen: HashMap<u16, &ChildSpec> = HashMap::new();
     for spec in specs {
         if spec.port == 0 {
@@ -355,7 +367,11 @@ fn check_ports(specs: &[ChildSpec]) -> anyhow::Result<()> {
                 spec.role
             );
         }
-        match std::net::TcpListener::bind(("127.0.0.1", spec.port)) {
+        let host = spec.listen_host.as_deref().unwrap_or("127.0.0.1");
+        match std::net::TcpListener::bind((host, spec.port)) {
+            Ok(listener) if spec.listen_host.is_some() => {
+                reserved.insert(spec.id.clone(), listener);
+            }
             Ok(listener) => drop(listener),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
                 "port {} ({} {}) is already in use",
@@ -371,7 +387,7 @@ fn check_ports(specs: &[ChildSpec]) -> anyhow::Result<()> {
             ),
         }
     }
-    Ok(())
+    Ok(reserved)
 }
 
 /// Splits `specs` into runs of consecutive specs with the same role, in order.

@@ -14,9 +14,11 @@ use super::child::{Backoff, describe};
 use super::{ChildSpec, SupervisorOptions, run, table};
 
 /// Serves `GET /health` on the port given as its argument, prints a line to stdout and one to
-/// stderr, and on SIGTERM prints `got SIGTERM` and exits 0 (unless `IGNORE_TERM` is set).
+/// stderr, and on SIGTERM prints `got SIGTERM` and exits 0 (unless `IGNORE_TERM` is set). Serves
+/// on descriptor 3 instead of binding when given `LISTEN_FDS=1`; waits for the file named in
+/// `START_GATE` to exist before serving, if set.
 const STAND_IN: &str = r#"
-import http.server, os, signal, sys
+import http.server, os, signal, socket, sys, time
 port = int(sys.argv[1])
 def on_term(*_):
     print("got SIGTERM", flush=True)
@@ -30,7 +32,18 @@ class Health(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"ok")
     def log_message(self, *_):
         pass
-server = http.server.HTTPServer(("127.0.0.1", port), Health)
+gate = os.environ.get("START_GATE")
+if gate:
+    print("waiting at the gate", flush=True)
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+if os.environ.get("LISTEN_FDS") == "1":
+    server = http.server.HTTPServer(("127.0.0.1", port), Health, bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=3)
+    print(f"serving the handed-over socket on {server.socket.getsockname()[1]}", flush=True)
+else:
+    server = http.server.HTTPServer(("127.0.0.1", port), Health)
 print(f"listening on {port}", flush=True)
 print("a line on stderr", file=sys.stderr, flush=True)
 server.serve_forever()
@@ -79,6 +92,7 @@ fn spec(role: &str, id: &str, port: u16, script: &str) -> ChildSpec {
             port.to_string(),
         ],
         env: Vec::new(),
+        listen_host: None,
     }
 }
 
@@ -313,6 +327,52 @@ async fn a_killed_child_is_restarted_and_healthy_again_with_a_new_pid() {
 
     started.stop().await.expect("shutdown returns Ok");
     assert!(!alive(new));
+}
+
+#[tokio::test]
+async fn a_handed_over_listener_holds_its_port_from_the_check_and_is_bound_again_on_restart() {
+    let dir = TempDir::new();
+    let file = dir.0.join("instances.json");
+    let gate = dir.0.join("gate");
+    let (auth_port, gateway_port) = (free_port(), free_port());
+    let mut auth = spec("auth", "auth-1", auth_port, STAND_IN);
+    auth.env = vec![("START_GATE".into(), gate.display().to_string())];
+    let mut gateway = spec("gateway", "gateway-1", gateway_port, STAND_IN);
+    gateway.listen_host = Some("127.0.0.1".into());
+    let (opts, lines) = options(Some(file.clone()));
+
+    let started = start(vec![auth, gateway], opts);
+    eventually("auth-1 to wait at its gate", &lines, || {
+        lines.contains("waiting at the gate").then_some(())
+    })
+    .await;
+    // gateway-1 is not started yet (its group waits for auth-1), and its port is held for it.
+    let err = std::net::TcpListener::bind(("127.0.0.1", gateway_port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(!lines.contains("gateway-1"), "{}", lines.all());
+
+    std::fs::write(&gate, b"").unwrap();
+    eventually("gateway-1 to serve the socket it was given", &lines, || {
+        lines
+            .contains(&format!("serving the handed-over socket on {gateway_port}"))
+            .then_some(())
+    })
+    .await;
+    let pids = eventually("instances.json", &lines, || read_pids(&file)).await;
+    assert!(healthy(gateway_port).await);
+
+    // The supervisor keeps no copy: the port closes with the child, and the restart binds it anew.
+    let old = pids.iter().find(|(id, _)| id == "gateway-1").unwrap().1;
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    eventually("the restart to be healthy", &lines, || {
+        lines.contains("gateway-1 is healthy again").then_some(())
+    })
+    .await;
+    assert!(healthy(gateway_port).await);
+
+    started.stop().await.expect("shutdown returns Ok");
+    std::net::TcpListener::bind(("127.0.0.1", gateway_port))
+        .expect("the port is free once its child is gone");
 }
 
 #[tokio::test]
