@@ -11,6 +11,9 @@
 # ROUNDS=N (default 1) measures the proxies in turn N times over (interleaved, so that the shared
 # machine's slow minutes fall on all of them) and ends with each proxy's median req/s and p99: a
 # single run's p99 swings by 2x on this machine with nothing changed.
+# RATE=R sends the same fixed rate to every proxy instead (open model: `scalelab bench -r R`, latency
+# from each request's intended send time), so tails are compared at equal load: wrk's closed loop
+# gives the fastest proxy the most requests to carry, and the most queueing on the shared core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10s}
@@ -58,7 +61,7 @@ http { access_log off; keepalive_requests 10000000;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
-taskset -c "$PCORES" nginx -c "$WORK/proxy-nginx.conf" -p "$WORK" & PIDS+=($!)
+taskset -c "$PCORES" nginx -c "$WORK/proxy-nginx.conf" -p "$WORK" & PIDS+=($!); NGINX_PID=$!
 
 # HAProxy as the proxy.
 PH=$(free_port)
@@ -81,7 +84,7 @@ backend b
   server s1 127.0.0.1:$B1
   server s2 127.0.0.1:$B2
 CONF
-taskset -c "$PCORES" haproxy -db -f "$WORK/haproxy.cfg" & PIDS+=($!)
+taskset -c "$PCORES" haproxy -db -f "$WORK/haproxy.cfg" & PIDS+=($!); HAPROXY_PID=$!
 
 # scalelab's balancer, with its own HTTP/1 hop (the default engine) and with hyper's.
 PS=$(free_port)
@@ -90,7 +93,7 @@ cat > "$WORK/scalelab.toml" <<CONF
 backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
 ${LB_EXTRA:-}
 CONF
-SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-1 --port "$PS" --config "$WORK/scalelab.toml" --data-dir "$WORK/data" > "$WORK/lb.log" 2>&1 & PIDS+=($!)
+SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-1 --port "$PS" --config "$WORK/scalelab.toml" --data-dir "$WORK/data" > "$WORK/lb.log" 2>&1 & PIDS+=($!); LB_PID=$!
 PY=$(free_port)
 cat > "$WORK/scalelab-hyper.toml" <<CONF
 [lb]
@@ -98,30 +101,59 @@ engine = "hyper"
 backends = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
 ${LB_EXTRA:-}
 CONF
-SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-2 --port "$PY" --config "$WORK/scalelab-hyper.toml" --data-dir "$WORK/data-hyper" > "$WORK/lb-hyper.log" 2>&1 & PIDS+=($!)
+SCALELAB_LOG=${SCALELAB_LOG:-warn} taskset -c "$PCORES" "$BIN" serve lb --id lb-2 --port "$PY" --config "$WORK/scalelab-hyper.toml" --data-dir "$WORK/data-hyper" > "$WORK/lb-hyper.log" 2>&1 & PIDS+=($!); LBH_PID=$!
 for p in "$PN" "$PH" "$PS" "$PY"; do wait_port "$p"; done
 
 echo "machine: $NCPU cores, $(uname -r); proxy on core(s) $PCORES ($NWORKERS worker(s)), backends and wrk on $OCORES"
-echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
-printf '%-34s %10s %9s %9s %8s\n' proxy "req/s" p50 p99 "vs nginx"
+if [ -n "${RATE:-}" ]; then
+  echo "scalelab bench -r $RATE -c$CONNS -d$DUR (open model, same rate for all), GET / through each proxy to two nginx 'return 200' backends"
+else
+  echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
+fi
+# "waited": how long the proxy's threads were runnable but not running during the measured run
+# (run-queue wait from /proc/PID/task/*/schedstat): another process on the proxy's core. The p99 of
+# a run where one proxy waited much longer than the others says more about the machine than the proxy.
+waited_ns() {
+  local total=0 p t w
+  for p in "$1" $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/schedstat; do read -r _ w _ < "$t" 2>/dev/null && total=$((total + w)); done
+  done
+  echo "$total"
+}
+printf '%-34s %10s %9s %9s %8s %8s\n' proxy "req/s" p50 p99 "vs nginx" waited
 ROUNDS=${ROUNDS:-1}
 ALL="$WORK/rounds.txt"
 : > "$ALL"
 for round in $(seq 1 "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && echo "# round $round of $ROUNDS"
   NGINX_RPS=
-  for target in "nginx:$PN" "HAProxy:$PH" "scalelab lb:$PS" "scalelab lb, engine hyper:$PY"; do
-    name=${target%%:*}; p=${target##*:}
+  for target in "nginx:$PN:$NGINX_PID" "HAProxy:$PH:$HAPROXY_PID" "scalelab lb:$PS:$LB_PID" "scalelab lb, engine hyper:$PY:$LBH_PID"; do
+    IFS=: read -r name p pid <<< "$target"
     wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
-    out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+    w0=$(waited_ns "$pid")
+    if [ -n "${RATE:-}" ]; then
+      taskset -c "$OCORES" "$BIN" bench -r "$RATE" -c "$CONNS" -d "$DUR" --json "$WORK/open.json" "http://127.0.0.1:$p/" > /dev/null 2>&1
+      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 ))
+      read -r rps p50 p99 errs < <(python3 - "$WORK/open.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat, q = r["latency"], r["requests"]
+extra = f"failed={q['failed']},late={q['late']}" if q["failed"] or q["late"] else ""
+print(f"{r['rps']:.0f} {lat['p50_ms']:.2f}ms {lat['p99_ms']:.2f}ms {extra}")
+PY
+)
+    else
+      out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
+      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 ))
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+      errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+    fi
     [ -z "$NGINX_RPS" ] && NGINX_RPS=$rps
     ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
-    printf '%-34s %10s %9s %9s %8s %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$errs"
-    printf '%s\t%s\t%s\n' "$name" "$rps" "$p99" >> "$ALL"
+    printf '%-34s %10s %9s %9s %8s %6sms %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$waited" "$errs"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rps" "$p99" "$waited" >> "$ALL"
   done
 done
 if [ "$ROUNDS" -gt 1 ]; then
@@ -135,14 +167,15 @@ def ms(t):
     return float(t)
 rows = {}
 for line in open(sys.argv[1]):
-    name, rps, p99 = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(rps), ms(p99)))
-base = statistics.median(r for r, _ in rows["nginx"])
-base_p99 = statistics.median(p for _, p in rows["nginx"])
-print(f"{'proxy':34s} {'median req/s':>12s} {'median p99':>11s} {'vs nginx':>9s} {'p99 vs nginx':>13s}")
+    name, rps, p99, waited = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(rps), ms(p99), float(waited)))
+base = statistics.median(r for r, _, _ in rows["nginx"])
+base_p99 = statistics.median(p for _, p, _ in rows["nginx"])
+print(f"{'proxy':34s} {'median req/s':>12s} {'median p99':>11s} {'vs nginx':>9s} {'p99 vs nginx':>13s} {'median waited':>14s}")
 for name, v in rows.items():
-    rps = statistics.median(r for r, _ in v)
-    p99 = statistics.median(p for _, p in v)
-    print(f"{name:34s} {rps:12.0f} {p99:9.2f}ms {rps / base:8.2f}x {p99 / base_p99:12.2f}x")
+    rps = statistics.median(r for r, _, _ in v)
+    p99 = statistics.median(p for _, p, _ in v)
+    waited = statistics.median(w for _, _, w in v)
+    print(f"{name:34s} {rps:12.0f} {p99:9.2f}ms {rps / base:8.2f}x {p99 / base_p99:12.2f}x {waited:12.0f}ms")
 PY
 fi

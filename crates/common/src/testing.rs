@@ -3,15 +3,17 @@
 //!
 //! - Router calls without a socket: [`call`] sends a request built with [`get`], [`post_json`],
 //!   [`put_json`], [`delete`], [`request`] (and [`with_bearer`]) and returns a [`Response`]
-//!   (status, headers, JSON body).
+//!   (status, headers, JSON body). [`until_closed`] reads a raw connection until the server closes it.
 //! - The real engines on 127.0.0.1: a fresh PostgreSQL database ([`fresh_postgres`]) or a fresh
 //!   Redis key prefix ([`fresh_redis_prefix`]) per test, so that runs never see each other's data.
 //!   When a server is unreachable: with `CI` set the helper fails the test (CI must not skip
 //!   silently); without it, it prints why and returns `None`, and the test returns early.
 
 mod http;
+mod raw;
 
 pub use http::{Response, call, delete, get, post_json, put_json, request, with_bearer};
+pub use raw::until_closed;
 
 use sqlx::Connection;
 

@@ -458,16 +458,6 @@ async fn a_stop_finishes_the_request_in_hand_and_closes_idle_connections() {
     stopped.await.unwrap();
 }
 
-/// Reads until the balancer closes `s`, at most 30 s; what it sent meanwhile.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut seen))
-        .await
-        .expect("the balancer never closed the connection")
-        .expect("read");
-    seen
-}
-
 /// A client that connects and sends nothing, one that stops after a request, and one that
 /// trickles a head a byte at a time are all closed once their time is up (nginx's
 /// `keepalive_timeout` and `client_header_timeout`), and a connection that keeps sending
@@ -490,12 +480,16 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
 
     // Says nothing.
     let mut silent = TcpStream::connect(&lb.authority).await.unwrap();
-    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(
+        common::testing::until_closed(&mut silent, "the balancer")
+            .await
+            .is_empty()
+    );
 
     // One request, then nothing: answered, then closed.
     let mut once = TcpStream::connect(&lb.authority).await.unwrap();
     once.write_all(request).await.unwrap();
-    let seen = until_closed(&mut once).await;
+    let seen = common::testing::until_closed(&mut once, "the balancer").await;
     assert!(
         seen.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -515,7 +509,9 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), trickle).await;
     assert!(
-        until_closed(&mut slow).await.is_empty(),
+        common::testing::until_closed(&mut slow, "the balancer")
+            .await
+            .is_empty(),
         "a trickled head was answered"
     );
 
@@ -539,7 +535,7 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
         .write_all(b"GET /x HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\nGET / HTTP/1.1\r\n")
         .await
         .unwrap();
-    let seen = until_closed(&mut handed).await;
+    let seen = common::testing::until_closed(&mut handed, "the balancer").await;
     assert!(
         seen.starts_with(b"HTTP/1.1 "),
         "{}",

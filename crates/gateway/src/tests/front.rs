@@ -492,16 +492,6 @@ async fn a_token_whose_key_was_withdrawn_is_refused_on_the_connection_that_used_
     assert_eq!(conn.send(&get("/data", &[&fresh])).await.status, 200);
 }
 
-/// Reads until the gateway closes `s`, at most 30 s; what it sent meanwhile.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut seen))
-        .await
-        .expect("the gateway never closed the connection")
-        .expect("read");
-    seen
-}
-
 /// The front path closes a connection whose client says nothing, or stops after a request, or
 /// trickles a head, once its time is up; so does the router after a hand-over.
 #[tokio::test]
@@ -514,11 +504,15 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
     let read = get("/data", &[&bearer]);
 
     let mut silent = TcpStream::connect(front.addr).await.unwrap();
-    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(
+        common::testing::until_closed(&mut silent, "the gateway")
+            .await
+            .is_empty()
+    );
 
     let mut once = TcpStream::connect(front.addr).await.unwrap();
     once.write_all(read.as_bytes()).await.unwrap();
-    let seen = until_closed(&mut once).await;
+    let seen = common::testing::until_closed(&mut once, "the gateway").await;
     assert!(
         seen.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -536,7 +530,9 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(60), trickle).await;
     assert!(
-        until_closed(&mut slow).await.is_empty(),
+        common::testing::until_closed(&mut slow, "the gateway")
+            .await
+            .is_empty(),
         "a trickled head was answered"
     );
 
@@ -546,7 +542,7 @@ async fn idle_and_slow_clients_are_closed_when_their_time_is_up() {
         .write_all(b"GET /ready HTTP/1.1\r\nhost: g\r\n\r\nGET /ready HTTP/1.1\r\n")
         .await
         .unwrap();
-    let seen = until_closed(&mut handed).await;
+    let seen = common::testing::until_closed(&mut handed, "the gateway").await;
     assert!(
         seen.starts_with(b"HTTP/1.1 200"),
         "{}",
