@@ -8,7 +8,9 @@
 //! nginx's `keepalive_timeout` and `client_header_timeout`): a connection idle between requests,
 //! or one whose request head has not all arrived, is closed when its time is up, so that clients
 //! that connect and say nothing (or trickle a head byte by byte) cannot hold connections and
-//! tasks for ever. hyper's side of a handed-over connection gets the head timeout too.
+//! tasks for ever. hyper's side of a handed-over connection gets the head timeout too. And a client
+//! that stops reading its answers is closed once it has taken no bytes for the send timeout
+//! ([`write_client`], nginx's `send_timeout`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +33,31 @@ pub struct ClientTimeouts {
     pub idle: Duration,
     /// From a head's first bytes to its end: nginx's `client_header_timeout`.
     pub head: Duration,
+    /// Between two writes to the client that took bytes: nginx's `send_timeout`.
+    pub send: Duration,
+}
+
+/// Writes all of `bytes` to `client`; false if the connection failed, or if the client took no
+/// bytes for `send` (between two writes, not for the whole answer, as nginx's `send_timeout`), so
+/// that a client that stops reading cannot hold its connection, its task and an upstream
+/// connection for ever. An answer that fits in the socket's buffer goes in one write, without a
+/// timer.
+pub async fn write_client(client: &mut TcpStream, mut bytes: &[u8], send: Duration) -> bool {
+    use tokio::io::AsyncWriteExt;
+    match client.try_write(bytes) {
+        Ok(n) if n == bytes.len() => return true,
+        Ok(n) => bytes = &bytes[n..],
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return false,
+    }
+    while !bytes.is_empty() {
+        match tokio::time::timeout(send, client.write(bytes)).await {
+            Ok(Ok(n)) if n > 0 => bytes = &bytes[n..],
+            // Closed, failed, or no progress within `send`.
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// A deadline moves forward only when it would move by this much (or an eighth of the idle
@@ -202,5 +229,69 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::write_client;
+
+    /// More than the socket buffers of both ends hold, so a peer that does not read blocks it.
+    const LOTS: usize = 64 << 20;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_fails_the_write_once_it_took_nothing_for_the_send_timeout() {
+        let (mut near, _far) = pair().await;
+        let bytes = vec![b'x'; LOTS];
+        let written = tokio::time::timeout(
+            Duration::from_secs(30),
+            write_client(&mut near, &bytes, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the write gave up");
+        assert!(!written);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_slower_than_the_writer_but_steadily_gets_everything() {
+        let (mut near, mut far) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut chunk = vec![0u8; 1 << 20];
+            loop {
+                match far.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+                // Slower than the writer, but never silent for anywhere near the send timeout.
+                tokio::task::yield_now().await;
+            }
+        });
+        let bytes = vec![b'x'; LOTS];
+        assert!(write_client(&mut near, &bytes, Duration::from_secs(5)).await);
+        drop(near);
+        assert_eq!(reader.await.unwrap(), LOTS);
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_fails_the_write() {
+        let (mut near, far) = pair().await;
+        drop(far);
+        let bytes = vec![b'x'; LOTS];
+        assert!(!write_client(&mut near, &bytes, Duration::from_secs(30)).await);
     }
 }

@@ -89,6 +89,9 @@ pub struct Config {
     /// A request head must arrive within this long of its first bytes, else the connection is
     /// closed, in milliseconds (nginx's `client_header_timeout`, 60 s).
     pub client_header_timeout_ms: u64,
+    /// A client that takes no bytes of its answer for this long is closed, in milliseconds
+    /// (nginx's `send_timeout`, 60 s). The front path's connections; not the router's.
+    pub send_timeout_ms: u64,
     /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks,
     /// outlier ejection and retry budget (the `auth` pool takes its outlier and budget settings).
     pub services: balance::PoolConfig,
@@ -133,6 +136,7 @@ impl Default for Config {
             front_path: true,
             keepalive_timeout_ms: 75_000,
             client_header_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
             services: balance::PoolConfig::default(),
             breaker: balance::BreakerConfig::default(),
             auth: AuthConfig::default(),
@@ -311,6 +315,9 @@ impl Config {
         }
         if self.keepalive_timeout_ms == 0 {
             problem("keepalive_timeout_ms: must be at least 1".into());
+        }
+        if self.send_timeout_ms == 0 {
+            problem("send_timeout_ms: must be at least 1".into());
         }
         if self.client_header_timeout_ms == 0 {
             problem("client_header_timeout_ms: must be at least 1".into());

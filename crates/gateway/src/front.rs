@@ -104,6 +104,7 @@ impl Front {
         let timeouts = common::handoff::ClientTimeouts {
             idle: std::time::Duration::from_millis(state.inner.config.keepalive_timeout_ms),
             head: std::time::Duration::from_millis(state.inner.config.client_header_timeout_ms),
+            send: std::time::Duration::from_millis(state.inner.config.send_timeout_ms),
         };
         Ok(Self {
             timeouts,
@@ -241,7 +242,7 @@ impl<F: Future<Output = ()>> Conn<'_, F> {
             self.inbuf.advance(request.len);
             let close = request.close;
             self.answer(request).await;
-            if client.write_all(&self.out).await.is_err() {
+            if !common::handoff::write_client(client, &self.out, self.front.timeouts.send).await {
                 return Outcome::Close;
             }
             if close || self.closing.is_fired() {

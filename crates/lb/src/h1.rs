@@ -647,7 +647,8 @@ impl<'a> Hop<'a> {
         };
         self.back.extend_from_slice(&self.upbuf[..here]);
         self.upbuf.advance(here);
-        if client.write_all(&self.back).await.is_err() {
+        if !common::handoff::write_client(client, &self.back, self.state.client_timeouts.send).await
+        {
             return false;
         }
         while !done {
@@ -683,7 +684,13 @@ impl<'a> Hop<'a> {
                 },
                 _ => n,
             };
-            if client.write_all(&self.upbuf[..take]).await.is_err() {
+            if !common::handoff::write_client(
+                client,
+                &self.upbuf[..take],
+                self.state.client_timeouts.send,
+            )
+            .await
+            {
                 return false;
             }
             self.upbuf.advance(take);
@@ -726,7 +733,8 @@ impl<'a> Hop<'a> {
         }
         b.extend_from_slice(b"\r\n");
         b.extend_from_slice(body.as_bytes());
-        if client.write_all(&self.back).await.is_err() {
+        if !common::handoff::write_client(client, &self.back, self.state.client_timeouts.send).await
+        {
             return false;
         }
         if !keep && unread > 0 {

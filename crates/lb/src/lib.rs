@@ -67,6 +67,10 @@ pub struct Config {
     /// A request head must arrive within this long of its first bytes, else the connection is
     /// closed, in milliseconds (nginx's `client_header_timeout`, 60 s).
     pub client_header_timeout_ms: u64,
+    /// A client that takes no bytes of its answer for this long is closed, in milliseconds
+    /// (nginx's `send_timeout`, 60 s; between two writes, not for the whole answer). The `direct`
+    /// engine's connections; not hyper's.
+    pub send_timeout_ms: u64,
 }
 
 /// How the balancer serves its client connections (`[lb] engine`).
@@ -94,6 +98,7 @@ impl Default for Config {
             workers: 0,
             keepalive_timeout_ms: 75_000,
             client_header_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
         }
     }
 }
@@ -134,6 +139,11 @@ impl Config {
         p.check(
             self.client_header_timeout_ms > 0,
             "client_header_timeout_ms",
+            "must be at least 1",
+        );
+        p.check(
+            self.send_timeout_ms > 0,
+            "send_timeout_ms",
             "must be at least 1",
         );
         p.into_vec()
@@ -181,6 +191,7 @@ impl AppState {
             client_timeouts: common::handoff::ClientTimeouts {
                 idle: Duration::from_millis(config.keepalive_timeout_ms),
                 head: Duration::from_millis(config.client_header_timeout_ms),
+                send: Duration::from_millis(config.send_timeout_ms),
             },
         })
     }

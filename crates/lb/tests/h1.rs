@@ -458,6 +458,89 @@ async fn a_stop_finishes_the_request_in_hand_and_closes_idle_connections() {
     stopped.await.unwrap();
 }
 
+/// A client that asks for a large answer and stops reading it is closed once it has taken nothing
+/// for the send timeout (nginx's `send_timeout`), and the upstream connection feeding it is let go
+/// with it: neither is held for as long as the client keeps its socket open.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    // Far more than the socket buffers between the backend and the client hold.
+    const BODY: usize = 64 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = format!("http://{}", listener.local_addr().unwrap());
+    let (cut_tx, mut cut_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let cut = cut_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = find(&buf, b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let health = buf.starts_with(b"GET /health ");
+                    buf.drain(..end + 4);
+                    if health {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 << 10];
+                    let mut sent = 0;
+                    while sent < BODY {
+                        match s.write(&chunk[..chunk.len().min(BODY - sent)]).await {
+                            Ok(n) if n > 0 => sent += n,
+                            _ => {
+                                let _ = cut.send(sent);
+                                return;
+                            }
+                        }
+                    }
+                    // All of it went: the balancer never gave up on the client.
+                    return;
+                }
+            });
+        }
+    });
+    let mut cfg = config(&[&backend]);
+    cfg.send_timeout_ms = 300;
+    let lb = Lb::start(cfg).await;
+
+    let mut client = TcpStream::connect(&lb.authority).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The balancer gives up on the client and drops the upstream connection: the backend's
+    // writes fail part way.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(60), cut_rx.recv())
+        .await
+        .expect("the backend was never cut off: the balancer kept writing to a client that reads nothing")
+        .unwrap();
+    assert!(sent < BODY, "{sent}");
+    let seen = common::testing::until_closed(&mut client, "the balancer").await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen[..seen.len().min(200)])
+    );
+    assert!(
+        seen.len() < BODY,
+        "the whole answer arrived ({} bytes)",
+        seen.len()
+    );
+}
+
 /// A client that connects and sends nothing, one that stops after a request, and one that
 /// trickles a head a byte at a time are all closed once their time is up (nginx's
 /// `keepalive_timeout` and `client_header_timeout`), and a connection that keeps sending
