@@ -19,6 +19,21 @@ use support::{Lb, config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Reads from `s` into `buf` until a whole request head is there; the head's length (without its
+/// empty line), or `None` once the connection ends.
+async fn head_end(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            return Some(end);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A backend speaking raw HTTP/1.1: for each request head (and its `Content-Length` body) it
 /// writes what `answer` returns for the request line, then closes the connection if told to;
 /// `GET /health` (the balancer's checks) gets `200`. Returns its URL and the count of
@@ -38,13 +53,8 @@ async fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (String, Arc<AtomicUsi
                 let mut counted = false;
                 let mut buf = Vec::new();
                 loop {
-                    let Some(end) = find(&buf, b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
+                    let Some(end) = head_end(&mut s, &mut buf).await else {
+                        return;
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let body_len: usize = head
@@ -474,13 +484,8 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let Some(end) = find(&buf, b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
+                    let Some(end) = head_end(&mut s, &mut buf).await else {
+                        return;
                     };
                     let health = buf.starts_with(b"GET /health ");
                     buf.drain(..end + 4);
