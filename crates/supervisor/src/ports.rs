@@ -4,10 +4,13 @@
 //! the source ports of outgoing connections from: once the picker lets go of it, any outgoing
 //! connection on the machine may take it before the instance binds it (and keep it for as long as
 //! it lives), and another picker may be handed it again. Ports below that range are never handed
-//! out by the kernel, so only someone choosing that very port can take one.
+//! out by the kernel, so only someone choosing that very port can take one. That range is where
+//! services are configured, though, so the ports `/etc/services` names are left alone.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::TcpListener;
+use std::sync::OnceLock;
 
 use rand::Rng;
 
@@ -27,6 +30,9 @@ pub fn bind_free(host: &str) -> io::Result<TcpListener> {
         let mut rng = rand::thread_rng();
         for _ in 0..TRIES {
             let port = rng.gen_range(FLOOR..low);
+            if named().contains(&port) {
+                continue;
+            }
             match TcpListener::bind((host, port)) {
                 Ok(listener) => return Ok(listener),
                 Err(e)
@@ -39,6 +45,24 @@ pub fn bind_free(host: &str) -> io::Result<TcpListener> {
         }
     }
     TcpListener::bind((host, 0))
+}
+
+/// The TCP ports `/etc/services` names (none if it cannot be read).
+fn named() -> &'static HashSet<u16> {
+    static NAMED: OnceLock<HashSet<u16>> = OnceLock::new();
+    NAMED.get_or_init(|| {
+        std::fs::read_to_string("/etc/services")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .nth(1)?
+                    .strip_suffix("/tcp")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    })
 }
 
 /// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where known.
@@ -60,6 +84,7 @@ mod tests {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         assert!(ports.iter().all(|p| (FLOOR..low).contains(p)), "{ports:?}");
+        assert!(!ports.iter().any(|p| named().contains(p)), "{ports:?}");
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 50, "a held port was handed out twice");
