@@ -6,6 +6,9 @@ and the drain timers of both sides.
     python3 queue_vs_celery.py celery-drain N PGID...    resume the paused workers, time the drain
     python3 queue_vs_celery.py scalelab-drain URL TOKEN N WORKERS PID...   the same for scalelab
                                                          (WORKERS: the workers' URLs, comma-separated)
+    python3 queue_vs_celery.py celery-steady RATE SECS C  submit RATE stamp() tasks/s for SECS from C
+                                                         processes (open model); the wait from each
+                                                         task's intended submission to its start
     python3 queue_vs_celery.py summary FILE              p50/p99/rate of a `scalelab bench --json`
     python3 queue_vs_celery.py rabbit-cleanup NAME       delete the run's RabbitMQ queues
 
@@ -46,6 +49,13 @@ if PROFILE == "reliable":
 def add(a, b):
     """The no-op task: scalelab's `add` type does the same."""
     return a + b
+
+
+@app.task(name="stamp")
+def stamp(sent):
+    """The steady state's no-op task: how long after its intended submission (`sent`, wall clock
+    on this machine) it started, in milliseconds."""
+    return (time.time() - sent) * 1000.0
 
 
 def percentile(sorted_values, q):
@@ -89,6 +99,63 @@ def celery_submit(n, c):
         "rate": len(lat) / elapsed,
         "p50_ms": percentile(lat, 0.50),
         "p99_ms": percentile(lat, 0.99),
+    }))
+
+
+def _steady_share(rate, secs, barrier, out):
+    with app.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=3)
+    barrier.wait()
+    start = time.time()
+    interval = 1.0 / rate
+    n = int(rate * secs)
+    for i in range(n):
+        intended = start + i * interval
+        delay = intended - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        # Late sends keep their intended time: the wait counts from it (no coordinated omission).
+        stamp.apply_async((intended,))
+    out.put((start, time.time(), n))
+
+
+def celery_steady(rate, secs, c):
+    """Submits `rate` stamp() tasks per second for `secs` from c processes, each at rate/c on its
+    own schedule; waits (30 s at most) for their results; prints the submission rate reached and
+    the wait quantiles of the tasks that ran, as JSON."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS)
+    r.flushdb()
+    barrier = multiprocessing.Barrier(c)
+    out = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_steady_share, args=(rate / c, secs, barrier, out))
+             for _ in range(c)]
+    for p in procs:
+        p.start()
+    parts = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    sent = sum(p[2] for p in parts)
+    elapsed = max(p[1] for p in parts) - min(p[0] for p in parts)
+    deadline = time.time() + 30
+    keys = []
+    while time.time() < deadline:
+        keys = list(r.scan_iter(match="celery-task-meta-*", count=10000))
+        if len(keys) >= sent:
+            break
+        time.sleep(0.1)
+    waits = []
+    for i in range(0, len(keys), 1000):
+        for raw in r.mget(keys[i:i + 1000]):
+            if raw is not None:
+                waits.append(float(json.loads(raw)["result"]))
+    waits.sort()
+    print(json.dumps({
+        "rate": sent / elapsed,
+        "tasks": len(waits),
+        "p50_ms": percentile(waits, 0.50) if waits else None,
+        "p99_ms": percentile(waits, 0.99) if waits else None,
     }))
 
 
@@ -224,6 +291,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "celery-submit":
         celery_submit(int(args[0]), int(args[1]))
+    elif cmd == "celery-steady":
+        celery_steady(float(args[0]), float(args[1]), int(args[2]))
     elif cmd == "celery-drain":
         celery_drain(int(args[0]), args[1:])
     elif cmd == "scalelab-drain":
