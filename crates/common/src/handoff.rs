@@ -282,7 +282,7 @@ mod tests {
             }
         });
         let bytes = vec![b'x'; LOTS];
-        assert!(write_client(&mut near, &bytes, Duration::from_secs(5)).await);
+        assert!(write_client(&mut near, &bytes, Duration::from_secs(30)).await);
         drop(near);
         assert_eq!(reader.await.unwrap(), LOTS);
     }

@@ -378,9 +378,11 @@ impl Fleet {
     /// Starts one more instance of `role` on a free port; returns its id.
     fn start_one(&self, role: &str, elastic: &Elastic) -> Result<String, String> {
         let free = crate::ports::bind_free("127.0.0.1")
-            .and_then(|l| Ok((l.local_addr()?, l)))
             .map_err(|e| format!("no free port for a new {role}: {e}"))?;
-        let port = free.0.port();
+        let addr = free
+            .local_addr()
+            .map_err(|e| format!("no free port for a new {role}: {e}"))?;
+        let port = addr.port();
         let id = {
             let mut inner = self.lock();
             let n = inner.next.entry(role.to_string()).or_insert(1);
@@ -395,8 +397,8 @@ impl Fleet {
             .listen_host
             .as_deref()
             .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-            .filter(|ip| *ip == free.0.ip())
-            .map(|_| free.1);
+            .filter(|ip| *ip == addr.ip())
+            .map(|_| free);
         self.ctx.registry.add(&spec);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
