@@ -11,6 +11,7 @@
 # ROUNDS=N (default 1) measures the proxies in turn N times over (interleaved, so that the shared
 # machine's slow minutes fall on all of them) and ends with each proxy's median req/s and p99: a
 # single run's p99 swings by 2x on this machine with nothing changed.
+# HYPER=0 leaves out the hyper engine's row (a shorter run).
 # RATE=R sends the same fixed rate to every proxy instead (open model: `scalelab bench -r R`, latency
 # from each request's intended send time), so tails are compared at equal load: wrk's closed loop
 # gives the fastest proxy the most requests to carry, and the most queueing on the shared core.
@@ -110,6 +111,18 @@ if [ -n "${RATE:-}" ]; then
 else
   echo "wrk -t1 -c$CONNS -d$DUR --latency, GET / through each proxy to two nginx 'return 200' backends"
 fi
+# "idle": how much of the other cores (wrk and the backends) was idle during the run, from /proc/stat;
+# near 0% the other side, not the proxy, set the pace and the tail (the faster proxy gets the more
+# queueing there in wrk's closed loop).
+idle_ticks() {
+  local c total=0 idle=0 f
+  for c in $(echo "$OCORES" | tr , ' '); do
+    read -r -a f < <(grep "^cpu$c " /proc/stat)
+    idle=$((idle + f[4] + f[5]))
+    total=$((total + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7] + f[8]))
+  done
+  echo "$idle $total"
+}
 # "waited": how long the proxy's threads were runnable but not running during the measured run
 # (run-queue wait from /proc/PID/task/*/schedstat): another process on the proxy's core. The p99 of
 # a run where one proxy waited much longer than the others says more about the machine than the proxy.
@@ -120,20 +133,22 @@ waited_ns() {
   done
   echo "$total"
 }
-printf '%-34s %10s %9s %9s %8s %8s\n' proxy "req/s" p50 p99 "vs nginx" waited
+printf '%-34s %10s %9s %9s %8s %8s %6s\n' proxy "req/s" p50 p99 "vs nginx" waited idle
 ROUNDS=${ROUNDS:-1}
 ALL="$WORK/rounds.txt"
 : > "$ALL"
 for round in $(seq 1 "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && echo "# round $round of $ROUNDS"
   NGINX_RPS=
-  for target in "nginx:$PN:$NGINX_PID" "HAProxy:$PH:$HAPROXY_PID" "scalelab lb:$PS:$LB_PID" "scalelab lb, engine hyper:$PY:$LBH_PID"; do
+  TARGETS=("nginx:$PN:$NGINX_PID" "HAProxy:$PH:$HAPROXY_PID" "scalelab lb:$PS:$LB_PID")
+  [ "${HYPER:-1}" = 0 ] || TARGETS+=("scalelab lb, engine hyper:$PY:$LBH_PID")
+  for target in "${TARGETS[@]}"; do
     IFS=: read -r name p pid <<< "$target"
     wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" > /dev/null   # warm the upstream connections
-    w0=$(waited_ns "$pid")
+    w0=$(waited_ns "$pid"); read -r i0 t0 < <(idle_ticks)
     if [ -n "${RATE:-}" ]; then
       taskset -c "$OCORES" "$BIN" bench -r "$RATE" -c "$CONNS" -d "$DUR" --json "$WORK/open.json" "http://127.0.0.1:$p/" > /dev/null 2>&1
-      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 ))
+      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 )); read -r i1 t1 < <(idle_ticks)
       read -r rps p50 p99 errs < <(python3 - "$WORK/open.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -144,7 +159,7 @@ PY
 )
     else
       out=$(taskset -c "$OCORES" wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$p/")
-      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 ))
+      waited=$(( ($(waited_ns "$pid") - w0) / 1000000 )); read -r i1 t1 < <(idle_ticks)
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       p50=$(echo "$out" | awk '$1=="50%" {print $2}')
       p99=$(echo "$out" | awk '$1=="99%" {print $2}')
@@ -152,12 +167,14 @@ PY
     fi
     [ -z "$NGINX_RPS" ] && NGINX_RPS=$rps
     ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
-    printf '%-34s %10s %9s %9s %8s %6sms %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$waited" "$errs"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$rps" "$p99" "$waited" >> "$ALL"
+    idle=$(( (i1 - i0) * 100 / (t1 - t0 > 0 ? t1 - t0 : 1) ))
+    printf '%-34s %10s %9s %9s %8s %6sms %5s%% %s\n' "$name" "$rps" "$p50" "$p99" "$ratio" "$waited" "$idle" "$errs"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p99" "$waited" "$idle" >> "$ALL"
   done
 done
 if [ "$ROUNDS" -gt 1 ]; then
-  echo "# medians over $ROUNDS rounds"
+  echo "# over $ROUNDS rounds: medians, and each proxy against nginx in the same round (paired: a slow"
+  echo "# minute of the machine falls on the proxies of one round alike, so the paired ratios swing less)"
   python3 - "$ALL" <<'PY'
 import statistics, sys
 def ms(t):
@@ -165,17 +182,23 @@ def ms(t):
         if t.endswith(unit):
             return float(t[: -len(unit)]) * f
     return float(t)
-rows = {}
+rows, by_round = {}, {}
 for line in open(sys.argv[1]):
-    name, rps, p99, waited = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(rps), ms(p99), float(waited)))
-base = statistics.median(r for r, _, _ in rows["nginx"])
-base_p99 = statistics.median(p for _, p, _ in rows["nginx"])
-print(f"{'proxy':34s} {'median req/s':>12s} {'median p99':>11s} {'vs nginx':>9s} {'p99 vs nginx':>13s} {'median waited':>14s}")
+    rnd, name, rps, p99, waited, idle = line.rstrip("\n").split("\t")
+    row = (float(rps), ms(p99), float(waited), float(idle))
+    rows.setdefault(name, []).append((rnd, row))
+    by_round.setdefault(rnd, {})[name] = row
+med = statistics.median
+print(f"{'proxy':34s} {'req/s':>8s} {'p99':>9s} {'req/s vs nginx':>15s} {'p99 vs nginx':>13s} {'p99 <= nginx':>13s} {'waited':>7s} {'idle':>5s}")
 for name, v in rows.items():
-    rps = statistics.median(r for r, _, _ in v)
-    p99 = statistics.median(p for _, p, _ in v)
-    waited = statistics.median(w for _, _, w in v)
-    print(f"{name:34s} {rps:12.0f} {p99:9.2f}ms {rps / base:8.2f}x {p99 / base_p99:12.2f}x {waited:12.0f}ms")
+    rps = med(r[0] for _, r in v)
+    p99 = med(r[1] for _, r in v)
+    waited = med(r[2] for _, r in v)
+    idle = med(r[3] for _, r in v)
+    nginx = [by_round[rnd]["nginx"] for rnd, _ in v]
+    rps_ratio = med(r[0] / n[0] for (_, r), n in zip(v, nginx))
+    p99_ratio = med(r[1] / n[1] for (_, r), n in zip(v, nginx))
+    won = sum(r[1] <= n[1] for (_, r), n in zip(v, nginx))
+    print(f"{name:34s} {rps:8.0f} {p99:7.2f}ms {rps_ratio:14.2f}x {p99_ratio:12.2f}x {won:>6d} of {len(v):<3d} {waited:5.0f}ms {idle:4.0f}%")
 PY
 fi

@@ -107,11 +107,27 @@ pub(crate) async fn run(
             .first()
             .with_context(|| format!("give --port: the topology has no {role} instance"))?,
     };
+    let asked_host = args.host.clone();
     let host = args.host.unwrap_or_else(|| topo.instances.host.clone());
     let listener = match handed {
         Some(l) => {
             l.set_nonblocking(true)?;
-            TcpListener::from_std(l).context("the handed-over listening socket")?
+            let l = TcpListener::from_std(l).context("the handed-over listening socket")?;
+            // The socket wins; an address also given on the command line that differs is said.
+            let at = l.local_addr()?;
+            let port_differs = args.port.is_some_and(|p| p != at.port());
+            let host_differs = asked_host
+                .as_deref()
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip != at.ip());
+            if port_differs || host_differs {
+                tracing::warn!(
+                    handed = %at,
+                    asked = %format!("{host}:{port}"),
+                    "serving the handed-over socket (LISTEN_FDS), not --host/--port"
+                );
+            }
+            l
         }
         None => TcpListener::bind((host.as_str(), port))
             .await

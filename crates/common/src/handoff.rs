@@ -12,6 +12,7 @@
 //! that stops reading its answers is closed once it has taken no bytes for the send timeout
 //! ([`write_client`], nginx's `send_timeout`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -145,29 +146,28 @@ pub async fn read_more(
 /// Serves the rest of the connection with hyper (HTTP/1 or HTTP/2, with upgrades) and `app`, the
 /// bytes in `buffered` first; the handlers see `ConnectInfo(peer)`. A stop (`closing`) shuts the
 /// connection down gracefully: the request in flight is answered, then it closes. An HTTP/1
-/// request head must arrive within `head_timeout` (hyper's `header_read_timeout`).
+/// request head must arrive within the head timeout (hyper's `header_read_timeout`), and the
+/// client must take bytes of its answers within the send timeout ([`Prefixed`]), as on the path
+/// that handed it over.
 pub async fn hand_off(
     client: TcpStream,
     buffered: Bytes,
     peer: SocketAddr,
     app: Router,
     mut closing: Closing,
-    head_timeout: Duration,
+    timeouts: ClientTimeouts,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
     let app = app.layer(axum::Extension(ConnectInfo(peer)));
     let service = TowerToHyperService::new(app);
-    let io = TokioIo::new(Prefixed {
-        prefix: buffered,
-        inner: client,
-    });
+    let io = TokioIo::new(Prefixed::new(buffered, client, timeouts.send));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(timeouts.head);
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -178,12 +178,52 @@ pub async fn hand_off(
     let _ = conn.await;
 }
 
-/// A stream whose first bytes are some already read from it.
+/// A stream whose first bytes are some already read from it, and whose writes fail once the peer
+/// has taken no bytes for the send timeout (hyper has no write timeout of its own: without this,
+/// a client that stops reading would hold a handed-over connection for ever).
 pub struct Prefixed {
     /// Given out first.
-    pub prefix: Bytes,
+    prefix: Bytes,
     /// The rest.
-    pub inner: TcpStream,
+    inner: TcpStream,
+    send: Duration,
+    /// Armed when a write finds the socket full; dropped when one takes bytes.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Prefixed {
+    /// `prefix` first, then what `inner` reads; writes fail after `send` without progress.
+    pub fn new(prefix: Bytes, inner: TcpStream, send: Duration) -> Self {
+        Self {
+            prefix,
+            inner,
+            send,
+            stalled: None,
+        }
+    }
+
+    /// What a write's poll came to, with the send timeout applied to a write that must wait.
+    fn timed(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let send = self.send;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no bytes within the send timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -208,7 +248,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -216,7 +257,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -236,10 +278,10 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::write_client;
+    use super::{Prefixed, write_client};
 
     /// More than the socket buffers of both ends hold, so a peer that does not read blocks it.
     const LOTS: usize = 64 << 20;
@@ -293,5 +335,50 @@ mod tests {
         drop(far);
         let bytes = vec![b'x'; LOTS];
         assert!(!write_client(&mut near, &bytes, Duration::from_secs(30)).await);
+    }
+
+    /// The stream hyper is given after a hand-over: the bytes already read come first, and a
+    /// write to a peer that reads nothing fails once the send timeout passed without progress.
+    #[tokio::test]
+    async fn a_handed_over_stream_gives_back_its_prefix_and_its_writes_time_out() {
+        let (near, mut far) = pair().await;
+        far.write_all(b" world").await.unwrap();
+        let mut stream = Prefixed::new(
+            bytes::Bytes::from_static(b"hello"),
+            near,
+            Duration::from_millis(200),
+        );
+        let mut read = [0u8; 11];
+        stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"hello world");
+
+        let bytes = vec![b'x'; LOTS];
+        let written = tokio::time::timeout(Duration::from_secs(30), stream.write_all(&bytes))
+            .await
+            .expect("the write gave up");
+        let err = written.expect_err("a peer that reads nothing took 64 MiB");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_stream_writes_everything_to_a_steady_reader() {
+        let (near, mut far) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut chunk = vec![0u8; 1 << 20];
+            loop {
+                match far.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut stream = Prefixed::new(bytes::Bytes::new(), near, Duration::from_secs(30));
+        let bytes = vec![b'x'; LOTS];
+        stream.write_all(&bytes).await.unwrap();
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        assert_eq!(reader.await.unwrap(), LOTS);
     }
 }

@@ -3,12 +3,26 @@
 //! Every instance records through the `metrics` facade (`metrics::counter!`, `histogram!`); the
 //! recorder is installed once per process, on first use, so that tests running several services in
 //! one process share it (each series carries the `id` label of its instance).
+//!
+//! The exporter keeps every histogram sample until it is drained into the buckets, which only
+//! rendering or its upkeep does; an installed recorder has no upkeep of its own. So the first use
+//! also starts a thread that drains them every [`UPKEEP`]: without it a balancer nobody scrapes
+//! kept eight bytes per request it served, for ever (about 2 GB an hour at 80k requests/s).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often histogram samples are drained into their buckets. Short, so that each drain is small
+/// (at 80k requests/s, 80k samples: about a millisecond of work on whatever core it runs).
+pub const UPKEEP: Duration = Duration::from_secs(1);
+
+/// Drains done since the process started.
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
 
 /// Latency buckets in seconds: from 100 µs to 30 s, dense where web latencies live.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -25,11 +39,31 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .unwrap_or_else(|_| PrometheusBuilder::new());
-        match builder.install_recorder() {
+        let handle = match builder.install_recorder() {
             Ok(h) => h,
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        };
+        let drained = handle.clone();
+        // A plain thread: the recorder outlives every runtime of the process.
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    drained.run_upkeep();
+                    UPKEEPS.fetch_add(1, Ordering::Release);
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples wait for /metrics");
         }
+        handle
     })
+}
+
+/// How many upkeep drains have run in this process.
+pub fn upkeeps() -> u64 {
+    UPKEEPS.load(Ordering::Acquire)
 }
 
 /// `GET /metrics` handler: the Prometheus text format.

@@ -150,8 +150,7 @@ impl Front {
             drop(conn);
             self.handed_off.increment(1);
             let app = self.app.clone();
-            common::handoff::hand_off(client, buffered, peer, app, closing, self.timeouts.head)
-                .await;
+            common::handoff::hand_off(client, buffered, peer, app, closing, self.timeouts).await;
         }
     }
 }

@@ -154,8 +154,8 @@ pub async fn connection(
     if let Outcome::HandOff = outcome {
         let buffered = hop.inbuf.split().freeze();
         drop(hop);
-        let head_timeout = state.client_timeouts.head;
-        common::handoff::hand_off(client, buffered, peer, app, closing, head_timeout).await;
+        let timeouts = state.client_timeouts;
+        common::handoff::hand_off(client, buffered, peer, app, closing, timeouts).await;
     }
 }
 

@@ -473,6 +473,19 @@ async fn a_stop_finishes_the_request_in_hand_and_closes_idle_connections() {
 /// with it: neither is held for as long as the client keeps its socket open.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    stops_reading(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n").await;
+}
+
+/// The same after a hand-over: an HTTP/1.0 request is served by hyper and the full stack, whose
+/// writes to the client have the send timeout too.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout_after_a_hand_over() {
+    stops_reading(b"GET /big HTTP/1.0\r\nhost: t\r\n\r\n").await;
+}
+
+/// Sends `request` for a 64 MiB answer, reads nothing, and checks that the balancer let the client
+/// and the backend go.
+async fn stops_reading(request: &[u8]) {
     // Far more than the socket buffers between the backend and the client hold.
     const BODY: usize = 64 << 20;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -522,10 +535,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     let lb = Lb::start(cfg).await;
 
     let mut client = TcpStream::connect(&lb.authority).await.unwrap();
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
+    client.write_all(request).await.unwrap();
     // The balancer gives up on the client and drops the upstream connection: the backend's
     // writes fail part way.
     let sent = tokio::time::timeout(std::time::Duration::from_secs(60), cut_rx.recv())
@@ -535,7 +545,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     assert!(sent < BODY, "{sent}");
     let seen = common::testing::until_closed(&mut client, "the balancer").await;
     assert!(
-        seen.starts_with(b"HTTP/1.1 200"),
+        seen.starts_with(b"HTTP/1."),
         "{}",
         String::from_utf8_lossy(&seen[..seen.len().min(200)])
     );
