@@ -173,8 +173,8 @@ PY
   done
 done
 if [ "$ROUNDS" -gt 1 ]; then
-  echo "# over $ROUNDS rounds: medians, and each proxy against nginx in the same round (paired: a slow"
-  echo "# minute of the machine falls on the proxies of one round alike, so the paired ratios swing less)"
+  echo "# over $ROUNDS rounds: medians, and each proxy against nginx and HAProxy in the same round (paired:"
+  echo "# a slow minute of the machine falls on the proxies of one round alike, so paired ratios swing less)"
   python3 - "$ALL" <<'PY'
 import statistics, sys
 def ms(t):
@@ -189,16 +189,19 @@ for line in open(sys.argv[1]):
     rows.setdefault(name, []).append((rnd, row))
     by_round.setdefault(rnd, {})[name] = row
 med = statistics.median
-print(f"{'proxy':34s} {'req/s':>8s} {'p99':>9s} {'req/s vs nginx':>15s} {'p99 vs nginx':>13s} {'p99 <= nginx':>13s} {'waited':>7s} {'idle':>5s}")
+peers = [p for p in ("nginx", "HAProxy") if p in rows]
+def paired(name, peer, i):
+    return [r[i] / by_round[rnd][peer][i] for rnd, r in rows[name]]
+head = f"{'proxy':34s} {'req/s':>8s} {'p99':>9s}"
+for peer in peers:
+    head += f" {'req/s vs ' + peer:>17s} {'p99 vs ' + peer:>15s} {'p99 <= ' + peer:>15s}"
+print(head + f" {'waited':>7s} {'idle':>5s}")
 for name, v in rows.items():
-    rps = med(r[0] for _, r in v)
-    p99 = med(r[1] for _, r in v)
-    waited = med(r[2] for _, r in v)
-    idle = med(r[3] for _, r in v)
-    nginx = [by_round[rnd]["nginx"] for rnd, _ in v]
-    rps_ratio = med(r[0] / n[0] for (_, r), n in zip(v, nginx))
-    p99_ratio = med(r[1] / n[1] for (_, r), n in zip(v, nginx))
-    won = sum(r[1] <= n[1] for (_, r), n in zip(v, nginx))
-    print(f"{name:34s} {rps:8.0f} {p99:7.2f}ms {rps_ratio:14.2f}x {p99_ratio:12.2f}x {won:>6d} of {len(v):<3d} {waited:5.0f}ms {idle:4.0f}%")
+    line = f"{name:34s} {med(r[0] for _, r in v):8.0f} {med(r[1] for _, r in v):7.2f}ms"
+    for peer in peers:
+        rps, p99 = paired(name, peer, 0), paired(name, peer, 1)
+        won = sum(x <= 1 for x in p99)
+        line += f" {med(rps):16.2f}x {med(p99):14.2f}x {won:>8d} of {len(v):<3d}"
+    print(line + f" {med(r[2] for _, r in v):5.0f}ms {med(r[3] for _, r in v):4.0f}%")
 PY
 fi
