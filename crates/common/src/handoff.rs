@@ -295,6 +295,22 @@ mod tests {
         (near, far)
     }
 
+    /// Reads everything `far` gets until it closes; how many bytes that was.
+    fn steady_reader(mut far: TcpStream) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut chunk = vec![0u8; 1 << 20];
+            loop {
+                match far.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+                // Slower than the writer, but never silent for anywhere near the send timeout.
+                tokio::task::yield_now().await;
+            }
+        })
+    }
+
     #[tokio::test]
     async fn a_peer_that_stops_reading_fails_the_write_once_it_took_nothing_for_the_send_timeout() {
         let (mut near, _far) = pair().await;
@@ -310,19 +326,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_reads_slower_than_the_writer_but_steadily_gets_everything() {
-        let (mut near, mut far) = pair().await;
-        let reader = tokio::spawn(async move {
-            let mut got = 0usize;
-            let mut chunk = vec![0u8; 1 << 20];
-            loop {
-                match far.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return got,
-                    Ok(n) => got += n,
-                }
-                // Slower than the writer, but never silent for anywhere near the send timeout.
-                tokio::task::yield_now().await;
-            }
-        });
+        let (mut near, far) = pair().await;
+        let reader = steady_reader(far);
         let bytes = vec![b'x'; LOTS];
         assert!(write_client(&mut near, &bytes, Duration::from_secs(30)).await);
         drop(near);
@@ -362,18 +367,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_handed_over_stream_writes_everything_to_a_steady_reader() {
-        let (near, mut far) = pair().await;
-        let reader = tokio::spawn(async move {
-            let mut got = 0usize;
-            let mut chunk = vec![0u8; 1 << 20];
-            loop {
-                match far.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return got,
-                    Ok(n) => got += n,
-                }
-                tokio::task::yield_now().await;
-            }
-        });
+        let (near, far) = pair().await;
+        let reader = steady_reader(far);
         let mut stream = Prefixed::new(bytes::Bytes::new(), near, Duration::from_secs(30));
         let bytes = vec![b'x'; LOTS];
         stream.write_all(&bytes).await.unwrap();
