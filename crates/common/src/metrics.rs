@@ -7,7 +7,8 @@
 //! The exporter keeps every histogram sample until it is drained into the buckets, which only
 //! rendering or its upkeep does; an installed recorder has no upkeep of its own. So the first use
 //! also starts a thread that drains them every [`UPKEEP`]: without it a balancer nobody scrapes
-//! kept eight bytes per request it served, for ever (about 2 GB an hour at 80k requests/s).
+//! kept about 16 bytes per request it served, for ever (66 MB per 4 million samples in
+//! `tests/metrics_upkeep.rs` without the drain; about 2 GB an hour at 40k requests/s).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
