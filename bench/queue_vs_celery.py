@@ -80,18 +80,25 @@ def _submit_share(count, barrier, out):
     out.put((started, time.perf_counter(), latencies))
 
 
-def celery_submit(n, c):
-    """Submits n tasks from c processes (no GIL between them), all starting together once
-    connected; prints the figures as JSON."""
-    shares = [n // c + (1 if i < n % c else 0) for i in range(c)]
-    barrier = multiprocessing.Barrier(c)
+def _in_processes(target, args):
+    """Runs target(*a, barrier, out) in one process per `a` in `args` (no GIL between them), all
+    released together by the barrier once each is connected; what each put on `out`."""
+    barrier = multiprocessing.Barrier(len(args))
     out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_submit_share, args=(k, barrier, out)) for k in shares]
+    procs = [multiprocessing.Process(target=target, args=(*a, barrier, out)) for a in args]
     for p in procs:
         p.start()
     parts = [out.get() for _ in procs]
     for p in procs:
         p.join()
+    return parts
+
+
+def celery_submit(n, c):
+    """Submits n tasks from c processes (no GIL between them), all starting together once
+    connected; prints the figures as JSON."""
+    shares = [n // c + (1 if i < n % c else 0) for i in range(c)]
+    parts = _in_processes(_submit_share, [(k,) for k in shares])
     elapsed = max(p[1] for p in parts) - min(p[0] for p in parts)
     lat = sorted(x for part in parts for x in part[2])
     print(json.dumps({
@@ -127,15 +134,7 @@ def celery_steady(rate, secs, c):
 
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
-    barrier = multiprocessing.Barrier(c)
-    out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_steady_share, args=(rate / c, secs, barrier, out))
-             for _ in range(c)]
-    for p in procs:
-        p.start()
-    parts = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
+    parts = _in_processes(_steady_share, [(rate / c, secs)] * c)
     sent = sum(p[2] for p in parts)
     elapsed = max(p[1] for p in parts) - min(p[0] for p in parts)
     deadline = time.time() + 30

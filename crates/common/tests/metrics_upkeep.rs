@@ -17,7 +17,6 @@ fn histogram_samples_are_drained_without_a_scrape() {
     let histogram = metrics::histogram!("upkeep_test_seconds");
     const BATCH: usize = 1_000_000;
     const BATCHES: usize = 4;
-    // One batch first, so that the allocator's arenas are as big as one batch needs.
     let wait_for_drain = || {
         // Two drains ending after the batch: at least one started after its last sample.
         let seen = common::metrics::upkeeps();
@@ -26,6 +25,7 @@ fn histogram_samples_are_drained_without_a_scrape() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    // One batch first, so that the allocator's arenas are as big as one batch needs.
     for i in 0..BATCH {
         histogram.record(i as f64 * 1e-7);
     }

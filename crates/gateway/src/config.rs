@@ -90,7 +90,8 @@ pub struct Config {
     /// closed, in milliseconds (nginx's `client_header_timeout`, 60 s).
     pub client_header_timeout_ms: u64,
     /// A client that takes no bytes of its answer for this long is closed, in milliseconds
-    /// (nginx's `send_timeout`, 60 s). The front path's connections; not the router's.
+    /// (nginx's `send_timeout`, 60 s). The front path's connections, also those it hands to the
+    /// router; not with `front_path = false`.
     pub send_timeout_ms: u64,
     /// The pool of `service` instances behind `GET /process`: strategy, timeouts, health checks,
     /// outlier ejection and retry budget (the `auth` pool takes its outlier and budget settings).

@@ -69,7 +69,7 @@ pub struct Config {
     pub client_header_timeout_ms: u64,
     /// A client that takes no bytes of its answer for this long is closed, in milliseconds
     /// (nginx's `send_timeout`, 60 s; between two writes, not for the whole answer). The `direct`
-    /// engine's connections; not hyper's.
+    /// engine's connections, also those it hands to hyper; not the `hyper` engine's.
     pub send_timeout_ms: u64,
 }
 
